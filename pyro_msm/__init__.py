@@ -1,0 +1,18 @@
+"""pyro_msm: score matching for unnormalised models of data with missing coordinates, on Pyro."""
+
+from . import distributions, infer, missingness
+from .infer import IWScoreMatching, MissingScoreMatching, VariationalScoreMatching
+from .primitives import observe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "observe",
+    "MissingScoreMatching",
+    "IWScoreMatching",
+    "VariationalScoreMatching",
+    "distributions",
+    "infer",
+    "missingness",
+    "__version__",
+]

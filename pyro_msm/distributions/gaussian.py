@@ -1,0 +1,94 @@
+"""The Gaussian energy: the family with closed-form scores, samples and marginals."""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import MultivariateNormal, constraints
+from torch import Tensor
+
+from .energy import Energy
+
+__all__ = ["GaussianEnergy"]
+
+
+class GaussianEnergy(Energy):
+    r"""Gaussian energy :math:`E(x) = \tfrac12 (x-\mu)^\top P (x-\mu)` with precision :math:`P`.
+
+    Give exactly one of ``precision`` (used through its symmetric part, which is all the energy
+    depends on) or ``precision_tril``, a lower-triangular :math:`L` with :math:`P = L L^\top`;
+    with a positive diagonal (e.g. ``pyro.param(..., constraint=constraints.lower_cholesky)``)
+    the latter keeps :math:`P` positive definite during training. Scores, the diagonal of their
+    Jacobian and samples are exact.
+
+    :param loc: mean :math:`\mu`, shape ``batch + (d,)``.
+    :param precision: precision matrix, shape ``batch + (d, d)``.
+    :param precision_tril: Cholesky factor of the precision, shape ``batch + (d, d)``.
+    """
+
+    arg_constraints = {
+        "loc": constraints.real_vector,
+        "precision": constraints.positive_definite,
+    }
+
+    def __init__(
+        self,
+        loc: Tensor,
+        precision: Tensor | None = None,
+        *,
+        precision_tril: Tensor | None = None,
+    ) -> None:
+        if (precision is None) == (precision_tril is None):
+            raise ValueError("GaussianEnergy needs exactly one of precision or precision_tril")
+        if not isinstance(loc, Tensor) or loc.dim() < 1:
+            raise ValueError("GaussianEnergy: loc must be a tensor of shape batch + (d,)")
+        if precision_tril is not None:
+            precision_tril = precision_tril.tril()
+            precision = precision_tril @ precision_tril.mT
+        assert precision is not None
+        d = loc.shape[-1]
+        if precision.shape[-2:] != (d, d):
+            raise ValueError(
+                f"GaussianEnergy: precision has shape {tuple(precision.shape)}, "
+                f"expected (..., {d}, {d})"
+            )
+        precision = 0.5 * (precision + precision.mT)
+        batch_shape = torch.broadcast_shapes(loc.shape[:-1], precision.shape[:-2])
+        self.loc = loc.expand(batch_shape + (d,))
+        self.precision = precision.expand(batch_shape + (d, d))
+        super().__init__((d,), batch_shape)
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        """:math:`P^{-1}`."""
+        return torch.cholesky_inverse(torch.linalg.cholesky(self.precision))
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    def energy(self, x: Tensor) -> Tensor:
+        diff = x - self.loc
+        return 0.5 * (diff * (diff.unsqueeze(-2) @ self.precision).squeeze(-2)).sum(-1)
+
+    def score(self, x: Tensor) -> Tensor:
+        diff = (x - self.loc).unsqueeze(-2)
+        return -(diff @ self.precision).squeeze(-2)
+
+    def score_and_diag_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.score(x)
+        b = -torch.diagonal(self.precision, dim1=-2, dim2=-1)
+        return a, b.expand(a.shape)
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        """Exact samples from :math:`N(\\mu, P^{-1})`."""
+        with torch.no_grad():
+            mvn = MultivariateNormal(self.loc, precision_matrix=self.precision, validate_args=False)
+            return mvn.sample(torch.Size(sample_shape))
+
+    def expand(self, batch_shape, _instance=None) -> GaussianEnergy:
+        batch_shape = torch.Size(batch_shape)
+        d = self.event_shape[0]
+        return GaussianEnergy(
+            self.loc.expand(batch_shape + (d,)),
+            self.precision.expand(batch_shape + (d, d)),
+        )

@@ -1,0 +1,104 @@
+r"""Derivatives of a model's log density in its data argument, in one place.
+
+Every estimator and objective gets the score :math:`a(z) = \nabla_z \log q(z)` and the diagonal
+of its Jacobian :math:`b_j(z) = \partial a_j / \partial z_j` from here: from the distribution's
+closed-form hooks when it has them (:class:`~pyro_msm.distributions.Energy`), otherwise by
+:mod:`torch.func` (one vectorised pass over all rows and particles). The results keep their
+graph to the model parameters, so losses built on them can be differentiated again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from pyro.distributions import ExpandedDistribution
+from torch import Tensor
+from torch.distributions import Distribution
+from torch.func import grad, jvp, vmap
+
+from ..distributions.energy import Energy
+
+__all__ = ["log_prob", "score", "score_and_diag_jacobian", "hessian_vector_product"]
+
+
+def _unwrap(fn: Distribution) -> Distribution:
+    """Strip wrappers that only broadcast the batch shape."""
+    while isinstance(fn, ExpandedDistribution):
+        fn = fn.base_dist
+    return fn
+
+
+@contextlib.contextmanager
+def _without_validation(fn: Distribution) -> Iterator[None]:
+    """Switch off argument validation on ``fn`` and its wrapped distributions (a validation check
+    is data-dependent control flow, which :func:`torch.func.vmap` cannot trace)."""
+    chain = []
+    node = fn
+    while isinstance(node, Distribution):
+        chain.append((node, getattr(node, "_validate_args", False)))
+        node = getattr(node, "base_dist", None)
+    for d, _ in chain:
+        d._validate_args = False
+    try:
+        yield
+    finally:
+        for d, flag in chain:
+            d._validate_args = flag
+
+
+def log_prob(fn: Distribution, z: Tensor) -> Tensor:
+    """Unnormalised log density of each row of ``z`` (``(..., d) -> (...)``)."""
+    with _without_validation(fn):
+        return fn.log_prob(z)
+
+
+def _total_log_prob(fn: Distribution):
+    return lambda z: log_prob(fn, z).sum()
+
+
+def score(fn: Distribution, z: Tensor) -> Tensor:
+    """The score :math:`\\nabla_z \\log q(z)`, shape of ``z``."""
+    base = _unwrap(fn)
+    if isinstance(base, Energy):
+        a = base.score(z)
+        if a is not None:
+            return a.expand(z.shape)
+    with torch.enable_grad():
+        return grad(_total_log_prob(fn))(z)
+
+
+def score_and_diag_jacobian(fn: Distribution, z: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The score and the diagonal of its Jacobian at each row of ``z``.
+
+    The autodiff path computes forward-over-reverse Hessian-vector products along the ``d``
+    coordinate axes, batched by :func:`torch.func.vmap`: ``d`` products, each over all rows.
+
+    :param fn: the data distribution (event shape ``(d,)``), batch-broadcastable with ``z``.
+    :param z: points ``(..., d)``.
+    :returns: ``(a, b)``, each of the shape of ``z``.
+    """
+    base = _unwrap(fn)
+    if isinstance(base, Energy):
+        closed = base.score_and_diag_jacobian(z)
+        if closed is not None:
+            a, b = closed
+            return a.expand(z.shape), b.expand(z.shape)
+    d = z.shape[-1]
+    total = _total_log_prob(fn)
+    basis = torch.eye(d, dtype=z.dtype, device=z.device).reshape((d,) + (1,) * (z.dim() - 1) + (d,))
+    basis = basis.expand((d,) + z.shape)
+    with torch.enable_grad():
+        a = grad(total)(z)
+        columns = vmap(lambda v: jvp(grad(total), (z,), (v,))[1])(basis)  # (d, ..., d)
+    b = torch.diagonal(columns.movedim(0, -2), dim1=-2, dim2=-1)
+    return a, b
+
+
+def hessian_vector_product(fn: Distribution, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """The score at ``z`` and the Hessian of ``log q`` applied to ``v`` (one forward-over-reverse
+    pass), both of the shape of ``z``."""
+    with torch.enable_grad():
+        a, hv = jvp(grad(_total_log_prob(fn)), (z,), (v,))
+    return a, hv

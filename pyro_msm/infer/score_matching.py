@@ -1,0 +1,348 @@
+"""Score matching with missing data as Pyro loss classes."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions import ExpandedDistribution
+from pyro.infer import ELBO
+from torch import Tensor
+from torch.distributions import Distribution
+
+from ..distributions.gaussian import GaussianEnergy
+from .derivatives import log_prob
+from .estimators import (
+    complete_case_particles,
+    importance_particles,
+    mean_impute_particles,
+    variational_particles,
+    zeroed_particles,
+)
+from .gaussian import marginal_score_matching_loss
+from .objectives import Particles, exact_objective
+from .proposals import Proposal, make_proposal
+from .sites import DataSite, FillUnobserved, find_data_sites, guide_log_prob
+
+__all__ = ["MissingScoreMatching", "IWScoreMatching", "VariationalScoreMatching", "ESTIMATORS"]
+
+#: Estimators accepted by :class:`MissingScoreMatching`.
+ESTIMATORS = ("iw", "variational", "zeroed", "mean_impute", "complete_case", "closed_form")
+
+
+def _particle_plate(fn, num_particles: int, dim: int):
+    def wrapped(*args, **kwargs):
+        with pyro.plate("_pyro_msm_particles", num_particles, dim=dim):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _leaf_params(trace) -> list[Tensor]:
+    params = {
+        id(s["value"].unconstrained()): s["value"].unconstrained()
+        for s in trace.nodes.values()
+        if s["type"] == "param"
+    }
+    return [p for p in params.values() if p.requires_grad]
+
+
+class MissingScoreMatching(ELBO):
+    r"""Marginal score matching for unnormalised models of data with missing coordinates.
+
+    The model declares its data with :func:`pyro_msm.observe`; parameters are ``pyro.param``
+    (or ``pyro.module``) values. The loss is the marginal Hyvarinen objective of the observed
+    coordinates, summed over rows (weighted by plate subsampling scales) and over data sites,
+
+    .. math:: L(x_o) = \sum_{j\in o} \big[2\,E'[b_j] + 2\,\mathrm{Var}'[a_j] + E'[a_j]^2\big],
+
+    where :math:`a` is the model's score, :math:`b` its diagonal Jacobian and :math:`E'`,
+    :math:`\mathrm{Var}'` are under the model's conditional of the missing coordinates given the
+    observed ones, which is estimated by ``estimator``:
+
+    - ``"iw"`` (default): self-normalised importance weighting with ``num_particles`` draws from
+      ``proposal`` per row, redrawn every step. The default proposal, ``"moment_matched"``, is the
+      conditional :math:`N(x_u \mid x_o)` of a Gaussian moment-matched to the batch from
+      pairwise-available entries; ``"wide"`` is the paper's fixed :math:`N(0, 4^2 I)`. On Gaussian
+      data (d=5, 25% MCAR, r=10) the moment-matched proposal keeps the effective sample size near
+      r where the paper's falls to under half, and its fits are closer to the exact marginal
+      answer (see the benchmark in the documentation). The guide is not used.
+      After each call, :attr:`diagnostics` holds ``"ess"``, the mean effective sample size
+      :math:`1/\sum_k w_k^2` over rows with a missing coordinate.
+    - ``"variational"``: the guide is :math:`q_\phi(x_u \mid x_o)`. SVI steps come in cycles of one
+      *model step* followed by ``guide_steps`` *guide steps*. A guide step draws
+      ``guide_particles`` completions per row and updates only the guide, on the reverse KL to the
+      model's conditional restricted to the missing coordinates,
+      :math:`E_{q_\phi}[\log q_\phi(x_u\mid x_o) - \log q_\theta(x_o, x_u)]`. A model step draws
+      ``num_particles`` completions and updates the model with the covariance-identity surrogate
+      of METHOD.md (and the guide with the KL of the same draws). The value returned by a model
+      step is the plug-in marginal loss, not the surrogate; a guide step returns the value of the
+      latest model step (``diagnostics["kl"]`` holds its own objective and
+      ``diagnostics["step"]`` which kind of step it was).
+    - ``"zeroed"``: missing inputs set to zero, observed outputs of the full score scored (biased).
+    - ``"mean_impute"``: missing entries replaced by observed column means, then classical score
+      matching on every coordinate (biased).
+    - ``"complete_case"``: classical score matching on the rows with nothing missing; the others
+      are dropped, with a warning that counts them.
+    - ``"closed_form"``: the exact marginal loss of a
+      :class:`~pyro_msm.distributions.GaussianEnergy` model (the oracle the others approximate; other models raise ``TypeError``).
+
+    With no missing value every estimator returns the classical score-matching loss
+    :math:`\sum_j 2 b_j + a_j^2`. Rows with no observed coordinate carry no information and are
+    skipped with a warning. Like any :class:`~pyro.infer.ELBO`, the loss works with
+    :class:`~pyro.infer.SVI` (``step``, ``evaluate_loss``) and as
+    ``MissingScoreMatching()(model, guide)``, a module whose ``forward()`` gives a differentiable
+    loss for plain PyTorch loops (for ``"variational"`` every call is a model step).
+
+    :param estimator: one of ``ESTIMATORS``.
+    :param num_particles: particles per row ``r`` for ``"iw"`` and the model steps of
+        ``"variational"``.
+    :param proposal: the IW proposal: ``"moment_matched"``, ``"wide"``, a
+        :class:`~pyro_msm.infer.proposals.Proposal`, or a Pyro distribution over rows.
+    :param guide_steps: guide steps per model step for ``"variational"``.
+    :param guide_particles: completions per row on guide steps.
+    :param max_plate_nesting: as in :class:`~pyro.infer.ELBO` (guessed when not given).
+
+    References
+
+    [1] Givens, Liu & Reeve, "Score Matching with Missing Data", ICML 2025, arXiv:2506.00557.
+    [2] Hyvarinen, "Estimation of Non-Normalized Statistical Models by Score Matching",
+        JMLR 6, 2005.
+    """
+
+    def __init__(
+        self,
+        estimator: str = "iw",
+        num_particles: int = 10,
+        *,
+        proposal: str | Proposal | Distribution = "moment_matched",
+        guide_steps: int = 10,
+        guide_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+    ) -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+        if int(num_particles) < 1 or int(guide_particles) < 1:
+            raise ValueError("num_particles and guide_particles must be at least 1")
+        if int(guide_steps) < 0:
+            raise ValueError(f"guide_steps must be non-negative, got {guide_steps}")
+        super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting)
+        self.estimator = estimator
+        self.proposal = make_proposal(proposal)
+        self.guide_steps = int(guide_steps)
+        self.guide_particles = int(guide_particles)
+        self.diagnostics: dict[str, Any] = {}
+        self._step = 0
+        self._last_model_loss = math.nan
+        self._warned: set[tuple[str, str]] = set()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _warn_once(self, site: str, kind: str, message: str) -> None:
+        if (site, kind) not in self._warned:
+            self._warned.add((site, kind))
+            warnings.warn(message, UserWarning, stacklevel=4)
+
+    def _row_weights(self, site: DataSite, particles: Particles) -> Tensor:
+        """Row multipliers: subsampling scale times the estimator's row weight; warns once."""
+        empty = int((~site.mask.any(-1)).sum())
+        if empty:
+            self._warn_once(
+                site.name,
+                "empty",
+                f"site '{site.name}': {empty} of {site.mask.shape[0]} rows in this batch have no "
+                "observed coordinate and are skipped (they carry no information)",
+            )
+        if self.estimator == "complete_case":
+            dropped = int((~site.mask.all(-1) & site.mask.any(-1)).sum())
+            if dropped:
+                self._warn_once(
+                    site.name,
+                    "complete_case",
+                    f"site '{site.name}': complete-case analysis drops {dropped} of "
+                    f"{site.mask.shape[0]} rows in this batch (rows with a missing coordinate)",
+                )
+        return site.scale * particles.row_weight
+
+    def _model_trace(self, model, guide_trace, args, kwargs):
+        if guide_trace is None:
+            model = FillUnobserved()(model)
+        else:
+            model = poutine.replay(model, trace=guide_trace)
+        return poutine.trace(model).get_trace(*args, **kwargs)
+
+    # -- estimators without a guide -------------------------------------------------------------
+    def _direct_loss(self, model, args, kwargs) -> tuple[Tensor, list[Tensor]]:
+        trace = self._model_trace(model, None, args, kwargs)
+        total = 0.0
+        ess = []
+        for site in find_data_sites(trace):
+            x, mask = site.data, site.mask
+            if self.estimator == "closed_form":
+                base = site.fn
+                while isinstance(base, ExpandedDistribution):
+                    base = base.base_dist
+                if not isinstance(base, GaussianEnergy):
+                    raise TypeError(
+                        f"site '{site.name}': estimator 'closed_form' needs a GaussianEnergy, "
+                        f"got {type(base).__name__}"
+                    )
+                rows = marginal_score_matching_loss(x, mask, base.loc, base.precision)
+                particles = zeroed_particles(x, mask)
+                total = total + (rows * self._row_weights(site, particles)).sum()
+                continue
+            if self.estimator == "iw":
+                particles = importance_particles(
+                    site.fn, x, mask, self.proposal, self.num_particles
+                )
+                has_missing = ~mask.all(-1)
+                if bool(has_missing.any()):
+                    ess.append(particles.effective_sample_size[has_missing].mean())
+            elif self.estimator == "zeroed":
+                particles = zeroed_particles(x, mask)
+            elif self.estimator == "mean_impute":
+                particles = mean_impute_particles(x, mask)
+            else:
+                particles = complete_case_particles(x, mask)
+            rows = exact_objective(site.fn, particles)
+            total = total + (rows * self._row_weights(site, particles)).sum()
+        if ess:
+            self.diagnostics["ess"] = float(torch.stack(ess).mean())
+        return total, _leaf_params(trace)
+
+    # -- the variational estimator ----------------------------------------------------------------
+    def _variational_terms(self, model, guide, args, kwargs, model_step: bool):
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        r = self.num_particles if model_step else self.guide_particles
+        dim = -int(self.max_plate_nesting) - 1
+        guide_trace = poutine.trace(_particle_plate(guide, r, dim)).get_trace(*args, **kwargs)
+        model_trace = self._model_trace(_particle_plate(model, r, dim), guide_trace, args, kwargs)
+        sites = find_data_sites(model_trace)
+        guide_lp = guide_log_prob(guide_trace, sites)
+        objective, kl = 0.0, 0.0
+        for site in sites:
+            x, mask = site.data, site.mask
+            draws = site.value
+            live = log_prob(site.fn, draws)  # gradient to the guide through the draws
+            if model_step:
+                detached = log_prob(site.fn, draws.detach())  # gradient to the model only
+                particles = variational_particles(site.fn, x, mask, draws, detached)
+                weights = self._row_weights(site, particles)
+                objective = objective + (exact_objective(site.fn, particles) * weights).sum()
+                # the KL's model term carries no gradient to the model: -live + detached cancels
+                kl_rows = guide_lp.get(site.name, 0.0) - live + detached - detached.detach()
+            else:
+                weights = site.scale * (mask.any(-1)).to(x.dtype)
+                kl_rows = guide_lp.get(site.name, 0.0) - live
+            kl = kl + (kl_rows.mean(0) * weights).sum()
+        return objective, kl, _leaf_params(model_trace), _leaf_params(guide_trace)
+
+    # -- the ELBO interface ---------------------------------------------------------------------
+    def _get_trace(self, model, guide, args, kwargs):
+        """Pyro's particle machinery is not used: estimators draw their own particles."""
+        raise NotImplementedError("MissingScoreMatching draws its own particles")
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        """A differentiable scalar: its value is the loss, its gradient the estimator's (for
+        ``"variational"``, model parameters get the surrogate's and guide parameters the KL's)."""
+        if self.estimator == "variational":
+            objective, kl, _, _ = self._variational_terms(model, guide, args, kwargs, True)
+            self.diagnostics.update(
+                step="model", kl=float(kl.detach()), loss=float(objective.detach())
+            )
+            return objective + (kl - kl.detach())
+        loss, _ = self._direct_loss(model, args, kwargs)
+        self.diagnostics["loss"] = float(loss)
+        return loss
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The loss value (for ``"variational"``, the plug-in marginal loss with
+        ``num_particles`` guide draws per row)."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Compute gradients for one SVI step and return the loss value."""
+        if self.estimator != "variational":
+            loss, _ = self._direct_loss(model, args, kwargs)
+            if loss.requires_grad:
+                loss.backward()
+            value = float(loss.detach())
+            self.diagnostics["loss"] = value
+            return value
+        cycle = self.guide_steps + 1
+        model_step = self._step % cycle == 0
+        self._step += 1
+        objective, kl, model_params, guide_params = self._variational_terms(
+            model, guide, args, kwargs, model_step
+        )
+        if model_step:
+            total = objective + (kl - kl.detach())
+            if total.requires_grad:
+                total.backward()
+            self._last_model_loss = float(objective.detach())
+        else:
+            if guide_params and kl.requires_grad:
+                kl.backward(inputs=guide_params)
+            guide_ids = {id(p) for p in guide_params}
+            for p in model_params:
+                if id(p) not in guide_ids:
+                    p.grad = None  # keep Adam from moving model parameters by momentum
+        self.diagnostics.update(
+            step="model" if model_step else "guide",
+            kl=float(kl.detach()),
+            loss=self._last_model_loss,
+        )
+        return self._last_model_loss
+
+
+class IWScoreMatching(MissingScoreMatching):
+    r"""Marginal score matching estimated by importance weighting (Marg-IW).
+
+    For each row, :math:`r` draws :math:`x'_k` of the missing coordinates from a proposal
+    :math:`p'`, completed points :math:`z_k = (x_o, x'_{k,u})`, log weights
+    :math:`\log q_\theta(z_k) - \log p'(x'_{k,u})` normalised by a softmax, and
+
+    .. math::
+        \hat s_j = \sum_k w_k a_j(z_k),\qquad
+        \partial_j \hat s_j = \sum_k w_k b_j(z_k) + \sum_k w_k a_j(z_k)^2 - \hat s_j^2,\qquad
+        L = \sum_{j\in o} 2\,\partial_j \hat s_j + \hat s_j^2 .
+
+    Gradients flow through both the scores and the weights. Biased at :math:`O(1/r)`, consistent
+    as :math:`r` grows. Other arguments as in :class:`MissingScoreMatching`.
+
+    References
+
+    [1] Givens, Liu & Reeve, "Score Matching with Missing Data", ICML 2025, arXiv:2506.00557.
+    """
+
+    def __init__(self, num_particles: int = 10, **kwargs) -> None:
+        super().__init__("iw", num_particles, **kwargs)
+
+
+class VariationalScoreMatching(MissingScoreMatching):
+    r"""Marginal score matching with a variational conditional (Marg-Var).
+
+    The guide :math:`q_\phi(x_u \mid x_o)` is trained on the reverse KL to the model's conditional
+    (missing coordinates only); the model on the surrogate
+
+    .. math::
+        J = \sum_{j\in o} 2(\bar E b_j + C(l, b_j)) + 2(\bar E a_j^2 + C(l, a_j^2))
+            - 2\,\mathrm{sg}(\bar E a_j)(\bar E a_j + C(l, a_j)),
+
+    whose gradient is the covariance identity
+    :math:`\nabla E'[h] = E'[\nabla h] + \mathrm{Cov}'(\nabla \log q_\theta, h)` with guide draws
+    in place of the model's conditional. Schedule, particles and the reported value as in
+    :class:`MissingScoreMatching`.
+
+    References
+
+    [1] Givens, Liu & Reeve, "Score Matching with Missing Data", ICML 2025, arXiv:2506.00557.
+    """
+
+    def __init__(self, num_particles: int = 10, **kwargs) -> None:
+        super().__init__("variational", num_particles, **kwargs)

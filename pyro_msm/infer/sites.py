@@ -1,0 +1,158 @@
+"""Reading masked data sites, their data, masks and scales, out of Pyro traces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pyro.distributions import Delta, Independent, MaskedDistribution
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.trace_struct import Trace
+from torch import Tensor
+from torch.distributions import Distribution
+
+from ..primitives import SITE_KEY, MissingCoordinates
+
+__all__ = ["DataSite", "FillUnobserved", "find_data_sites", "guide_log_prob"]
+
+
+@dataclass
+class DataSite:
+    """A masked data site as the loss sees it, rows flattened.
+
+    :ivar name: the name given to :func:`~pyro_msm.observe`.
+    :ivar fn: the data distribution at ``{name}_observed``.
+    :ivar data: ``(n, d)`` observed table, missing entries zero.
+    :ivar mask: boolean ``(n, d)``, True where observed.
+    :ivar scale: ``(n,)`` row multipliers from subsampled plates and ``poutine.scale``.
+    :ivar value: the completed rows as sampled, ``(r, n, d)`` (``r = 1`` without particles).
+    """
+
+    name: str
+    fn: Distribution
+    data: Tensor
+    mask: Tensor
+    scale: Tensor
+    value: Tensor
+
+
+class FillUnobserved(Messenger):
+    """Give every ``{name}_unobserved`` site that no guide provides a zero value instead of a
+    draw from the model (the importance-weighting estimator draws its own completions)."""
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and msg["value"] is None:
+            fn = msg["fn"]
+            if isinstance(fn, MissingCoordinates):
+                msg["value"] = torch.zeros(
+                    fn.batch_shape + fn.event_shape,
+                    dtype=fn.data.dtype,
+                    device=fn.data.device,
+                )
+
+
+def _is_plate(site: dict) -> bool:
+    return isinstance(site.get("fn"), _Subsample)
+
+
+def find_data_sites(trace: Trace) -> list[DataSite]:
+    """All sites created by :func:`~pyro_msm.observe` in a model trace.
+
+    :raises ValueError: if there is none, or if the model has a latent site that is not the
+        missing part of a data site (score matching fits parameters, not latent variables).
+    """
+    sites: list[DataSite] = []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        info = site["infer"].get(SITE_KEY)
+        if isinstance(info, dict):
+            data, mask = info["data"], info["mask"]
+            d = data.shape[-1]
+            value = site["value"]
+            n = data.numel() // d
+            scale = torch.as_tensor(site["scale"], dtype=data.dtype, device=data.device)
+            sites.append(
+                DataSite(
+                    name=info["name"],
+                    fn=site["fn"],
+                    data=data.reshape(n, d),
+                    mask=mask.reshape(n, d),
+                    scale=scale.expand(data.shape[:-1]).reshape(n),
+                    value=value.reshape(-1, n, d),
+                )
+            )
+        elif not (
+            site["is_observed"] or isinstance(site["fn"], MissingCoordinates) or _is_plate(site)
+        ):
+            raise ValueError(
+                f"latent site '{name}': MissingScoreMatching fits pyro.param parameters of "
+                "unnormalised models; the only latent sites it handles are the missing "
+                "coordinates of pyro_msm.observe sites"
+            )
+    if not sites:
+        raise ValueError(
+            "the model has no masked data site: declare the data with "
+            "pyro_msm.observe(name, distribution, obs=..., obs_mask=...)"
+        )
+    return sites
+
+
+def _coordinatewise_log_prob(name: str, fn: Distribution, value: Tensor) -> Tensor:
+    """Per-coordinate log densities of a factorised guide distribution, shape of ``value``."""
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    if isinstance(fn, MaskedDistribution):
+        inner = _coordinatewise_log_prob(name, fn.base_dist, value)
+        return torch.where(fn._mask, inner, torch.zeros((), dtype=inner.dtype, device=inner.device))
+    lp = fn.log_prob(value)
+    if lp.shape != value.shape:
+        raise TypeError(
+            f"guide site '{name}': its distribution ({type(fn).__name__}) does not factorise "
+            "over coordinates, so its density cannot be restricted to the missing ones; use "
+            "pyro_msm.guides.AmortizedNormal or pyro.infer.autoguide.AutoNormal"
+        )
+    return lp
+
+
+def guide_log_prob(trace: Trace, sites: list[DataSite]) -> dict[str, Tensor]:
+    r"""The guide's log density of the *missing* coordinates of each data site, ``(r, n)``.
+
+    Guide sites named ``{name}_unobserved`` (or ``{name}_unobserved_*``, such as
+    :class:`~pyro.infer.autoguide.AutoNormal`'s ``{name}_unobserved_unconstrained``) are
+    restricted coordinate by coordinate to the missing entries, so observed entries of a guide
+    get no gradient and cannot drift. A :class:`~pyro.distributions.Delta` (an autoguide's
+    deterministic transform) contributes its ``log_density``.
+
+    :raises ValueError: for a guide latent site that belongs to no data site.
+    """
+    out: dict[str, Tensor] = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or _is_plate(site):
+            continue
+        owner = next(
+            (
+                s
+                for s in sites
+                if name == f"{s.name}_unobserved" or name.startswith(f"{s.name}_unobserved_")
+            ),
+            None,
+        )
+        if owner is None:
+            raise ValueError(
+                f"guide site '{name}' matches no missing-data site; guides for "
+                "MissingScoreMatching sample only '<name>_unobserved'"
+            )
+        n, d = owner.data.shape
+        fn, value = site["fn"], site["value"]
+        if isinstance(fn, Delta) or (
+            isinstance(fn, Independent) and isinstance(fn.base_dist, Delta)
+        ):
+            delta = fn if isinstance(fn, Delta) else fn.base_dist
+            lp = delta.log_density.expand(value.shape[:-1]).reshape(-1, n)
+        else:
+            per_coordinate = _coordinatewise_log_prob(name, fn, value).reshape(-1, n, d)
+            lp = (per_coordinate * (~owner.mask).to(per_coordinate.dtype)).sum(-1)
+        out[owner.name] = out.get(owner.name, 0) + lp
+    return out

@@ -1,0 +1,183 @@
+"""The coordinate-level masked data site: :func:`observe`."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import pyro
+import torch
+from pyro.distributions import TorchDistribution
+from pyro.distributions.torch_distribution import TorchDistributionMixin
+from torch import Tensor
+
+__all__ = ["observe", "MissingCoordinates", "SITE_KEY"]
+
+#: Key of ``site["infer"]`` under which :func:`observe` records the data and mask of a site.
+SITE_KEY = "pyro_msm"
+
+
+class MissingCoordinates(TorchDistribution):
+    """The model's distribution at ``{name}_unobserved``: the data distribution, for the shape,
+    the support and prior draws, with zero log density.
+
+    The joint unnormalised density of the completed row is carried once, by ``{name}_observed``;
+    this site only gives guides something to model. It also carries the site's data (missing
+    entries zero-filled) and coordinate mask, so that a guide can condition on the observed
+    coordinates (:class:`~pyro_msm.guides.AmortizedNormal` does).
+
+    :param base: the data distribution (event shape ``(d,)``).
+    :param data: the observed table with missing entries filled by zeros.
+    :param observed_mask: boolean tensor, True where observed, shape of ``data``.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: TorchDistributionMixin, data: Tensor, observed_mask: Tensor) -> None:
+        self.base = base
+        self.data = data
+        self.observed_mask = observed_mask
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):  # type: ignore[override]
+        return self.base.support
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        return False
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        """Draws of the whole row from the data distribution (its ``sample``)."""
+        return self.base.sample(torch.Size(sample_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Zero: the joint density is counted at ``{name}_observed``."""
+        shape = value.shape[: value.dim() - self.event_dim]
+        return torch.zeros(shape, dtype=value.dtype, device=value.device)
+
+    def expand(self, batch_shape, _instance=None) -> MissingCoordinates:
+        batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape:
+            return self
+        return MissingCoordinates(self.base.expand(batch_shape), self.data, self.observed_mask)
+
+
+def _as_mask(name: str, obs: Tensor, obs_mask) -> Tensor:
+    """Validate ``obs_mask`` and return a coordinate-level boolean mask of ``obs.shape``."""
+    if obs_mask is None:
+        return ~torch.isnan(obs)
+    if isinstance(obs_mask, np.ndarray):
+        obs_mask = torch.from_numpy(obs_mask)
+    if isinstance(obs_mask, (bool, numbers.Integral)) and not isinstance(obs_mask, Tensor):
+        obs_mask = torch.tensor(bool(obs_mask))
+    if not isinstance(obs_mask, Tensor):
+        raise TypeError(
+            f"site '{name}': obs_mask must be a boolean tensor, got {type(obs_mask).__name__}"
+        )
+    if obs_mask.dtype != torch.bool:
+        if obs_mask.is_complex() or not bool(((obs_mask == 0) | (obs_mask == 1)).all()):
+            raise TypeError(
+                f"site '{name}': obs_mask must be boolean-like (True/False or 0/1), "
+                f"got dtype {obs_mask.dtype} with other values"
+            )
+        obs_mask = obs_mask != 0
+    if obs_mask.device != obs.device:
+        raise ValueError(
+            f"site '{name}': obs_mask is on {obs_mask.device} but obs is on {obs.device}"
+        )
+    if obs_mask.shape == obs.shape:
+        return obs_mask
+    batch_shape = obs.shape[:-1]
+    try:
+        torch.broadcast_shapes(obs_mask.shape, batch_shape)
+        return (
+            obs_mask.unsqueeze(-1).expand(obs.shape)
+            if obs_mask.dim()
+            else obs_mask.expand(obs.shape)
+        )
+    except RuntimeError:
+        pass
+    raise ValueError(
+        f"site '{name}': obs_mask has shape {tuple(obs_mask.shape)}; expected the shape of obs "
+        f"{tuple(obs.shape)} (coordinate-level) or one that broadcasts to its batch shape "
+        f"{tuple(batch_shape)} (row-level)"
+    )
+
+
+def observe(
+    name: str,
+    fn: TorchDistributionMixin,
+    obs: Tensor,
+    obs_mask: Tensor | None = None,
+) -> Tensor:
+    """A data site whose rows may miss any subset of coordinates.
+
+    Pyro's ``pyro.sample(..., obs_mask=...)`` masks whole rows; this primitive masks single
+    coordinates. It creates, like Pyro's masked sites,
+
+    - ``{name}_unobserved``: a latent site of the row's shape whose *missing* coordinates are
+      the unknowns (its distribution is :class:`MissingCoordinates`, with zero log density);
+      a guide for it is the conditional :math:`q_\\phi(x_u \\mid x_o)`. Guide values at observed
+      coordinates are ignored;
+    - ``{name}_observed``: the data distribution observed at the completed row (observed
+      entries from ``obs``, missing ones from ``{name}_unobserved``), which records the data and
+      mask for :class:`~pyro_msm.infer.MissingScoreMatching`;
+    - ``{name}``: a deterministic site with the completed row, which is returned.
+
+    Missing entries of ``obs`` are replaced by zeros before any arithmetic, so NaN placeholders
+    cannot poison gradients. Works inside (subsampled) ``pyro.plate``.
+
+    :param name: site name.
+    :param fn: data distribution with event shape ``(d,)``: an
+        :class:`~pyro_msm.distributions.Energy` or any Pyro distribution whose ``log_prob`` is
+        differentiable (its normaliser plays no role).
+    :param obs: data, shape ``batch_shape + (d,)``, floating point; NaN marks missing entries when
+        ``obs_mask`` is None.
+    :param obs_mask: True where observed: of ``obs``'s shape (coordinate level) or broadcastable
+        to its batch shape (row level, Pyro's meaning). Booleans or 0/1 values.
+    :returns: the completed rows, shape of ``obs``.
+    :raises TypeError: for a non-tensor or non-floating ``obs`` or a non-boolean mask.
+    :raises ValueError: for mismatched shapes or devices, or NaN/inf in an observed entry.
+    """
+    if not isinstance(fn, TorchDistributionMixin):
+        raise TypeError(f"site '{name}': fn must be a Pyro distribution, got {type(fn).__name__}")
+    if fn.event_dim != 1:
+        raise ValueError(
+            f"site '{name}': the data distribution must have event shape (d,), "
+            f"got event shape {tuple(fn.event_shape)}"
+        )
+    if isinstance(obs, np.ndarray):
+        obs = torch.from_numpy(obs)
+    if not isinstance(obs, Tensor):
+        raise TypeError(f"site '{name}': obs must be a tensor, got {type(obs).__name__}")
+    if not obs.is_floating_point():
+        raise TypeError(f"site '{name}': obs must be floating point, got dtype {obs.dtype}")
+    if obs.dim() < 1 or obs.shape[-1:] != fn.event_shape:
+        raise ValueError(
+            f"site '{name}': obs has shape {tuple(obs.shape)}, but the distribution has event "
+            f"shape {tuple(fn.event_shape)}"
+        )
+    mask = _as_mask(name, obs, obs_mask)
+    bad = mask & ~torch.isfinite(obs)
+    if bool(bad.any()):
+        raise ValueError(
+            f"site '{name}': {int(bad.sum())} entries marked observed are NaN or infinite; mark "
+            "them missing in obs_mask (or leave obs_mask=None to treat NaN as missing)"
+        )
+    data = torch.where(mask, obs, torch.zeros((), dtype=obs.dtype, device=obs.device))
+    if fn.batch_shape != obs.shape[:-1]:
+        fn = fn.expand(torch.broadcast_shapes(fn.batch_shape, obs.shape[:-1]))
+    unobserved = pyro.sample(
+        f"{name}_unobserved",
+        MissingCoordinates(fn, data, mask),
+        infer={SITE_KEY: "unobserved"},
+    )
+    value = torch.where(mask, data, unobserved)
+    pyro.sample(
+        f"{name}_observed",
+        fn,
+        obs=value,
+        infer={SITE_KEY: {"data": data, "mask": mask, "name": name}},
+    )
+    return pyro.deterministic(name, value, event_dim=1)
