@@ -89,7 +89,8 @@ class MissingScoreMatching(ELBO):
     - ``"complete_case"``: classical score matching on the rows with nothing missing; the others
       are dropped, with a warning that counts them.
     - ``"closed_form"``: the exact marginal loss of a
-      :class:`~pyro_msm.distributions.GaussianEnergy` model (the oracle the others approximate; other models raise ``TypeError``).
+      :class:`~pyro_msm.distributions.GaussianEnergy` model (the oracle the others
+      approximate; other models raise ``TypeError``).
 
     With no missing value every estimator returns the classical score-matching loss
     :math:`\sum_j 2 b_j + a_j^2`. Rows with no observed coordinate carry no information and are
