@@ -3,8 +3,8 @@ r"""Derivatives of a model's log density in its data argument, in one place.
 Every estimator and objective gets the score :math:`a(z) = \nabla_z \log q(z)` and the diagonal
 of its Jacobian :math:`b_j(z) = \partial a_j / \partial z_j` from here: from the distribution's
 closed-form hooks when it has them (:class:`~pyro_msm.distributions.Energy`), otherwise by
-:mod:`torch.func` (one vectorised pass over all rows and particles). The results keep their
-graph to the model parameters, so losses built on them can be differentiated again.
+automatic differentiation vectorised over rows, particles and coordinate axes. The results keep
+their graph to the model parameters, so losses built on them can be differentiated again.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from pyro.distributions import ExpandedDistribution
 from torch import Tensor
 from torch.distributions import Distribution
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jvp
 
 from ..distributions.energy import Energy
 
@@ -54,10 +54,6 @@ def log_prob(fn: Distribution, z: Tensor) -> Tensor:
         return fn.log_prob(z)
 
 
-def _total_log_prob(fn: Distribution):
-    return lambda z: log_prob(fn, z).sum()
-
-
 def score(fn: Distribution, z: Tensor) -> Tensor:
     """The score :math:`\\nabla_z \\log q(z)`, shape of ``z``."""
     base = _unwrap(fn)
@@ -66,14 +62,18 @@ def score(fn: Distribution, z: Tensor) -> Tensor:
         if a is not None:
             return a.expand(z.shape)
     with torch.enable_grad():
-        return grad(_total_log_prob(fn))(z)
+        point = z if z.requires_grad else z.detach().requires_grad_(True)
+        (a,) = torch.autograd.grad(log_prob(fn, point).sum(), point, create_graph=True)
+    return a
 
 
 def score_and_diag_jacobian(fn: Distribution, z: Tensor) -> tuple[Tensor, Tensor]:
     r"""The score and the diagonal of its Jacobian at each row of ``z``.
 
-    The autodiff path computes forward-over-reverse Hessian-vector products along the ``d``
-    coordinate axes, batched by :func:`torch.func.vmap`: ``d`` products, each over all rows.
+    The autodiff path differentiates the score once more along the ``d`` coordinate axes,
+    batched (``is_grads_batched``, i.e. :func:`torch.func.vmap` over the backward pass): ``d``
+    Hessian-vector products, each over all rows and particles at once. (Measured here it was
+    faster than forward-over-reverse :func:`torch.func.jvp` for MLP energies.)
 
     :param fn: the data distribution (event shape ``(d,)``), batch-broadcastable with ``z``.
     :param z: points ``(..., d)``.
@@ -86,13 +86,19 @@ def score_and_diag_jacobian(fn: Distribution, z: Tensor) -> tuple[Tensor, Tensor
             a, b = closed
             return a.expand(z.shape), b.expand(z.shape)
     d = z.shape[-1]
-    total = _total_log_prob(fn)
     basis = torch.eye(d, dtype=z.dtype, device=z.device).reshape((d,) + (1,) * (z.dim() - 1) + (d,))
-    basis = basis.expand((d,) + z.shape)
     with torch.enable_grad():
-        a = grad(total)(z)
-        columns = vmap(lambda v: jvp(grad(total), (z,), (v,))[1])(basis)  # (d, ..., d)
-    b = torch.diagonal(columns.movedim(0, -2), dim1=-2, dim2=-1)
+        point = z if z.requires_grad else z.detach().requires_grad_(True)
+        (a,) = torch.autograd.grad(log_prob(fn, point).sum(), point, create_graph=True)
+        # row j of every Hessian at once: reverse-over-reverse, batched over the d axes
+        (rows,) = torch.autograd.grad(
+            a,
+            point,
+            grad_outputs=basis.expand((d,) + z.shape),
+            is_grads_batched=True,
+            create_graph=True,
+        )
+    b = torch.diagonal(rows.movedim(0, -2), dim1=-2, dim2=-1)
     return a, b
 
 
@@ -100,5 +106,6 @@ def hessian_vector_product(fn: Distribution, z: Tensor, v: Tensor) -> tuple[Tens
     """The score at ``z`` and the Hessian of ``log q`` applied to ``v`` (one forward-over-reverse
     pass), both of the shape of ``z``."""
     with torch.enable_grad():
-        a, hv = jvp(grad(_total_log_prob(fn)), (z,), (v,))
+        total = lambda point: log_prob(fn, point).sum()  # noqa: E731
+        a, hv = jvp(grad(total), (z.contiguous(),), (v.contiguous(),))
     return a, hv

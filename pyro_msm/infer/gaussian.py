@@ -98,21 +98,40 @@ def conditional_gaussian(
 
 
 def sample_conditional_gaussian(
-    mean: Tensor, chol: Tensor, mask: Tensor, num_samples: int
+    mean: Tensor,
+    chol: Tensor,
+    mask: Tensor,
+    num_samples: int,
+    *,
+    defensive: float = 0.0,
+    defensive_scale: float = 2.0,
 ) -> tuple[Tensor, Tensor]:
     r"""Draw from the conditionals of :func:`conditional_gaussian` and score the draws.
 
-    With :math:`L L^\top = \Lambda_{uu}` (padded), :math:`x_u = \bar x_u + L^{-\top}\varepsilon_u`.
+    With :math:`L L^\top = \Lambda_{uu}` (padded), :math:`x_u = \bar x_u + c\,L^{-\top}\varepsilon_u`.
+    With ``defensive = e > 0`` the draw comes from the mixture
+    :math:`(1-e)\,N(\bar x_u, \Lambda_{uu}^{-1}) + e\,N(\bar x_u, c^2\Lambda_{uu}^{-1})`,
+    ``c = defensive_scale``, whose heavier component bounds importance weights when the Gaussian
+    is narrower than the target (defensive importance sampling, Hesterberg 1995).
 
     :returns: samples ``(num_samples, n, d)`` (observed coordinates equal ``mean``) and the log
-        density of their missing block ``(num_samples, n)``.
+        density of their missing block under the (mixture) proposal ``(num_samples, n)``.
     """
     missing = (~mask).to(mean.dtype)
-    eps = torch.randn((num_samples,) + mean.shape, dtype=mean.dtype, device=mean.device)
-    eps = eps * missing
+    shape = (num_samples,) + mean.shape
+    eps = torch.randn(shape, dtype=mean.dtype, device=mean.device) * missing
+    if defensive > 0:
+        wide = torch.rand(shape[:-1], device=mean.device) < defensive
+        eps = torch.where(wide.unsqueeze(-1), eps * defensive_scale, eps)
     y = torch.linalg.solve_triangular(chol.mT, eps.unsqueeze(-1), upper=True).squeeze(-1)
+    k = missing.sum(-1)
     log_det = (torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)) * missing).sum(-1)
-    log_prob = -0.5 * (eps * eps).sum(-1) - 0.5 * math.log(2 * math.pi) * missing.sum(-1) + log_det
+    sq = (eps * eps).sum(-1)
+    log_prob = -0.5 * sq - 0.5 * math.log(2 * math.pi) * k + log_det
+    if defensive > 0:
+        c = defensive_scale
+        log_wide = -0.5 * sq / c**2 - 0.5 * math.log(2 * math.pi) * k + log_det - k * math.log(c)
+        log_prob = torch.logaddexp(log_prob + math.log1p(-defensive), log_wide + math.log(defensive))
     return mean + y, log_prob
 
 

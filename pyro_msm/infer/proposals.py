@@ -43,28 +43,51 @@ class Proposal:
 
 
 class GaussianConditionalProposal(Proposal):
-    r"""The conditional :math:`N(x_u \mid x_o)` of a fixed Gaussian :math:`N(\mu, \Sigma)`.
+    r"""The conditional :math:`N(x_u \mid x_o)` of a fixed Gaussian :math:`N(\mu, \Sigma)`,
+    optionally mixed with a wider copy (defensive importance sampling).
 
     :param loc: ``(d,)``. :param covariance: ``(d, d)``, positive definite.
+    :param defensive: mixture weight of the component with standard deviations scaled by
+        ``defensive_scale``; it bounds the importance weights where the Gaussian is too narrow.
+    :param defensive_scale: that scale factor.
     """
 
-    def __init__(self, loc: Tensor, covariance: Tensor) -> None:
+    def __init__(
+        self,
+        loc: Tensor,
+        covariance: Tensor,
+        *,
+        defensive: float = 0.1,
+        defensive_scale: float = 2.0,
+    ) -> None:
+        if not 0.0 <= defensive < 1.0:
+            raise ValueError(f"defensive must be in [0, 1), got {defensive}")
+        self.defensive = float(defensive)
+        self.defensive_scale = float(defensive_scale)
         self.loc = loc.detach()
         self.covariance = covariance.detach()
         self.precision = torch.cholesky_inverse(torch.linalg.cholesky(self.covariance))
 
     @classmethod
-    def fit(cls, x: Tensor, mask: Tensor | None = None) -> GaussianConditionalProposal:
+    def fit(cls, x: Tensor, mask: Tensor | None = None, **kwargs) -> GaussianConditionalProposal:
         """Moment-match a Gaussian to incomplete data (pairwise-available entries, projected to
-        positive definite). ``mask`` defaults to the non-NaN entries of ``x``."""
+        positive definite). ``mask`` defaults to the non-NaN entries of ``x``; other keyword
+        arguments go to the constructor."""
         mask = ~torch.isnan(x) if mask is None else mask
-        loc, cov = pairwise_moments(x.detach(), mask)
-        return cls(loc, cov)
+        loc, cov = pairwise_moments(torch.nan_to_num(x.detach()), mask)
+        return cls(loc, cov, **kwargs)
 
     def sample(self, x: Tensor, mask: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
         loc = self.loc.to(x)
         mean, chol = conditional_gaussian(x, mask, loc, self.precision.to(x))
-        return sample_conditional_gaussian(mean, chol, mask, num_particles)
+        return sample_conditional_gaussian(
+            mean,
+            chol,
+            mask,
+            num_particles,
+            defensive=self.defensive,
+            defensive_scale=self.defensive_scale,
+        )
 
 
 class MomentMatchedProposal(Proposal):
@@ -73,10 +96,16 @@ class MomentMatchedProposal(Proposal):
     With a subsampled plate the batch is a minibatch; to match moments on the whole table,
     pass ``GaussianConditionalProposal.fit(table)`` instead. The importance weights correct for
     whatever Gaussian is used, so this only affects variance, not what is estimated.
+
+    :param kwargs: passed to :class:`GaussianConditionalProposal` (``defensive``, ...).
     """
 
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+
     def sample(self, x: Tensor, mask: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
-        return GaussianConditionalProposal.fit(x, mask).sample(x, mask, num_particles)
+        proposal = GaussianConditionalProposal.fit(x, mask, **self.kwargs)
+        return proposal.sample(x, mask, num_particles)
 
 
 class DistributionProposal(Proposal):

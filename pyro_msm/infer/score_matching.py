@@ -26,7 +26,7 @@ from .estimators import (
 from .gaussian import marginal_score_matching_loss
 from .objectives import Particles, exact_objective
 from .proposals import Proposal, make_proposal
-from .sites import DataSite, FillUnobserved, find_data_sites, guide_log_prob
+from .sites import DataSite, FillUnobserved, RejectLatent, find_data_sites, guide_log_prob
 
 __all__ = ["MissingScoreMatching", "IWScoreMatching", "VariationalScoreMatching", "ESTIMATORS"]
 
@@ -173,7 +173,7 @@ class MissingScoreMatching(ELBO):
             model = FillUnobserved()(model)
         else:
             model = poutine.replay(model, trace=guide_trace)
-        return poutine.trace(model).get_trace(*args, **kwargs)
+        return poutine.trace(RejectLatent()(model)).get_trace(*args, **kwargs)
 
     # -- estimators without a guide -------------------------------------------------------------
     def _direct_loss(self, model, args, kwargs) -> tuple[Tensor, list[Tensor]]:
@@ -257,7 +257,7 @@ class MissingScoreMatching(ELBO):
             )
             return objective + (kl - kl.detach())
         loss, _ = self._direct_loss(model, args, kwargs)
-        self.diagnostics["loss"] = float(loss)
+        self.diagnostics["loss"] = float(loss.detach())
         return loss
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -276,7 +276,7 @@ class MissingScoreMatching(ELBO):
             self.diagnostics["loss"] = value
             return value
         cycle = self.guide_steps + 1
-        model_step = self._step % cycle == 0
+        model_step = self._step % cycle == 1
         self._step += 1
         objective, kl, model_params, guide_params = self._variational_terms(
             model, guide, args, kwargs, model_step

@@ -14,7 +14,13 @@ from torch.distributions import Distribution
 
 from ..primitives import SITE_KEY, MissingCoordinates
 
-__all__ = ["DataSite", "FillUnobserved", "find_data_sites", "guide_log_prob"]
+__all__ = [
+    "DataSite",
+    "FillUnobserved",
+    "RejectLatent",
+    "find_data_sites",
+    "guide_log_prob",
+]
 
 
 @dataclass
@@ -56,6 +62,28 @@ def _is_plate(site: dict) -> bool:
     return isinstance(site.get("fn"), _Subsample)
 
 
+def _latent_site_error(name: str) -> ValueError:
+    return ValueError(
+        f"latent site '{name}': MissingScoreMatching fits pyro.param parameters of "
+        "unnormalised models; the only latent sites it handles are the missing "
+        "coordinates of pyro_msm.observe sites"
+    )
+
+
+class RejectLatent(Messenger):
+    """Raise the error of :func:`find_data_sites` for a latent model site as soon as it is
+    sampled: a guide's draw of a global latent, vectorised over particles, would otherwise break
+    broadcasting in the model before the finished trace could be inspected."""
+
+    def _process_message(self, msg) -> None:
+        if (
+            msg["type"] == "sample"
+            and not msg["is_observed"]
+            and not isinstance(msg["fn"], (MissingCoordinates, _Subsample))
+        ):
+            raise _latent_site_error(msg["name"])
+
+
 def find_data_sites(trace: Trace) -> list[DataSite]:
     """All sites created by :func:`~pyro_msm.observe` in a model trace.
 
@@ -86,11 +114,7 @@ def find_data_sites(trace: Trace) -> list[DataSite]:
         elif not (
             site["is_observed"] or isinstance(site["fn"], MissingCoordinates) or _is_plate(site)
         ):
-            raise ValueError(
-                f"latent site '{name}': MissingScoreMatching fits pyro.param parameters of "
-                "unnormalised models; the only latent sites it handles are the missing "
-                "coordinates of pyro_msm.observe sites"
-            )
+            raise _latent_site_error(name)
     if not sites:
         raise ValueError(
             "the model has no masked data site: declare the data with "
