@@ -133,7 +133,7 @@ def observe(
         :class:`~pyro_msm.distributions.Energy` or any Pyro distribution whose ``log_prob`` is
         differentiable (its normaliser plays no role).
     :param obs: data, shape ``batch_shape + (d,)``, floating point; NaN marks missing entries when
-        ``obs_mask`` is None.
+        ``obs_mask`` is None. A numpy array is converted to torch's default dtype.
     :param obs_mask: True where observed: of ``obs``'s shape (coordinate level) or broadcastable
         to its batch shape (row level, Pyro's meaning). Booleans or 0/1 values.
     :returns: the completed rows, shape of ``obs``.
@@ -149,6 +149,10 @@ def observe(
         )
     if isinstance(obs, np.ndarray):
         obs = torch.from_numpy(obs)
+        if obs.is_floating_point():
+            # numpy defaults to float64, torch (and so the model's parameters) to the default
+            # dtype; mixing them made every estimator fail inside the model's matmuls
+            obs = obs.to(torch.get_default_dtype())
     if not isinstance(obs, Tensor):
         raise TypeError(f"site '{name}': obs must be a tensor, got {type(obs).__name__}")
     if not obs.is_floating_point():

@@ -276,7 +276,7 @@ class MissingScoreMatching(ELBO):
             self.diagnostics["loss"] = value
             return value
         cycle = self.guide_steps + 1
-        model_step = self._step % cycle == 1
+        model_step = self._step % cycle == 0
         self._step += 1
         objective, kl, model_params, guide_params = self._variational_terms(
             model, guide, args, kwargs, model_step

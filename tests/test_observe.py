@@ -1,0 +1,425 @@
+"""Tests for the coordinate-level masked data site :func:`pyro_msm.observe`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.distributions import constraints
+
+from pyro_msm import MissingScoreMatching, observe
+from pyro_msm.distributions import GaussianEnergy
+from pyro_msm.primitives import MissingCoordinates
+
+N, D = 6, 3
+NAN = float("nan")
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    # tiny tensors: one intra-op thread is far faster than a contended pool
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+    torch.set_num_threads(threads)
+
+
+def energy(d: int = D) -> GaussianEnergy:
+    return GaussianEnergy(torch.linspace(-1.0, 1.0, d), 2.0 * torch.eye(d))
+
+
+def table(n: int = N, d: int = D, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def coordinate_mask(n: int = N, d: int = D, seed: int = 2) -> torch.Tensor:
+    mask = torch.rand(n, d, generator=torch.Generator().manual_seed(seed)) > 0.4
+    mask[0] = torch.tensor([True, False, True])[:d]  # at least one mixed row, for certain
+    return mask
+
+
+def trace_site(obs, obs_mask=None, fn=None, name="x"):
+    """Trace ``observe`` inside a plate over the rows of ``obs``."""
+    fn = energy(obs.shape[-1]) if fn is None else fn
+
+    def model():
+        with pyro.plate("data", obs.shape[0]):
+            return observe(name, fn, obs, obs_mask)
+
+    return poutine.trace(model).get_trace()
+
+
+def param_model(obs, obs_mask=None):
+    loc = pyro.param("loc", torch.full((D,), 0.5))
+    tril = pyro.param("L", 1.5 * torch.eye(D), constraint=constraints.lower_cholesky)
+    with pyro.plate("data", obs.shape[0]):
+        return observe("x", GaussianEnergy(loc, precision_tril=tril), obs, obs_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# sites, shapes, merged value
+# ----------------------------------------------------------------------------------------------
+
+
+def test_site_names_shapes_and_roles():
+    obs, mask = table(), coordinate_mask()
+    trace = trace_site(obs, mask)
+    samples = [k for k, s in trace.nodes.items() if s["type"] == "sample"]
+    assert samples == ["data", "x_unobserved", "x_observed", "x"]
+
+    unobs, observed, merged = (trace.nodes[k] for k in ("x_unobserved", "x_observed", "x"))
+    assert not unobs["is_observed"]
+    assert observed["is_observed"]
+    for site in (unobs, observed, merged):
+        assert site["value"].shape == (N, D)
+        assert [f.name for f in site["cond_indep_stack"]] == ["data"]
+    # the unobserved site is the plugin's carrier with zero density and the site's mask
+    assert isinstance(unobs["fn"], MissingCoordinates)
+    assert unobs["fn"].batch_shape == (N,) and unobs["fn"].event_shape == (D,)
+    assert torch.equal(unobs["fn"].observed_mask, mask)
+    assert torch.equal(unobs["fn"].log_prob(unobs["value"]), torch.zeros(N))
+    # the joint unnormalised density is carried by the observed site, at the completed rows
+    assert observed["fn"].batch_shape == (N,) and observed["fn"].event_shape == (D,)
+    expected_lp = energy().log_prob(merged["value"])
+    assert torch.allclose(observed["fn"].log_prob(observed["value"]), expected_lp)
+    # the model returns the merged value
+    assert torch.equal(trace.nodes["_RETURN"]["value"], merged["value"])
+
+
+def test_merged_value_takes_data_where_observed_and_draws_elsewhere():
+    obs, mask = table(), coordinate_mask()
+    obs_with_junk = torch.where(mask, obs, torch.full_like(obs, 1e6))  # junk in missing entries
+    trace = trace_site(obs_with_junk, mask)
+    drawn = trace.nodes["x_unobserved"]["value"]
+    merged = trace.nodes["x"]["value"]
+    assert torch.equal(merged[mask], obs[mask])
+    assert torch.equal(merged[~mask], drawn[~mask])
+    assert torch.equal(trace.nodes["x_observed"]["value"], merged)
+    assert merged.abs().max() < 1e5  # the junk placeholders never leak
+    # the carrier holds the data with missing entries zero-filled
+    data = trace.nodes["x_unobserved"]["fn"].data
+    assert torch.equal(data, torch.where(mask, obs, torch.zeros(())))
+
+
+def test_fully_observed_site_returns_the_data():
+    obs = table()
+    trace = trace_site(obs)
+    assert torch.equal(trace.nodes["x"]["value"], obs)
+    assert torch.equal(trace.nodes["x_observed"]["value"], obs)
+
+
+# ----------------------------------------------------------------------------------------------
+# NaN means missing
+# ----------------------------------------------------------------------------------------------
+
+
+def nan_table() -> torch.Tensor:
+    obs = table()
+    obs[0, 1] = NAN
+    obs[2, 0] = NAN
+    obs[2, 2] = NAN
+    obs[4, 1] = NAN
+    return obs
+
+
+def test_nan_marks_missing_and_never_reaches_trace_values():
+    obs = nan_table()
+    trace = trace_site(obs)
+    mask = trace.nodes["x_unobserved"]["fn"].observed_mask
+    assert torch.equal(mask, ~torch.isnan(obs))
+    for name in ("x_unobserved", "x_observed", "x"):
+        assert torch.isfinite(trace.nodes[name]["value"]).all(), name
+    assert torch.isfinite(trace.nodes["x_unobserved"]["fn"].data).all()
+    merged = trace.nodes["x"]["value"]
+    assert torch.equal(merged[mask], obs[mask])
+    assert torch.equal(merged[~mask], trace.nodes["x_unobserved"]["value"][~mask])
+
+
+def test_nan_input_gives_finite_gradients():
+    obs = nan_table()
+    # the model's own joint log density
+    trace = poutine.trace(param_model).get_trace(obs)
+    trace.log_prob_sum().backward()
+    store = dict(pyro.get_param_store().named_parameters())
+    for name, p in store.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+        p.grad = None
+    # and through the score-matching loss
+    loss = MissingScoreMatching("iw", 5).differentiable_loss(param_model, None, obs)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in store.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_nan_in_entry_marked_missing_is_fine_with_explicit_mask():
+    obs, mask = table(), coordinate_mask()
+    obs = torch.where(mask, obs, torch.full_like(obs, NAN))
+    obs[~mask & (torch.arange(D) == 0)] = float("inf")  # inf placeholders are fine too
+    trace = trace_site(obs, mask)
+    assert torch.isfinite(trace.nodes["x"]["value"]).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# mask forms
+# ----------------------------------------------------------------------------------------------
+
+
+def test_row_level_mask_expands_to_coordinates():
+    obs = table()
+    rows = torch.tensor([True, False, True, True, False, True])
+    trace = trace_site(obs, rows)
+    mask = trace.nodes["x_unobserved"]["fn"].observed_mask
+    assert torch.equal(mask, rows[:, None].expand(N, D))
+    merged, drawn = trace.nodes["x"]["value"], trace.nodes["x_unobserved"]["value"]
+    assert torch.equal(merged[rows], obs[rows])
+    assert torch.equal(merged[~rows], drawn[~rows])
+
+
+def test_row_level_mask_on_square_data_is_not_read_as_columns():
+    # n == d: Pyro's own obs_mask silently returns an (n, n, d) value here (PYRO_NOTES 1)
+    obs = table(D, D)
+    rows = torch.tensor([True, False, True])
+    trace = trace_site(obs, rows)
+    assert trace.nodes["x"]["value"].shape == (D, D)
+    mask = trace.nodes["x_unobserved"]["fn"].observed_mask
+    assert torch.equal(mask, torch.tensor([[True] * D, [False] * D, [True] * D]))
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_scalar_row_mask(value):
+    trace = trace_site(table(), torch.tensor(value))
+    mask = trace.nodes["x_unobserved"]["fn"].observed_mask
+    assert mask.shape == (N, D) and bool(mask.all()) == value and bool(mask.any()) == value
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda m: m.long(),
+        lambda m: m.to(torch.uint8),
+        lambda m: m.float(),
+        lambda m: m.double(),
+        lambda m: m.numpy(),
+        lambda m: m.numpy().astype(np.float32),
+        lambda m: m.numpy().astype(np.int64),
+    ],
+    ids=["int64", "uint8", "float32", "float64", "numpy-bool", "numpy-float", "numpy-int"],
+)
+def test_boolean_like_masks_match_the_boolean_mask(convert):
+    obs, mask = table(), coordinate_mask()
+    pyro.set_rng_seed(3)
+    reference = trace_site(obs, mask)
+    pyro.set_rng_seed(3)
+    trace = trace_site(obs, convert(mask))
+    got = trace.nodes["x_unobserved"]["fn"].observed_mask
+    assert got.dtype == torch.bool
+    assert torch.equal(got, mask)
+    assert torch.equal(trace.nodes["x"]["value"], reference.nodes["x"]["value"])
+
+
+def test_row_level_integer_mask():
+    rows = torch.tensor([1, 0, 1, 1, 0, 1])
+    trace = trace_site(table(), rows)
+    mask = trace.nodes["x_unobserved"]["fn"].observed_mask
+    assert torch.equal(mask, rows.bool()[:, None].expand(N, D))
+
+
+def test_numpy_inputs_give_the_same_site_and_loss_as_tensors():
+    obs = nan_table()
+    obs_np = obs.double().numpy()  # numpy's default float64
+    trace = trace_site(obs_np)
+    merged = trace.nodes["x"]["value"]
+    assert isinstance(merged, torch.Tensor)
+    assert merged.dtype == torch.get_default_dtype()
+    mask = trace.nodes["x_unobserved"]["fn"].observed_mask
+    assert torch.equal(mask, ~torch.isnan(obs))
+    assert torch.equal(merged[mask], obs[mask])
+    # end to end: numpy data (with a numpy mask) against a float32 model
+    mask_np = (~np.isnan(obs_np)).astype(np.int64)
+    loss = MissingScoreMatching("closed_form")
+    from_numpy = loss.loss(param_model, None, np.nan_to_num(obs_np), mask_np)
+    from_torch = loss.loss(param_model, None, obs)
+    assert np.isfinite(from_numpy)
+    assert from_numpy == pytest.approx(from_torch, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# subsampled plates
+# ----------------------------------------------------------------------------------------------
+
+
+def test_subsampled_plate_scales_and_selects_rows():
+    full, b = 10, 4
+    obs = table(full)
+    obs[1, 2] = NAN
+    obs[7, 0] = NAN
+
+    def model():
+        with pyro.plate("data", full, subsample_size=b) as idx:
+            return observe("x", energy(), obs[idx])
+
+    trace = poutine.trace(model).get_trace()
+    idx = trace.nodes["data"]["value"]
+    assert idx.shape == (b,) and len(set(idx.tolist())) == b
+    rows = obs[idx]
+    observed = trace.nodes["x_observed"]
+    assert observed["scale"] == pytest.approx(full / b)
+    assert trace.nodes["x_unobserved"]["scale"] == pytest.approx(full / b)
+    mask = ~torch.isnan(rows)
+    assert torch.equal(trace.nodes["x_unobserved"]["fn"].observed_mask, mask)
+    assert observed["value"].shape == (b, D)
+    assert torch.equal(observed["value"][mask], rows[mask])
+    assert torch.isfinite(observed["value"]).all()
+
+
+def test_explicit_subsample_with_coordinate_mask():
+    full = 10
+    obs, mask = table(full), coordinate_mask(full)
+    idx = torch.tensor([8, 2, 5])
+
+    def model():
+        with pyro.plate("data", full, subsample=idx) as i:
+            return observe("x", energy(), obs[i], mask[i])
+
+    trace = poutine.trace(model).get_trace()
+    observed = trace.nodes["x_observed"]
+    assert observed["scale"] == pytest.approx(full / 3)
+    assert torch.equal(observed["value"][mask[idx]], obs[idx][mask[idx]])
+    assert torch.equal(trace.nodes["x_unobserved"]["fn"].observed_mask, mask[idx])
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: a clear error naming the site and the problem
+# ----------------------------------------------------------------------------------------------
+
+
+def _obs_with(value, row=1, col=2):
+    obs = table()
+    obs[row, col] = value
+    return obs
+
+
+BAD_INPUTS = {
+    "mask-wrong-coordinate-shape": (
+        lambda: (energy(), table(), torch.ones(N, D + 1, dtype=torch.bool)),
+        ValueError,
+        r"site 'bad_site'.*obs_mask has shape \(6, 4\)",
+    ),
+    "mask-wrong-row-shape": (
+        lambda: (energy(), table(), torch.ones(N + 1, dtype=torch.bool)),
+        ValueError,
+        r"site 'bad_site'.*obs_mask has shape \(7,\)",
+    ),
+    "mask-per-column": (
+        lambda: (energy(), table(), torch.ones(1, D, dtype=torch.bool)),
+        ValueError,
+        r"site 'bad_site'.*obs_mask has shape \(1, 3\)",
+    ),
+    "obs-wrong-event-shape": (
+        lambda: (energy(), table(N, D + 1), None),
+        ValueError,
+        r"site 'bad_site'.*obs has shape \(6, 4\).*event shape \(3,\)",
+    ),
+    "mask-other-device": (
+        lambda: (energy(), table(), torch.ones(N, D, dtype=torch.bool, device="meta")),
+        ValueError,
+        r"site 'bad_site'.*obs_mask is on meta but obs is on cpu",
+    ),
+    "obs-other-device": (
+        lambda: (energy(), torch.ones(N, D, device="meta"), torch.ones(N, D, dtype=torch.bool)),
+        ValueError,
+        r"site 'bad_site'.*obs_mask is on cpu but obs is on meta",
+    ),
+    "obs-integer-dtype": (
+        lambda: (energy(), torch.ones(N, D, dtype=torch.long), None),
+        TypeError,
+        r"site 'bad_site'.*floating point.*int64",
+    ),
+    "obs-not-a-tensor": (
+        lambda: (energy(), table().tolist(), None),
+        TypeError,
+        r"site 'bad_site'.*obs must be a tensor.*list",
+    ),
+    "nan-marked-observed": (
+        lambda: (energy(), _obs_with(NAN), torch.ones(N, D, dtype=torch.bool)),
+        ValueError,
+        r"site 'bad_site'.*1 entries marked observed are NaN or infinite",
+    ),
+    "nan-in-observed-row": (
+        lambda: (energy(), _obs_with(NAN), torch.ones(N, dtype=torch.bool)),
+        ValueError,
+        r"site 'bad_site'.*1 entries marked observed are NaN or infinite",
+    ),
+    "inf-without-mask": (
+        lambda: (energy(), _obs_with(float("inf")), None),
+        ValueError,
+        r"site 'bad_site'.*1 entries marked observed are NaN or infinite",
+    ),
+    "neg-inf-with-mask": (
+        lambda: (energy(), _obs_with(float("-inf")), coordinate_mask() | True),
+        ValueError,
+        r"site 'bad_site'.*NaN or infinite",
+    ),
+    "mask-float-fraction": (
+        lambda: (energy(), table(), torch.full((N, D), 0.5)),
+        TypeError,
+        r"site 'bad_site'.*obs_mask must be boolean-like",
+    ),
+    "mask-int-two": (
+        lambda: (energy(), table(), torch.full((N, D), 2)),
+        TypeError,
+        r"site 'bad_site'.*obs_mask must be boolean-like",
+    ),
+    "mask-float-nan": (
+        lambda: (energy(), table(), torch.full((N, D), NAN)),
+        TypeError,
+        r"site 'bad_site'.*obs_mask must be boolean-like",
+    ),
+    "mask-complex": (
+        lambda: (energy(), table(), torch.ones(N, D, dtype=torch.complex64)),
+        TypeError,
+        r"site 'bad_site'.*obs_mask must be boolean-like",
+    ),
+    "mask-string": (
+        lambda: (energy(), table(), "all"),
+        TypeError,
+        r"site 'bad_site'.*obs_mask must be a boolean tensor, got str",
+    ),
+    "fn-not-a-distribution": (
+        lambda: (lambda x: -x.pow(2).sum(-1), table(), None),
+        TypeError,
+        r"site 'bad_site'.*fn must be a Pyro distribution",
+    ),
+    "fn-scalar-event": (
+        lambda: (dist.Normal(0.0, 1.0), table(), None),
+        ValueError,
+        r"site 'bad_site'.*event shape \(d,\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_a_clear_error(case):
+    build, error, pattern = BAD_INPUTS[case]
+    fn, obs, obs_mask = build()
+    with pytest.raises(error, match=pattern):
+        observe("bad_site", fn, obs, obs_mask)
+
+
+def test_bad_input_inside_a_model_names_the_site():
+    obs = _obs_with(NAN)
+
+    def model():
+        with pyro.plate("rows", N):
+            observe("heights", energy(), obs, torch.ones(N, D))
+
+    with pytest.raises(ValueError, match=r"site 'heights'.*NaN or infinite"):
+        MissingScoreMatching("zeroed").loss(model, None)
