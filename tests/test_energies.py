@@ -34,7 +34,8 @@ def test_normaliser_is_ignored_pyro_distribution_equals_energy():
 
     def model_mvn(data):
         with pyro.plate("rows", data.shape[0]):
-            pyro_msm.observe("x", dist.MultivariateNormal(loc, precision_matrix=precision), obs=data)
+            mvn = dist.MultivariateNormal(loc, precision_matrix=precision)
+            pyro_msm.observe("x", mvn, obs=data)
 
     for estimator in ("iw", "zeroed", "mean_impute", "complete_case"):
         loss = pyro_msm.MissingScoreMatching(estimator)

@@ -52,7 +52,7 @@ def reference_marginal_loss(x, mask, loc, precision):
     """Per-row loop with explicit block inversion (test reference only)."""
     cov = torch.linalg.inv(precision)
     out = []
-    for xi, mi in zip(x, mask):
+    for xi, mi in zip(x, mask, strict=True):
         o = mi.nonzero().squeeze(-1)
         q = torch.linalg.inv(cov[o][:, o])
         s = -q @ (xi[o] - loc[o])

@@ -18,18 +18,6 @@ N, D = 6, 3
 NAN = float("nan")
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    # tiny tensors: one intra-op thread is far faster than a contended pool
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
-
-
 def energy(d: int = D) -> GaussianEnergy:
     return GaussianEnergy(torch.linspace(-1.0, 1.0, d), 2.0 * torch.eye(d))
 

@@ -29,18 +29,6 @@ INIT_LOC = torch.tensor([0.2, 0.1, -0.4])
 INIT_TRIL = torch.tensor([[1.2, 0.0, 0.0], [0.3, 0.9, 0.0], [-0.2, 0.4, 1.1]])
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    # tiny tensors: one intra-op thread is far faster than a contended pool
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-    torch.set_num_threads(threads)
-
-
 def make_data(n: int, missing: float = 0.0, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
     """Gaussian rows with MCAR NaNs; no row is left fully missing."""
     g = torch.Generator().manual_seed(seed)
