@@ -1,6 +1,6 @@
 """pyro_msm: score matching for unnormalised models of data with missing coordinates, on Pyro."""
 
-from . import distributions, infer, missingness
+from . import distributions, guides, infer, missingness
 from .infer import IWScoreMatching, MissingScoreMatching, VariationalScoreMatching
 from .primitives import observe
 
@@ -12,6 +12,7 @@ __all__ = [
     "IWScoreMatching",
     "VariationalScoreMatching",
     "distributions",
+    "guides",
     "infer",
     "missingness",
     "__version__",

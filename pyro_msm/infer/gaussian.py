@@ -108,7 +108,8 @@ def sample_conditional_gaussian(
 ) -> tuple[Tensor, Tensor]:
     r"""Draw from the conditionals of :func:`conditional_gaussian` and score the draws.
 
-    With :math:`L L^\top = \Lambda_{uu}` (padded), :math:`x_u = \bar x_u + c\,L^{-\top}\varepsilon_u`.
+    With :math:`L L^\top = \Lambda_{uu}` (padded),
+    :math:`x_u = \bar x_u + c\,L^{-\top}\varepsilon_u`.
     With ``defensive = e > 0`` the draw comes from the mixture
     :math:`(1-e)\,N(\bar x_u, \Lambda_{uu}^{-1}) + e\,N(\bar x_u, c^2\Lambda_{uu}^{-1})`,
     ``c = defensive_scale``, whose heavier component bounds importance weights when the Gaussian
@@ -131,7 +132,9 @@ def sample_conditional_gaussian(
     if defensive > 0:
         c = defensive_scale
         log_wide = -0.5 * sq / c**2 - 0.5 * math.log(2 * math.pi) * k + log_det - k * math.log(c)
-        log_prob = torch.logaddexp(log_prob + math.log1p(-defensive), log_wide + math.log(defensive))
+        log_prob = torch.logaddexp(
+            log_prob + math.log1p(-defensive), log_wide + math.log(defensive)
+        )
     return mean + y, log_prob
 
 
