@@ -165,8 +165,11 @@ def guide_log_prob(trace: Trace, sites: list[DataSite]) -> dict[str, Tensor]:
         )
         if owner is None:
             raise ValueError(
-                f"guide site '{name}' matches no missing-data site; guides for "
-                "MissingScoreMatching sample only '<name>_unobserved'"
+                f"guide site '{name}' matches no missing-data site: guides for "
+                "MissingScoreMatching sample only '<name>_unobserved', with a density that "
+                "factorises over coordinates (pyro_msm.guides.AmortizedNormal, or "
+                "pyro.infer.autoguide.AutoNormal); joint autoguides such as "
+                "AutoMultivariateNormal are not supported"
             )
         n, d = owner.data.shape
         fn, value = site["fn"], site["value"]
