@@ -343,3 +343,25 @@ def test_no_guide_with_importance_weighting():
     for _ in range(3):
         assert math.isfinite(svi.step(x))
     assert not torch.equal(pyro.param("loc").detach(), loc)
+
+
+@pytest.mark.parametrize(
+    "autoguide, error",
+    [
+        ("AutoMultivariateNormal", ValueError),
+        ("AutoLowRankMultivariateNormal", ValueError),
+        ("AutoIAFNormal", ValueError),
+        ("AutoNormalMessenger", TypeError),
+    ],
+)
+def test_joint_autoguides_are_refused_with_a_working_alternative(autoguide, error):
+    """Guides whose density does not factorise over coordinates cannot be restricted to the
+    missing ones; the error names the guides that can."""
+    import pyro.infer.autoguide as autoguides
+
+    x = mcar(torch.randn(20, 3), 0.3)
+    model = gaussian_model(torch.zeros(3), torch.eye(3))
+    guide = getattr(autoguides, autoguide)(model)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), MissingScoreMatching("variational"))
+    with pytest.raises(error, match="AmortizedNormal"):
+        svi.step(x)
