@@ -10,17 +10,22 @@ their graph to the model parameters, so losses built on them can be differentiat
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from pyro.distributions import ExpandedDistribution
 from torch import Tensor
 from torch.distributions import Distribution
-from torch.func import grad, jvp
 
 from ..distributions.energy import Energy
 
-__all__ = ["log_prob", "score", "score_and_diag_jacobian", "hessian_vector_product"]
+__all__ = [
+    "log_prob",
+    "score",
+    "diag_jacobian",
+    "score_and_diag_jacobian",
+    "hessian_vector_product",
+]
 
 
 def _unwrap(fn: Distribution) -> Distribution:
@@ -63,17 +68,48 @@ def score(fn: Distribution, z: Tensor) -> Tensor:
             return a.expand(z.shape)
     with torch.enable_grad():
         point = z if z.requires_grad else z.detach().requires_grad_(True)
-        (a,) = torch.autograd.grad(log_prob(fn, point).sum(), point, create_graph=True)
+        return _autodiff_score(fn, point)
+
+
+def _autodiff_score(fn: Distribution, point: Tensor) -> Tensor:
+    (a,) = torch.autograd.grad(log_prob(fn, point).sum(), point, create_graph=True)
     return a
+
+
+def diag_jacobian(func: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    r"""A vector function of each row and the diagonal of its Jacobian,
+    :math:`\partial f_j / \partial x_j`, keeping the graph to any parameters of ``func``.
+
+    ``func`` maps ``(..., d)`` to ``(..., d)`` row by row (rows must not interact). The diagonal
+    comes from ``d`` reverse-mode products, one per coordinate axis, batched
+    (``is_grads_batched``, i.e. :func:`torch.func.vmap` over the backward pass) over all rows.
+
+    :returns: ``(f(x), diag)``, each of the shape of ``x``.
+    """
+    d = x.shape[-1]
+    basis = torch.eye(d, dtype=x.dtype, device=x.device).reshape((d,) + (1,) * (x.dim() - 1) + (d,))
+    with torch.enable_grad():
+        point = x if x.requires_grad else x.detach().requires_grad_(True)
+        value = func(point)
+        if not value.requires_grad:  # constant in x
+            return value, torch.zeros_like(value)
+        (rows,) = torch.autograd.grad(
+            value,
+            point,
+            grad_outputs=basis.expand((d,) + value.shape),
+            is_grads_batched=True,
+            create_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+    return value, torch.diagonal(rows.movedim(0, -2), dim1=-2, dim2=-1)
 
 
 def score_and_diag_jacobian(fn: Distribution, z: Tensor) -> tuple[Tensor, Tensor]:
     r"""The score and the diagonal of its Jacobian at each row of ``z``.
 
-    The autodiff path differentiates the score once more along the ``d`` coordinate axes,
-    batched (``is_grads_batched``, i.e. :func:`torch.func.vmap` over the backward pass): ``d``
-    Hessian-vector products, each over all rows and particles at once. (Measured here it was
-    faster than forward-over-reverse :func:`torch.func.jvp` for MLP energies.)
+    From the closed-form hook when the distribution has one, otherwise by
+    :func:`diag_jacobian` of the autodiff score.
 
     :param fn: the data distribution (event shape ``(d,)``), batch-broadcastable with ``z``.
     :param z: points ``(..., d)``.
@@ -85,27 +121,14 @@ def score_and_diag_jacobian(fn: Distribution, z: Tensor) -> tuple[Tensor, Tensor
         if closed is not None:
             a, b = closed
             return a.expand(z.shape), b.expand(z.shape)
-    d = z.shape[-1]
-    basis = torch.eye(d, dtype=z.dtype, device=z.device).reshape((d,) + (1,) * (z.dim() - 1) + (d,))
-    with torch.enable_grad():
-        point = z if z.requires_grad else z.detach().requires_grad_(True)
-        (a,) = torch.autograd.grad(log_prob(fn, point).sum(), point, create_graph=True)
-        # row j of every Hessian at once: reverse-over-reverse, batched over the d axes
-        (rows,) = torch.autograd.grad(
-            a,
-            point,
-            grad_outputs=basis.expand((d,) + z.shape),
-            is_grads_batched=True,
-            create_graph=True,
-        )
-    b = torch.diagonal(rows.movedim(0, -2), dim1=-2, dim2=-1)
-    return a, b
+    return diag_jacobian(lambda point: _autodiff_score(fn, point), z)
 
 
 def hessian_vector_product(fn: Distribution, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """The score at ``z`` and the Hessian of ``log q`` applied to ``v`` (one forward-over-reverse
-    pass), both of the shape of ``z``."""
+    """The score at ``z`` and the Hessian of ``log q`` applied to ``v``, both of the shape of
+    ``z``: one extra reverse pass over the score, whatever the dimension."""
     with torch.enable_grad():
-        total = lambda point: log_prob(fn, point).sum()  # noqa: E731
-        a, hv = jvp(grad(total), (z.contiguous(),), (v.contiguous(),))
+        point = z if z.requires_grad else z.detach().requires_grad_(True)
+        a = _autodiff_score(fn, point)
+        (hv,) = torch.autograd.grad((a * v).sum(), point, create_graph=True)
     return a, hv

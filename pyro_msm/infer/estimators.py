@@ -9,20 +9,29 @@ estimator          particles                                            weights
 ``zeroed``         the zero-filled row                                  one
 ``mean_impute``    missing entries set to observed column means         one
 ``complete_case``  rows with nothing missing                            one
+``hybrid``         guide draws of :math:`x_u` (detached)                self-normalised IW
+``em``             proposal draws of :math:`x_u`                        IW, model frozen
 =================  ===================================================  ====================
+
+For truncated domains, importance draws outside the model's support get weight zero; a row all
+of whose draws fall outside is dropped from that step (the loss warns with the count).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from ..distributions.domains import in_support
 from .derivatives import log_prob
 from .objectives import Particles
 from .proposals import Proposal
 
 __all__ = [
+    "weighted_particles",
     "importance_particles",
     "variational_particles",
     "zeroed_particles",
@@ -40,19 +49,55 @@ def _has_observed(mask: Tensor) -> Tensor:
     return mask.any(-1).to(torch.get_default_dtype())
 
 
-def importance_particles(
-    fn: Distribution, x: Tensor, mask: Tensor, proposal: Proposal, num_particles: int
+def weighted_particles(
+    fn: Distribution,
+    x: Tensor,
+    mask: Tensor,
+    draws: Tensor,
+    log_p: Tensor,
+    *,
+    frozen: bool = False,
 ) -> Particles:
-    r"""Marg-IW: :math:`w = \mathrm{softmax}_k(\log q_\theta(z_k) - \log p'(x'_{k,u}))`.
+    r"""Self-normalised importance weights
+    :math:`w = \mathrm{softmax}_k(\log q_\theta(z_k) - \log p'(x'_{k,u}))` for given draws.
 
     The gradient flows through the weights (and, in the objective, through the scores), which
-    differentiates the self-normalised estimator exactly for the fixed draws.
+    differentiates the self-normalised estimator exactly for the fixed draws; ``frozen``
+    detaches the weights (EM). Draws outside the model's support get weight zero; rows with no
+    draw inside are dropped (``row_weight`` 0) and counted in ``Particles.outside``.
+
+    :param draws: ``(r, n, d)`` completions (only missing coordinates are used).
+    :param log_p: ``(r, n)`` proposal log density of the missing block.
     """
-    draws, log_p = proposal.sample(x, mask, num_particles)
     z = _complete(x, mask, draws)
     log_w = log_prob(fn, z) - log_p.detach()
+    if frozen:
+        log_w = log_w.detach()
+    row_weight = _has_observed(mask).to(x)
+    outside = None
+    inside = in_support(fn.support, z)
+    if inside is not None:
+        log_w = log_w.masked_fill(~inside, -math.inf)
+        outside = ~inside.any(0)
+        log_w = log_w.masked_fill(outside, 0.0)  # a finite softmax; the row is dropped below
+        row_weight = row_weight * (~outside).to(x)
     weights = torch.softmax(log_w, dim=0)
-    return Particles(z, weights, mask, _has_observed(mask).to(x))
+    return Particles(z, weights, mask, row_weight, outside=outside)
+
+
+def importance_particles(
+    fn: Distribution,
+    x: Tensor,
+    mask: Tensor,
+    proposal: Proposal,
+    num_particles: int,
+    *,
+    frozen: bool = False,
+) -> Particles:
+    """Marg-IW (and, with ``frozen``, the E-step of EM): :func:`weighted_particles` for
+    ``num_particles`` draws from ``proposal``."""
+    draws, log_p = proposal.sample(x, mask, num_particles)
+    return weighted_particles(fn, x, mask, draws, log_p, frozen=frozen)
 
 
 def score_function_weights(log_q: Tensor) -> Tensor:

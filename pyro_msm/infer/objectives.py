@@ -8,18 +8,42 @@ derivatives at those points into a per-row loss, never knowing which estimator d
 The weights carry the whole difference between estimators' *gradients*: self-normalised
 importance weights (whose gradient is the IW estimator's), uniform weights whose gradient is the
 covariance identity (the variational surrogate), or constants (baselines).
+
+Every marginal objective is built from one identity. For a scalar statistic :math:`A` of the
+score along a direction and :math:`B` its derivative along the same direction,
+
+.. math:: 2\,\partial \hat s + \hat s^2 = 2\,\bar E[B] + 2\,\bar E[A^2] - \bar E[A]^2,
+
+(:func:`moment_loss`): the exact objective takes the coordinate axes of the observed set
+(:math:`A = a_j`, :math:`B = b_j`), the sliced one random directions supported on it
+(:math:`A = v^\top a`, :math:`B = v^\top H v`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .derivatives import score_and_diag_jacobian
+from .derivatives import diag_jacobian, hessian_vector_product, score, score_and_diag_jacobian
 
-__all__ = ["Particles", "weighted_mean", "exact_objective"]
+__all__ = [
+    "Particles",
+    "Objective",
+    "ExactObjective",
+    "SlicedObjective",
+    "DenoisingObjective",
+    "TruncatedObjective",
+    "ExpectedCompleteDataObjective",
+    "make_objective",
+    "weighted_mean",
+    "moment_loss",
+    "exact_objective",
+    "OBJECTIVES",
+]
 
 
 @dataclass
@@ -30,12 +54,16 @@ class Particles:
     :ivar weights: ``(r, n)``, summing to one over particles; may carry a gradient.
     :ivar scored: boolean ``(n, d)``: the coordinates the loss sums over (the observed ones).
     :ivar row_weight: ``(n,)`` multiplier of each row's loss (0 drops a row).
+    :ivar clean: for the denoising objective, the observed rows before noise ``(n, d)``.
+    :ivar outside: boolean ``(n,)``: rows all of whose draws fell outside the support (dropped).
     """
 
     z: Tensor
     weights: Tensor
     scored: Tensor
     row_weight: Tensor
+    clean: Tensor | None = None
+    outside: Tensor | None = None
 
     @property
     def effective_sample_size(self) -> Tensor:
@@ -50,18 +78,225 @@ def weighted_mean(weights: Tensor, values: Tensor) -> Tensor:
     return (w * values).sum(0)
 
 
-def exact_objective(fn: Distribution, particles: Particles) -> Tensor:
-    r"""The marginal Hyvarinen loss per row from weighted particles:
+def moment_loss(weights: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    r""":math:`2\,\bar E[B] + 2\,\bar E[A^2] - \bar E[A]^2` per row and direction.
 
-    .. math:: L = \sum_{j \in o} \big[ 2\,\bar E[b_j] + 2\,\bar E[a_j^2] - \bar E[a_j]^2 \big]
-
-    where :math:`\bar E` is the weighted mean over particles. With one particle of weight one it
-    is classical score matching on the scored coordinates, :math:`\sum_j 2 b_j + a_j^2`.
-
-    :returns: ``(n,)`` per-row losses (before ``row_weight``).
+    :param weights: ``(r, n)``; :param a: ``(r, n, k)``; :param b: ``(r, n, k)``.
+    :returns: ``(n, k)``.
     """
-    a, b = score_and_diag_jacobian(fn, particles.z)
-    w = particles.weights
-    mean_a = weighted_mean(w, a)
-    per_coordinate = 2 * weighted_mean(w, b) + 2 * weighted_mean(w, a * a) - mean_a * mean_a
-    return (per_coordinate * particles.scored.to(per_coordinate.dtype)).sum(-1)
+    mean_a = weighted_mean(weights, a)
+    return 2 * weighted_mean(weights, b) + 2 * weighted_mean(weights, a * a) - mean_a * mean_a
+
+
+class Objective:
+    """A per-row score-matching loss over weighted particles.
+
+    ``perturb`` may change the observed rows before particles are drawn (denoising); ``domain``
+    is the support that importance draws must fall in (truncated).
+    """
+
+    #: whether the objective needs the rows noised before completion (denoising)
+    perturbs: bool = False
+
+    def perturb(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The observed rows the particles are drawn for (the data, unless denoising)."""
+        return x
+
+    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+        """Per-row losses ``(n,)`` (before ``row_weight``)."""
+        raise NotImplementedError
+
+
+class ExactObjective(Objective):
+    r"""The marginal Hyvarinen loss:
+    :math:`L = \sum_{j \in o} 2\,\bar E[b_j] + 2\,\bar E[a_j^2] - \bar E[a_j]^2`. With one
+    particle of weight one it is classical score matching on the scored coordinates,
+    :math:`\sum_j 2 b_j + a_j^2`. Costs ``d`` Hessian-vector products per point unless the
+    model has a closed form."""
+
+    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+        a, b = score_and_diag_jacobian(fn, particles.z)
+        per_coordinate = moment_loss(particles.weights, a, b)
+        return (per_coordinate * particles.scored.to(a.dtype)).sum(-1)
+
+
+def exact_objective(fn: Distribution, particles: Particles) -> Tensor:
+    """:class:`ExactObjective` as a function."""
+    return ExactObjective()(fn, particles)
+
+
+PROJECTIONS = ("rademacher", "gaussian", "sphere")
+
+
+class SlicedObjective(Objective):
+    r"""Sliced marginal score matching: random directions :math:`v` supported on the observed
+    coordinates, with :math:`E[v v^\top] = I_o`, replace the trace,
+
+    .. math:: L = 2\,\bar E[v^\top H v] + 2\,\bar E[(v^\top a)^2] - \bar E[v^\top a]^2,
+
+    averaged over ``num_projections`` directions per row (fresh at every call). Its expectation
+    over :math:`v` is the exact objective's value for the same particles. It needs one
+    Hessian-vector product per direction, whatever the dimension (Song et al., 2019).
+
+    :param num_projections: directions per row.
+    :param projection: ``"rademacher"`` (entries :math:`\pm 1`), ``"gaussian"`` or
+        ``"sphere"`` (uniform on the sphere of radius :math:`\sqrt{|o|}` in the observed
+        coordinates).
+    """
+
+    def __init__(self, num_projections: int = 1, projection: str = "rademacher") -> None:
+        if int(num_projections) < 1:
+            raise ValueError(f"num_projections must be at least 1, got {num_projections}")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {projection!r}; choose one of {PROJECTIONS}")
+        self.num_projections = int(num_projections)
+        self.projection = projection
+
+    def directions(self, scored: Tensor, dtype: torch.dtype) -> Tensor:
+        """Random directions ``(m, n, d)`` supported on ``scored`` with identity second
+        moment there."""
+        shape = (self.num_projections,) + scored.shape
+        m = scored.to(dtype)
+        if self.projection == "rademacher":
+            v = torch.randint(0, 2, shape, device=scored.device).to(dtype) * 2 - 1
+        else:
+            v = torch.randn(shape, dtype=dtype, device=scored.device)
+        v = v * m
+        if self.projection == "sphere":
+            norm = v.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
+            v = v / norm * m.sum(-1, keepdim=True).sqrt()
+        return v
+
+    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+        z = particles.z
+        v = self.directions(particles.scored, z.dtype)  # (m, n, d)
+        m, r = v.shape[0], z.shape[0]
+        zz = z.unsqueeze(0).expand((m,) + z.shape)
+        vv = v.unsqueeze(1).expand((m,) + z.shape)
+        a, hv = hessian_vector_product(fn, zz, vv)  # (m, r, n, d)
+        proj_a = (a * vv).sum(-1).movedim(0, -1)  # (r, n, m)
+        proj_b = (hv * vv).sum(-1).movedim(0, -1)
+        assert proj_a.shape[0] == r
+        return moment_loss(particles.weights, proj_a, proj_b).mean(-1)
+
+
+class DenoisingObjective(Objective):
+    r"""Denoising marginal score matching: Gaussian noise of scale :math:`\sigma` is added to the
+    observed coordinates only, :math:`\tilde x_o = x_o + \sigma\varepsilon`, and the model's
+    marginal score at the noised point is matched to the kernel's score,
+
+    .. math:: L = \lVert \bar E[a_o(\tilde x_o, x'_u)] + (\tilde x_o - x_o)/\sigma^2 \rVert^2,
+
+    where the particles are completions of the *noised* rows (Vincent, 2011). No second
+    derivative is needed. ``noise_scale`` may be a list: each call then draws one scale per row
+    uniformly from it (a mixture of noise levels).
+
+    :param noise_scale: :math:`\sigma > 0`, or a sequence of them.
+    """
+
+    perturbs = True
+
+    def __init__(self, noise_scale: float | list[float] | tuple[float, ...] = 0.1) -> None:
+        scales = [noise_scale] if isinstance(noise_scale, (int, float)) else list(noise_scale)
+        if not scales or any(not float(s) > 0 for s in scales):
+            raise ValueError(f"noise_scale must be positive, got {noise_scale}")
+        self.noise_scales = [float(s) for s in scales]
+        self._sigma: Tensor | None = None
+
+    def perturb(self, x: Tensor, mask: Tensor) -> Tensor:
+        scales = torch.tensor(self.noise_scales, dtype=x.dtype, device=x.device)
+        pick = torch.randint(len(self.noise_scales), x.shape[:-1], device=x.device)
+        self._sigma = scales[pick].unsqueeze(-1)
+        noise = torch.randn_like(x) * self._sigma
+        return torch.where(mask, x + noise, x)
+
+    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+        if particles.clean is None or self._sigma is None:
+            raise RuntimeError("DenoisingObjective needs particles of perturbed rows")
+        a = score(fn, particles.z)
+        mean_a = weighted_mean(particles.weights, a)
+        noisy = particles.z[0]
+        target = -(noisy - particles.clean) / self._sigma**2
+        residual = (mean_a - target) * particles.scored.to(a.dtype)
+        # sigma^2 keeps the scale comparable across noise levels (Song & Ermon, 2019)
+        return (self._sigma.squeeze(-1) ** 2) * (residual * residual).sum(-1)
+
+
+def boundary_distance_weight(support, cap: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """The default weight of :class:`TruncatedObjective`: distance to the boundary of the
+    observed coordinates' domain, capped at ``cap``, for the supports of
+    :mod:`pyro_msm.distributions.domains`."""
+    from ..distributions.domains import boundary_distance
+
+    def weight(x: Tensor, mask: Tensor) -> Tensor:
+        return boundary_distance(support, x, mask).clamp(max=cap)
+
+    return weight
+
+
+class TruncatedObjective(Objective):
+    r"""Generalised (truncated-domain) marginal score matching with a weight :math:`g \ge 0` that
+    vanishes on the boundary of the observed coordinates' domain:
+
+    .. math::
+        L = \sum_{j\in o} g_j\,\big(2\,\bar E[b_j] + 2\,\bar E[a_j^2] - \bar E[a_j]^2\big)
+            + 2\,(\partial_j g_j)\,\bar E[a_j]
+
+    (Hyvarinen, 2007; Yu, Drton & Shojaie, 2019). By default :math:`g_j` is the distance from
+    :math:`x_o` to the boundary of the marginal domain along coordinate ``j``, capped at 1
+    (:func:`~pyro_msm.distributions.domains.boundary_distance`; the domain is the model's
+    ``support``). Importance draws outside the domain get weight zero.
+
+    :param weight: optional ``g(x, mask) -> (..., n, d)`` (or ``(..., n, 1)``), differentiable in
+        ``x``, vanishing on the boundary; defaults to the capped boundary distance.
+    :param cap: the cap of the default weight.
+    """
+
+    def __init__(
+        self, weight: Callable[[Tensor, Tensor], Tensor] | None = None, cap: float = 1.0
+    ) -> None:
+        if not cap > 0:
+            raise ValueError(f"cap must be positive, got {cap}")
+        self.weight = weight
+        self.cap = float(cap)
+
+    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+        a, b = score_and_diag_jacobian(fn, particles.z)
+        weight = self.weight or boundary_distance_weight(fn.support, self.cap)
+        x = particles.z[0].detach()  # observed coordinates are the same in every particle
+        mask = particles.scored
+        g, dg = diag_jacobian(lambda y: weight(y, mask).expand(y.shape), x)
+        w = particles.weights
+        per_coordinate = g * moment_loss(w, a, b) + 2 * dg * weighted_mean(w, a)
+        return (per_coordinate * mask.to(a.dtype)).sum(-1)
+
+
+class ExpectedCompleteDataObjective(Objective):
+    r"""The expected classical loss of the completed rows,
+    :math:`\sum_j \bar E[2 b_j + a_j^2]` over every coordinate: the M-step of the EM algorithm
+    of Uehara, Matsuda & Kim (2020), used with weights computed with the model frozen."""
+
+    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+        a, b = score_and_diag_jacobian(fn, particles.z)
+        return weighted_mean(particles.weights, 2 * b + a * a).sum(-1)
+
+
+#: Objectives accepted by name by :class:`~pyro_msm.infer.MissingScoreMatching`.
+OBJECTIVES = ("exact", "sliced", "denoising", "truncated")
+
+
+def make_objective(objective: str | Objective) -> Objective:
+    """Resolve the ``objective`` option of the loss."""
+    if isinstance(objective, Objective):
+        return objective
+    factories = {
+        "exact": ExactObjective,
+        "sliced": SlicedObjective,
+        "denoising": DenoisingObjective,
+        "truncated": TruncatedObjective,
+    }
+    if objective not in factories:
+        raise ValueError(
+            f"unknown objective {objective!r}; choose one of {OBJECTIVES} or pass an Objective"
+        )
+    return factories[objective]()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pyro
@@ -17,21 +18,41 @@ from torch.distributions import Distribution
 from ..distributions.gaussian import GaussianEnergy
 from .derivatives import log_prob
 from .estimators import (
+    _has_observed,
     complete_case_particles,
     importance_particles,
     mean_impute_particles,
     variational_particles,
+    weighted_particles,
     zeroed_particles,
 )
 from .gaussian import marginal_score_matching_loss
-from .objectives import Particles, exact_objective
+from .mechanisms import MechanismTilted
+from .objectives import (
+    ExactObjective,
+    ExpectedCompleteDataObjective,
+    Objective,
+    Particles,
+    make_objective,
+)
 from .proposals import Proposal, make_proposal
 from .sites import DataSite, FillUnobserved, RejectLatent, find_data_sites, guide_log_prob
 
 __all__ = ["MissingScoreMatching", "IWScoreMatching", "VariationalScoreMatching", "ESTIMATORS"]
 
 #: Estimators accepted by :class:`MissingScoreMatching`.
-ESTIMATORS = ("iw", "variational", "zeroed", "mean_impute", "complete_case", "closed_form")
+ESTIMATORS = (
+    "iw",
+    "variational",
+    "hybrid",
+    "em",
+    "zeroed",
+    "mean_impute",
+    "complete_case",
+    "closed_form",
+)
+#: Estimators that draw the missing coordinates from the guide.
+GUIDED = ("variational", "hybrid")
 
 
 def _particle_plate(fn, num_particles: int, dim: int):
@@ -121,12 +142,24 @@ class MissingScoreMatching(ELBO):
         num_particles: int = 10,
         *,
         proposal: str | Proposal | Distribution = "moment_matched",
+        objective: str | Objective = "exact",
+        missingness: Callable[[Tensor, Tensor], Tensor] | None = None,
         guide_steps: int = 10,
         guide_particles: int = 1,
         max_plate_nesting: float = float("inf"),
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+        objective = make_objective(objective)
+        if estimator in ("closed_form", "em") and not isinstance(objective, ExactObjective):
+            raise ValueError(f"estimator {estimator!r} supports only objective='exact'")
+        if missingness is not None and estimator not in ("iw", "em"):
+            raise ValueError(
+                "a known missingness mechanism enters the importance weights: use "
+                "estimator='iw' (or 'em')"
+            )
+        if missingness is not None and not callable(missingness):
+            raise TypeError("missingness must be a callable (z, mask) -> log probability")
         if int(num_particles) < 1 or int(guide_particles) < 1:
             raise ValueError("num_particles and guide_particles must be at least 1")
         if int(guide_steps) < 0:
@@ -134,6 +167,9 @@ class MissingScoreMatching(ELBO):
         super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting)
         self.estimator = estimator
         self.proposal = make_proposal(proposal)
+        self.objective = objective
+        self._em_objective = ExpectedCompleteDataObjective()
+        self.missingness = missingness
         self.guide_steps = int(guide_steps)
         self.guide_particles = int(guide_particles)
         self.diagnostics: dict[str, Any] = {}
@@ -175,13 +211,40 @@ class MissingScoreMatching(ELBO):
             model = poutine.replay(model, trace=guide_trace)
         return poutine.trace(RejectLatent()(model)).get_trace(*args, **kwargs)
 
+    def _site_fn(self, site: DataSite) -> Distribution:
+        """The data distribution, tilted by the known missingness mechanism if one is given."""
+        if self.missingness is None:
+            return site.fn
+        return MechanismTilted(site.fn, self.missingness, site.mask)
+
+    def _score_rows(self, site: DataSite, fn: Distribution, particles: Particles) -> Tensor:
+        """Weighted sum over rows of the objective; records ESS and warns about dropped rows."""
+        if particles.outside is not None and bool(particles.outside.any()):
+            self._warn_once(
+                site.name,
+                "outside",
+                f"site '{site.name}': for {int(particles.outside.sum())} rows every importance "
+                "draw fell outside the model's support; they are skipped this step (raise "
+                "num_particles or use a proposal that respects the domain)",
+            )
+        objective = self._em_objective if self.estimator == "em" else self.objective
+        rows = objective(fn, particles)
+        return (rows * self._row_weights(site, particles)).sum()
+
+    def _record_ess(self, mask: Tensor, particles: Particles, ess: list[Tensor]) -> None:
+        has_missing = ~mask.all(-1)
+        if bool(has_missing.any()):
+            ess.append(particles.effective_sample_size[has_missing].mean())
+
     # -- estimators without a guide -------------------------------------------------------------
     def _direct_loss(self, model, args, kwargs) -> tuple[Tensor, list[Tensor]]:
         trace = self._model_trace(model, None, args, kwargs)
         total = 0.0
-        ess = []
+        ess: list[Tensor] = []
         for site in find_data_sites(trace):
-            x, mask = site.data, site.mask
+            mask = site.mask
+            x = self.objective.perturb(site.data, mask)
+            fn = self._site_fn(site)
             if self.estimator == "closed_form":
                 base = site.fn
                 while isinstance(base, ExpandedDistribution):
@@ -195,26 +258,24 @@ class MissingScoreMatching(ELBO):
                 particles = zeroed_particles(x, mask)
                 total = total + (rows * self._row_weights(site, particles)).sum()
                 continue
-            if self.estimator == "iw":
+            if self.estimator in ("iw", "em"):
                 particles = importance_particles(
-                    site.fn, x, mask, self.proposal, self.num_particles
+                    fn, x, mask, self.proposal, self.num_particles, frozen=self.estimator == "em"
                 )
-                has_missing = ~mask.all(-1)
-                if bool(has_missing.any()):
-                    ess.append(particles.effective_sample_size[has_missing].mean())
+                self._record_ess(mask, particles, ess)
             elif self.estimator == "zeroed":
                 particles = zeroed_particles(x, mask)
             elif self.estimator == "mean_impute":
                 particles = mean_impute_particles(x, mask)
             else:
                 particles = complete_case_particles(x, mask)
-            rows = exact_objective(site.fn, particles)
-            total = total + (rows * self._row_weights(site, particles)).sum()
+            particles.clean = site.data
+            total = total + self._score_rows(site, fn, particles)
         if ess:
             self.diagnostics["ess"] = float(torch.stack(ess).mean())
         return total, _leaf_params(trace)
 
-    # -- the variational estimator ----------------------------------------------------------------
+    # -- estimators with a guide: variational and hybrid --------------------------------------
     def _variational_terms(self, model, guide, args, kwargs, model_step: bool):
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
@@ -225,21 +286,30 @@ class MissingScoreMatching(ELBO):
         sites = find_data_sites(model_trace)
         guide_lp = guide_log_prob(guide_trace, sites)
         objective, kl = 0.0, 0.0
+        ess: list[Tensor] = []
         for site in sites:
             x, mask = site.data, site.mask
             draws = site.value
+            log_q = guide_lp.get(site.name, torch.zeros(draws.shape[:-1], dtype=x.dtype))
             live = log_prob(site.fn, draws)  # gradient to the guide through the draws
             if model_step:
                 detached = log_prob(site.fn, draws.detach())  # gradient to the model only
-                particles = variational_particles(site.fn, x, mask, draws, detached)
-                weights = self._row_weights(site, particles)
-                objective = objective + (exact_objective(site.fn, particles) * weights).sum()
+                if self.estimator == "hybrid":
+                    particles = weighted_particles(site.fn, x, mask, draws, log_q.detach())
+                    self._record_ess(mask, particles, ess)
+                else:
+                    particles = variational_particles(site.fn, x, mask, draws, detached)
+                particles.clean = x
+                objective = objective + self._score_rows(site, site.fn, particles)
+                weights = site.scale * _has_observed(mask).to(x.dtype)
                 # the KL's model term carries no gradient to the model: -live + detached cancels
-                kl_rows = guide_lp.get(site.name, 0.0) - live + detached - detached.detach()
+                kl_rows = log_q - live + detached - detached.detach()
             else:
-                weights = site.scale * (mask.any(-1)).to(x.dtype)
-                kl_rows = guide_lp.get(site.name, 0.0) - live
+                weights = site.scale * _has_observed(mask).to(x.dtype)
+                kl_rows = log_q - live
             kl = kl + (kl_rows.mean(0) * weights).sum()
+        if ess:
+            self.diagnostics["ess"] = float(torch.stack(ess).mean())
         return objective, kl, _leaf_params(model_trace), _leaf_params(guide_trace)
 
     # -- the ELBO interface ---------------------------------------------------------------------
@@ -250,7 +320,7 @@ class MissingScoreMatching(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         """A differentiable scalar: its value is the loss, its gradient the estimator's (for
         ``"variational"``, model parameters get the surrogate's and guide parameters the KL's)."""
-        if self.estimator == "variational":
+        if self.estimator in GUIDED:
             objective, kl, _, _ = self._variational_terms(model, guide, args, kwargs, True)
             self.diagnostics.update(
                 step="model", kl=float(kl.detach()), loss=float(objective.detach())
@@ -268,7 +338,7 @@ class MissingScoreMatching(ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Compute gradients for one SVI step and return the loss value."""
-        if self.estimator != "variational":
+        if self.estimator not in GUIDED:
             loss, _ = self._direct_loss(model, args, kwargs)
             if loss.requires_grad:
                 loss.backward()
