@@ -9,9 +9,10 @@ import pyro
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.distributions.torch_distribution import TorchDistributionMixin
+from pyro.poutine.runtime import effectful
 from torch import Tensor
 
-__all__ = ["observe", "MissingCoordinates", "SITE_KEY"]
+__all__ = ["observe", "MissingCoordinates", "SITE_KEY", "PERTURB_TYPE"]
 
 #: Key of ``site["infer"]`` under which :func:`observe` records the data and mask of a site.
 SITE_KEY = "pyro_msm"
@@ -105,6 +106,17 @@ def _as_mask(name: str, obs: Tensor, obs_mask) -> Tensor:
     )
 
 
+#: Effect type through which a loss may perturb the observed values of a site (denoising).
+PERTURB_TYPE = "pyro_msm_observed_values"
+
+
+def _identity(name: str, data: Tensor, mask: Tensor) -> Tensor:
+    return data
+
+
+_observed_values = effectful(_identity, type=PERTURB_TYPE)
+
+
 def observe(
     name: str,
     fn: TorchDistributionMixin,
@@ -172,6 +184,8 @@ def observe(
     data = torch.where(mask, obs, torch.zeros((), dtype=obs.dtype, device=obs.device))
     if fn.batch_shape != obs.shape[:-1]:
         fn = fn.expand(torch.broadcast_shapes(fn.batch_shape, obs.shape[:-1]))
+    clean = data
+    data = _observed_values(name, data, mask)
     unobserved = pyro.sample(
         f"{name}_unobserved",
         MissingCoordinates(fn, data, mask),
@@ -182,6 +196,6 @@ def observe(
         f"{name}_observed",
         fn,
         obs=value,
-        infer={SITE_KEY: {"data": data, "mask": mask, "name": name}},
+        infer={SITE_KEY: {"data": data, "clean": clean, "mask": mask, "name": name}},
     )
     return pyro.deterministic(name, value, event_dim=1)

@@ -17,7 +17,7 @@ from pyro.poutine.trace_struct import Trace
 from torch import Tensor, nn
 
 from ..infer.sites import FillUnobserved
-from ..primitives import MissingCoordinates
+from ..primitives import PERTURB_TYPE, MissingCoordinates
 
 __all__ = ["AmortizedNormal", "no_guide"]
 
@@ -143,7 +143,9 @@ class AmortizedNormal(PyroModule):
         reaches outer handlers (SVI's parameter capture, the loss's particle plate), so the
         sites keep the model's own batch shapes and plates, and no parameter is registered as
         the guide's. :class:`FillUnobserved` supplies zeros instead of model draws."""
-        with poutine.block(hide_all=True):
+        # everything is hidden but the denoising perturbation of the observed values, so the
+        # guide conditions on the same (noisy) rows as the loss
+        with poutine.block(expose_types=[PERTURB_TYPE]):
             return poutine.trace(FillUnobserved()(self.model)).get_trace(*args, **kwargs)
 
     def _find_site(self, trace: Trace) -> tuple[str, dict]:

@@ -55,6 +55,7 @@ class Particles:
     :ivar scored: boolean ``(n, d)``: the coordinates the loss sums over (the observed ones).
     :ivar row_weight: ``(n,)`` multiplier of each row's loss (0 drops a row).
     :ivar clean: for the denoising objective, the observed rows before noise ``(n, d)``.
+    :ivar noise_scale: for the denoising objective, ``(n, 1)`` noise scales.
     :ivar outside: boolean ``(n,)``: rows all of whose draws fell outside the support (dropped).
     """
 
@@ -64,6 +65,7 @@ class Particles:
     row_weight: Tensor
     clean: Tensor | None = None
     outside: Tensor | None = None
+    noise_scale: Tensor | None = None
 
     @property
     def effective_sample_size(self) -> Tensor:
@@ -98,9 +100,10 @@ class Objective:
     #: whether the objective needs the rows noised before completion (denoising)
     perturbs: bool = False
 
-    def perturb(self, x: Tensor, mask: Tensor) -> Tensor:
-        """The observed rows the particles are drawn for (the data, unless denoising)."""
-        return x
+    def perturb(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The observed rows the particles are drawn for (the data, unless denoising) and the
+        noise scale per row (None without noise)."""
+        return x, None
 
     def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
         """Per-row losses ``(n,)`` (before ``row_weight``)."""
@@ -201,25 +204,25 @@ class DenoisingObjective(Objective):
         if not scales or any(not float(s) > 0 for s in scales):
             raise ValueError(f"noise_scale must be positive, got {noise_scale}")
         self.noise_scales = [float(s) for s in scales]
-        self._sigma: Tensor | None = None
 
-    def perturb(self, x: Tensor, mask: Tensor) -> Tensor:
+    def perturb(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         scales = torch.tensor(self.noise_scales, dtype=x.dtype, device=x.device)
         pick = torch.randint(len(self.noise_scales), x.shape[:-1], device=x.device)
-        self._sigma = scales[pick].unsqueeze(-1)
-        noise = torch.randn_like(x) * self._sigma
-        return torch.where(mask, x + noise, x)
+        sigma = scales[pick].unsqueeze(-1)
+        noise = torch.randn_like(x) * sigma
+        return torch.where(mask, x + noise, x), sigma
 
     def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
-        if particles.clean is None or self._sigma is None:
+        if particles.clean is None or particles.noise_scale is None:
             raise RuntimeError("DenoisingObjective needs particles of perturbed rows")
+        sigma = particles.noise_scale
         a = score(fn, particles.z)
         mean_a = weighted_mean(particles.weights, a)
         noisy = particles.z[0]
-        target = -(noisy - particles.clean) / self._sigma**2
+        target = -(noisy - particles.clean) / sigma**2
         residual = (mean_a - target) * particles.scored.to(a.dtype)
         # sigma^2 keeps the scale comparable across noise levels (Song & Ermon, 2019)
-        return (self._sigma.squeeze(-1) ** 2) * (residual * residual).sum(-1)
+        return (sigma.squeeze(-1) ** 2) * (residual * residual).sum(-1)
 
 
 def boundary_distance_weight(support, cap: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:

@@ -36,7 +36,14 @@ from .objectives import (
     make_objective,
 )
 from .proposals import Proposal, make_proposal
-from .sites import DataSite, FillUnobserved, RejectLatent, find_data_sites, guide_log_prob
+from .sites import (
+    DataSite,
+    FillUnobserved,
+    PerturbObserved,
+    RejectLatent,
+    find_data_sites,
+    guide_log_prob,
+)
 
 __all__ = ["MissingScoreMatching", "IWScoreMatching", "VariationalScoreMatching", "ESTIMATORS"]
 
@@ -109,6 +116,10 @@ class MissingScoreMatching(ELBO):
       matching on every coordinate (biased).
     - ``"complete_case"``: classical score matching on the rows with nothing missing; the others
       are dropped, with a warning that counts them.
+    - ``"hybrid"`` (not in the paper): the guide, trained as for ``"variational"``, is the IW
+      proposal; importance weights remove the bias of an imperfect guide.
+    - ``"em"``: the EM algorithm of Uehara, Matsuda & Kim (2020): importance weights computed
+      with the model frozen, then the weighted classical loss of the completed rows.
     - ``"closed_form"``: the exact marginal loss of a
       :class:`~pyro_msm.distributions.GaussianEnergy` model (the oracle the others
       approximate; other models raise ``TypeError``).
@@ -125,7 +136,14 @@ class MissingScoreMatching(ELBO):
         ``"variational"``.
     :param proposal: the IW proposal: ``"moment_matched"``, ``"wide"``, a
         :class:`~pyro_msm.infer.proposals.Proposal`, or a Pyro distribution over rows.
-    :param guide_steps: guide steps per model step for ``"variational"``.
+    :param objective: ``"exact"`` (Hyvarinen), ``"sliced"`` (random projections, one
+        Hessian-vector product per direction), ``"denoising"`` (noise on observed coordinates),
+        ``"truncated"`` (bounded or non-negative domains, from the model's ``support``), or an
+        :class:`~pyro_msm.infer.objectives.Objective` instance with options.
+    :param missingness: a known missingness mechanism for ``"iw"``/``"em"``: a callable
+        ``(z, mask) -> log P(mask | z)`` per completed row (see
+        :mod:`pyro_msm.infer.mechanisms`); it tilts the model's conditional and marginal score.
+    :param guide_steps: guide steps per model step for ``"variational"`` and ``"hybrid"``.
     :param guide_particles: completions per row on guide steps.
     :param max_plate_nesting: as in :class:`~pyro.infer.ELBO` (guessed when not given).
 
@@ -134,6 +152,8 @@ class MissingScoreMatching(ELBO):
     [1] Givens, Liu & Reeve, "Score Matching with Missing Data", ICML 2025, arXiv:2506.00557.
     [2] Hyvarinen, "Estimation of Non-Normalized Statistical Models by Score Matching",
         JMLR 6, 2005.
+    [3] Uehara, Matsuda & Kim, "Imputation estimators for unnormalized models with missing
+        data", AISTATS 2020.
     """
 
     def __init__(
@@ -243,7 +263,7 @@ class MissingScoreMatching(ELBO):
         ess: list[Tensor] = []
         for site in find_data_sites(trace):
             mask = site.mask
-            x = self.objective.perturb(site.data, mask)
+            x, noise_scale = self.objective.perturb(site.data, mask)
             fn = self._site_fn(site)
             if self.estimator == "closed_form":
                 base = site.fn
@@ -269,7 +289,7 @@ class MissingScoreMatching(ELBO):
                 particles = mean_impute_particles(x, mask)
             else:
                 particles = complete_case_particles(x, mask)
-            particles.clean = site.data
+            particles.clean, particles.noise_scale = site.data, noise_scale
             total = total + self._score_rows(site, fn, particles)
         if ess:
             self.diagnostics["ess"] = float(torch.stack(ess).mean())
@@ -281,6 +301,9 @@ class MissingScoreMatching(ELBO):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         r = self.num_particles if model_step else self.guide_particles
         dim = -int(self.max_plate_nesting) - 1
+        perturbation = PerturbObserved(self.objective.perturb) if self.objective.perturbs else None
+        if perturbation is not None:  # the guide and the model see the same noisy rows
+            guide, model = perturbation(guide), perturbation(model)
         guide_trace = poutine.trace(_particle_plate(guide, r, dim)).get_trace(*args, **kwargs)
         model_trace = self._model_trace(_particle_plate(model, r, dim), guide_trace, args, kwargs)
         sites = find_data_sites(model_trace)
@@ -299,7 +322,9 @@ class MissingScoreMatching(ELBO):
                     self._record_ess(mask, particles, ess)
                 else:
                     particles = variational_particles(site.fn, x, mask, draws, detached)
-                particles.clean = x
+                particles.clean = site.clean
+                if perturbation is not None:
+                    particles.noise_scale = perturbation.cache[site.name][1]
                 objective = objective + self._score_rows(site, site.fn, particles)
                 weights = site.scale * _has_observed(mask).to(x.dtype)
                 # the KL's model term carries no gradient to the model: -live + detached cancels

@@ -18,6 +18,7 @@ __all__ = [
     "DataSite",
     "FillUnobserved",
     "RejectLatent",
+    "PerturbObserved",
     "find_data_sites",
     "guide_log_prob",
 ]
@@ -33,6 +34,7 @@ class DataSite:
     :ivar mask: boolean ``(n, d)``, True where observed.
     :ivar scale: ``(n,)`` row multipliers from subsampled plates and ``poutine.scale``.
     :ivar value: the completed rows as sampled, ``(r, n, d)`` (``r = 1`` without particles).
+    :ivar clean: ``(n, d)`` the data before any perturbation by the loss (denoising).
     """
 
     name: str
@@ -41,6 +43,7 @@ class DataSite:
     mask: Tensor
     scale: Tensor
     value: Tensor
+    clean: Tensor | None = None
 
 
 class FillUnobserved(Messenger):
@@ -56,6 +59,27 @@ class FillUnobserved(Messenger):
                     dtype=fn.data.dtype,
                     device=fn.data.device,
                 )
+
+
+class PerturbObserved(Messenger):
+    """Replace the observed values of every :func:`~pyro_msm.observe` site by a perturbed copy,
+    the same for every run inside this handler's lifetime (so a guide that runs the model and
+    the loss's replay of the model see the same noisy rows).
+
+    :param perturb: ``(data, mask) -> (perturbed, noise_scale)``.
+    """
+
+    def __init__(self, perturb) -> None:
+        super().__init__()
+        self.perturb = perturb
+        self.cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def _pyro_pyro_msm_observed_values(self, msg) -> None:
+        name, data, mask = msg["args"]
+        if name not in self.cache:
+            self.cache[name] = self.perturb(data, mask)
+        msg["value"] = self.cache[name][0]
+        msg["done"] = True
 
 
 def _is_plate(site: dict) -> bool:
@@ -109,6 +133,7 @@ def find_data_sites(trace: Trace) -> list[DataSite]:
                     mask=mask.reshape(n, d),
                     scale=scale.expand(data.shape[:-1]).reshape(n),
                     value=value.reshape(-1, n, d),
+                    clean=info["clean"].reshape(n, d),
                 )
             )
         elif not (
