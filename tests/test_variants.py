@@ -10,7 +10,7 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 
 import pyro_msm
-from pyro_msm.distributions import FunctionEnergy, GaussianEnergy
+from pyro_msm.distributions import FunctionEnergy, GaussianEnergy, TruncatedGaussianEnergy
 from pyro_msm.distributions.domains import HalfSpace, boundary_distance
 from pyro_msm.guides import AmortizedNormal, no_guide
 from pyro_msm.infer import MissingScoreMatching
@@ -222,19 +222,21 @@ def test_denoising_recovers_the_noised_covariance():
 def test_truncated_iw_recovers_a_truncated_gaussian_that_plain_score_matching_misses():
     torch.manual_seed(0)
     loc, cov = torch.tensor([0.3, 0.2]), torch.tensor([[1.0, 0.4], [0.4, 1.0]])
-    draws = dist.MultivariateNormal(loc, cov).sample((40_000,))
-    full = draws[(draws > 0).all(-1)][:2000]
+    orthant = constraints.independent(constraints.positive, 1)
+    truth = TruncatedGaussianEnergy(loc, torch.linalg.inv(cov), orthant)
+    full = truth.sample((5000,))  # truncated score matching is noisy: n=2000 gave 0.2 error
+    assert (full > 0).all()
     x = pyro_msm.missingness.apply_mask(
         full, pyro_msm.missingness.mcar_mask(full.shape, 0.2, seed=2)
     )
-    orthant = constraints.independent(constraints.positive, 1)
 
     def model(data, truncated):
         mu = pyro.param("loc", torch.zeros(2))
         tril = pyro.param("tril", torch.eye(2), constraint=constraints.lower_cholesky)
-        fn = GaussianEnergy(mu, precision_tril=tril)
         if truncated:
-            fn.support = orthant
+            fn = TruncatedGaussianEnergy(mu, None, orthant, precision_tril=tril)
+        else:
+            fn = GaussianEnergy(mu, precision_tril=tril)
         with pyro.plate("rows", data.shape[0]):
             pyro_msm.observe("x", fn, obs=data)
 
@@ -244,10 +246,10 @@ def test_truncated_iw_recovers_a_truncated_gaussian_that_plain_score_matching_mi
         objective = "truncated" if truncated else "exact"
         loss = MissingScoreMatching("iw", objective=objective, num_particles=20)
         svi = SVI(model, no_guide, Adam({"lr": 0.03}), loss)
-        for _ in range(500):
+        for _ in range(400):
             svi.step(x, truncated)
         errors[truncated] = float((pyro.param("loc").detach() - loc).norm())
-    assert errors[True] < 0.15, errors
+    assert errors[True] < 0.12, errors
     assert errors[False] > 3 * errors[True], errors
 
 
