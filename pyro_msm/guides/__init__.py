@@ -2,5 +2,6 @@
 of :func:`~pyro_msm.observe` sites."""
 
 from .amortized import AmortizedNormal, no_guide
+from .flow import AmortizedFlow, MissingBlockFlow
 
-__all__ = ["AmortizedNormal", "no_guide"]
+__all__ = ["AmortizedNormal", "AmortizedFlow", "MissingBlockFlow", "no_guide"]

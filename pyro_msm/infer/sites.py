@@ -192,8 +192,8 @@ def guide_log_prob(trace: Trace, sites: list[DataSite]) -> dict[str, Tensor]:
             raise ValueError(
                 f"guide site '{name}' matches no missing-data site: guides for "
                 "MissingScoreMatching sample only '<name>_unobserved', with a density that "
-                "factorises over coordinates (pyro_msm.guides.AmortizedNormal, or "
-                "pyro.infer.autoguide.AutoNormal); joint autoguides such as "
+                "factorises over coordinates (pyro_msm.guides.AmortizedNormal, AmortizedFlow, "
+                "or pyro.infer.autoguide.AutoNormal); joint autoguides such as "
                 "AutoMultivariateNormal are not supported"
             )
         n, d = owner.data.shape
@@ -202,7 +202,16 @@ def guide_log_prob(trace: Trace, sites: list[DataSite]) -> dict[str, Tensor]:
             isinstance(fn, Independent) and isinstance(fn.base_dist, Delta)
         ):
             delta = fn if isinstance(fn, Delta) else fn.base_dist
-            lp = delta.log_density.expand(value.shape[:-1]).reshape(-1, n)
+            log_density = torch.as_tensor(delta.log_density)
+            if log_density.requires_grad:
+                raise TypeError(
+                    f"guide site '{name}': a Delta whose log_density depends on the guide's "
+                    "parameters (e.g. AutoStructured, or an autoguide on a constrained support) "
+                    "sums its density over all coordinates, observed ones included, so it cannot "
+                    "be restricted to the missing ones; use pyro_msm.guides.AmortizedNormal, "
+                    "pyro_msm.guides.AmortizedFlow or pyro.infer.autoguide.AutoNormal"
+                )
+            lp = log_density.expand(value.shape[:-1]).reshape(-1, n)
         else:
             per_coordinate = _coordinatewise_log_prob(name, fn, value).reshape(-1, n, d)
             lp = (per_coordinate * (~owner.mask).to(per_coordinate.dtype)).sum(-1)
