@@ -1,0 +1,41 @@
+"""Reproducible experiments shared by the command line demo, the benchmarks and the tests."""
+
+from .gaussian import (
+    DEFAULT_ESTIMATORS,
+    DEMO_ESTIMATORS,
+    MECHANISMS,
+    Comparison,
+    EstimatorSpec,
+    FitResult,
+    GaussianProblem,
+    compare_estimators,
+    complete_data_estimate,
+    fit_gaussian,
+    format_table,
+    make_gaussian_model,
+    make_guide,
+    precision_error,
+    random_precision,
+    score_mse,
+    simulate_gaussian,
+)
+
+__all__ = [
+    "DEFAULT_ESTIMATORS",
+    "DEMO_ESTIMATORS",
+    "MECHANISMS",
+    "Comparison",
+    "make_guide",
+    "EstimatorSpec",
+    "FitResult",
+    "GaussianProblem",
+    "complete_data_estimate",
+    "compare_estimators",
+    "fit_gaussian",
+    "format_table",
+    "make_gaussian_model",
+    "precision_error",
+    "random_precision",
+    "score_mse",
+    "simulate_gaussian",
+]
