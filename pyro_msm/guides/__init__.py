@@ -2,6 +2,7 @@
 of :func:`~pyro_msm.observe` sites."""
 
 from .amortized import AmortizedNormal, no_guide
+from .base import MaskedSiteGuide
 from .flow import AmortizedFlow, MissingBlockFlow
 
-__all__ = ["AmortizedNormal", "AmortizedFlow", "MissingBlockFlow", "no_guide"]
+__all__ = ["MaskedSiteGuide", "AmortizedNormal", "AmortizedFlow", "MissingBlockFlow", "no_guide"]

@@ -8,20 +8,14 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
-from pyro.nn import PyroModule, PyroParam
-from pyro.poutine.subsample_messenger import _Subsample
-from pyro.poutine.trace_struct import Trace
+from pyro.nn import PyroParam
 from torch import Tensor, nn
 
-from ..infer.sites import FillUnobserved
-from ..primitives import PERTURB_TYPE, MissingCoordinates
+from .base import _SUFFIX, MaskedSiteGuide
 
 __all__ = ["AmortizedNormal", "no_guide"]
-
-_SUFFIX = "_unobserved"
 
 
 def no_guide(*args: Any, **kwargs: Any) -> None:
@@ -38,7 +32,7 @@ def no_guide(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-class AmortizedNormal(PyroModule):
+class AmortizedNormal(MaskedSiteGuide):
     r"""Amortised Gaussian guide :math:`q_\phi(x_u \mid x_o)` for the missing coordinates of a
     :func:`~pyro_msm.observe` site (the variational family of Marg-Var).
 
@@ -116,85 +110,15 @@ class AmortizedNormal(PyroModule):
     ) -> None:
         if not callable(model):
             raise TypeError(f"AmortizedNormal: model must be callable, got {type(model).__name__}")
-        if site is not None and not isinstance(site, str):
-            raise TypeError(f"AmortizedNormal: site must be a string, got {type(site).__name__}")
         hidden_dims = tuple(int(h) for h in hidden_dims)
         if any(h < 1 for h in hidden_dims):
             raise ValueError(f"AmortizedNormal: hidden_dims must be positive, got {hidden_dims}")
         if not float(init_scale) > 0:
             raise ValueError(f"AmortizedNormal: init_scale must be positive, got {init_scale}")
-        # parameter names: AmortizedNormal.* (AmortizedNormal.{site}.* when a site is named, so
-        # guides for different sites of one model do not share parameters)
-        super().__init__(name=type(self).__name__ + ("" if site is None else f".{site}"))
-        self._model = (model,)  # a tuple, so a PyroModule model is not registered as a submodule
-        self.site = site
+        super().__init__(model, site)
         self.hidden_dims = hidden_dims
         self.init_scale = float(init_scale)
         self.condition_on_mask = bool(condition_on_mask)
-
-    @property
-    def model(self) -> Callable:
-        """The model the guide was built for."""
-        return self._model[0]
-
-    # -- locating the data site -------------------------------------------------------------------
-    def _model_trace(self, *args: Any, **kwargs: Any) -> Trace:
-        """The model's trace with no effect escaping: blocking stops every message before it
-        reaches outer handlers (SVI's parameter capture, the loss's particle plate), so the
-        sites keep the model's own batch shapes and plates, and no parameter is registered as
-        the guide's. :class:`FillUnobserved` supplies zeros instead of model draws."""
-        # everything is hidden but the denoising perturbation of the observed values, so the
-        # guide conditions on the same (noisy) rows as the loss
-        with poutine.block(expose_types=[PERTURB_TYPE]):
-            return poutine.trace(FillUnobserved()(self.model)).get_trace(*args, **kwargs)
-
-    def _find_site(self, trace: Trace) -> tuple[str, dict]:
-        found = {
-            name[: -len(_SUFFIX)]: node
-            for name, node in trace.nodes.items()
-            if node["type"] == "sample"
-            and isinstance(node["fn"], MissingCoordinates)
-            and name.endswith(_SUFFIX)
-        }
-        if not found:
-            raise ValueError(
-                "AmortizedNormal: the model has no masked data site; declare the data with "
-                "pyro_msm.observe(name, distribution, obs=...)"
-            )
-        if self.site is None:
-            if len(found) > 1:
-                raise ValueError(
-                    f"AmortizedNormal: the model has several masked data sites {sorted(found)}; "
-                    "choose one with site=..."
-                )
-            return next(iter(found.items()))
-        if self.site not in found:
-            raise ValueError(
-                f"AmortizedNormal: site={self.site!r} is not a masked data site of the model; "
-                f"its pyro_msm.observe sites are {sorted(found)}"
-            )
-        return self.site, found[self.site]
-
-    @staticmethod
-    def _plates(trace: Trace, node: dict) -> list:
-        """``pyro.plate`` contexts equal to those of the model around ``node``, subsample
-        indices included (outermost first)."""
-        plates = []
-        for frame in node["cond_indep_stack"]:
-            if not frame.vectorized:
-                raise NotImplementedError(
-                    f"AmortizedNormal: the data site is inside the sequential plate "
-                    f"'{frame.name}'; use a vectorised pyro.plate"
-                )
-            sub = trace.nodes.get(frame.name)
-            if sub is not None and isinstance(sub["fn"], _Subsample):
-                plates.append(
-                    pyro.plate(frame.name, sub["fn"].size, subsample=sub["value"], dim=frame.dim)
-                )
-            else:
-                size = frame.full_size if frame.full_size is not None else frame.size
-                plates.append(pyro.plate(frame.name, size if size >= 0 else None, dim=frame.dim))
-        return plates
 
     # -- parameters -------------------------------------------------------------------------------
     def _setup(self, data: Tensor) -> None:
@@ -251,9 +175,7 @@ class AmortizedNormal(PyroModule):
         :returns: ``{"{site}_unobserved": draw}``, the draw of the data's shape (with a leading
             particle dimension inside a particle plate).
         """
-        trace = self._model_trace(*args, **kwargs)
-        name, node = self._find_site(trace)
-        fn: MissingCoordinates = node["fn"]
+        name, fn, plates = self._site(*args, **kwargs)
         data, observed = fn.data, fn.observed_mask
         self._setup(data)
         # parameters are read before entering plates, so no plate tries to subsample them
@@ -261,7 +183,7 @@ class AmortizedNormal(PyroModule):
         shape = fn.batch_shape + fn.event_shape
         q = dist.Normal(loc.expand(shape), scale.expand(shape)).mask(~observed.expand(shape))
         with contextlib.ExitStack() as stack:
-            for plate in self._plates(trace, node):
+            for plate in plates:
                 stack.enter_context(plate)
             value = pyro.sample(name + _SUFFIX, q.to_event(1))
         return {name + _SUFFIX: value}

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from pyro.distributions.transforms import (
@@ -19,17 +18,14 @@ from pyro.distributions.transforms import (
     SplineAutoregressive,
 )
 from pyro.distributions.transforms.utils import clamp_preserve_gradients
-from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
-from pyro.poutine.subsample_messenger import _Subsample
-from pyro.poutine.trace_struct import Trace
+from pyro.nn import ConditionalAutoRegressiveNN
 from torch import Tensor, nn
 
-from ..infer.sites import FillUnobserved
-from ..primitives import MissingCoordinates
+from .base import _SUFFIX, MaskedSiteGuide
 
 __all__ = ["AmortizedFlow", "MissingBlockFlow", "FLOW_TRANSFORMS"]
 
-_SUFFIX = "_unobserved"
+
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 #: Conditional autoregressive transforms :class:`AmortizedFlow` can stack.
@@ -211,7 +207,7 @@ class MissingBlockFlow(TorchDistribution):
         return self.log_prob(value).sum(-1)
 
 
-class AmortizedFlow(PyroModule):
+class AmortizedFlow(MaskedSiteGuide):
     r"""Amortised conditional normalizing flow :math:`q_\phi(x_u \mid x_o)` for the missing
     coordinates of a :func:`~pyro_msm.observe` site (a richer variational family for Marg-Var
     than :class:`~pyro_msm.guides.AmortizedNormal`: non-Gaussian, with dependence between the
@@ -325,8 +321,6 @@ class AmortizedFlow(PyroModule):
     ) -> None:
         if not callable(model):
             raise TypeError(f"AmortizedFlow: model must be callable, got {type(model).__name__}")
-        if site is not None and not isinstance(site, str):
-            raise TypeError(f"AmortizedFlow: site must be a string, got {type(site).__name__}")
         if int(num_transforms) < 1:
             raise ValueError(
                 f"AmortizedFlow: num_transforms must be at least 1, got {num_transforms}"
@@ -342,73 +336,12 @@ class AmortizedFlow(PyroModule):
             )
         if int(count_bins) < 2 or not float(bound) > 0:
             raise ValueError("AmortizedFlow: count_bins must be at least 2 and bound positive")
-        super().__init__(name=type(self).__name__ + ("" if site is None else f".{site}"))
-        self._model = (model,)  # a tuple, so a PyroModule model is not registered as a submodule
-        self.site = site
+        super().__init__(model, site)
         self.num_transforms = int(num_transforms)
         self.hidden_dims = hidden_dims
         self.transform = transform
         self.count_bins = int(count_bins)
         self.bound = float(bound)
-
-    @property
-    def model(self) -> Callable:
-        """The model the guide was built for."""
-        return self._model[0]
-
-    # -- locating the data site (as AmortizedNormal) ----------------------------------------------
-    def _model_trace(self, *args: Any, **kwargs: Any) -> Trace:
-        """The model's trace with no effect escaping (see ``AmortizedNormal._model_trace``)."""
-        with poutine.block(hide_all=True):
-            return poutine.trace(FillUnobserved()(self.model)).get_trace(*args, **kwargs)
-
-    def _find_site(self, trace: Trace) -> tuple[str, dict]:
-        found = {
-            name[: -len(_SUFFIX)]: node
-            for name, node in trace.nodes.items()
-            if node["type"] == "sample"
-            and isinstance(node["fn"], MissingCoordinates)
-            and name.endswith(_SUFFIX)
-        }
-        if not found:
-            raise ValueError(
-                "AmortizedFlow: the model has no masked data site; declare the data with "
-                "pyro_msm.observe(name, distribution, obs=...)"
-            )
-        if self.site is None:
-            if len(found) > 1:
-                raise ValueError(
-                    f"AmortizedFlow: the model has several masked data sites {sorted(found)}; "
-                    "choose one with site=..."
-                )
-            return next(iter(found.items()))
-        if self.site not in found:
-            raise ValueError(
-                f"AmortizedFlow: site={self.site!r} is not a masked data site of the model; "
-                f"its pyro_msm.observe sites are {sorted(found)}"
-            )
-        return self.site, found[self.site]
-
-    @staticmethod
-    def _plates(trace: Trace, node: dict) -> list:
-        """``pyro.plate`` contexts equal to the model's around ``node``, subsample indices
-        included (outermost first)."""
-        plates = []
-        for frame in node["cond_indep_stack"]:
-            if not frame.vectorized:
-                raise NotImplementedError(
-                    f"AmortizedFlow: the data site is inside the sequential plate "
-                    f"'{frame.name}'; use a vectorised pyro.plate"
-                )
-            sub = trace.nodes.get(frame.name)
-            if sub is not None and isinstance(sub["fn"], _Subsample):
-                plates.append(
-                    pyro.plate(frame.name, sub["fn"].size, subsample=sub["value"], dim=frame.dim)
-                )
-            else:
-                size = frame.full_size if frame.full_size is not None else frame.size
-                plates.append(pyro.plate(frame.name, size if size >= 0 else None, dim=frame.dim))
-        return plates
 
     # -- parameters -------------------------------------------------------------------------------
     def _make_layer(self, d: int, permutation: Tensor) -> nn.Module:
@@ -478,9 +411,7 @@ class AmortizedFlow(PyroModule):
         :returns: ``{"{site}_unobserved": draw}``, the draw of the data's shape (with a leading
             particle dimension inside a particle plate); its observed entries are the data.
         """
-        trace = self._model_trace(*args, **kwargs)
-        name, node = self._find_site(trace)
-        fn: MissingCoordinates = node["fn"]
+        name, fn, plates = self._site(*args, **kwargs)
         data, observed = fn.data, fn.observed_mask
         self._setup(data)
         # parameters are read (and registered) before entering plates, so no plate subsamples them
@@ -488,7 +419,7 @@ class AmortizedFlow(PyroModule):
         q = self.distribution(data, observed).expand(shape)
         q = q.mask(~observed.expand(shape)).to_event(1)
         with contextlib.ExitStack() as stack:
-            for plate in self._plates(trace, node):
+            for plate in plates:
                 stack.enter_context(plate)
             value = pyro.sample(name + _SUFFIX, q)
         return {name + _SUFFIX: value}
