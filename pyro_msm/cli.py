@@ -19,7 +19,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 #: Defaults of ``pyro-msm demo`` (``--smoke`` replaces the sizes by tiny ones).
-DEMO_DEFAULTS = {"dim": 10, "n": 1000, "missing_rate": 0.3, "steps": 150}
+DEMO_DEFAULTS = {"dim": 10, "n": 1000, "missing_rate": 0.3, "steps": 300}
 SMOKE_DEFAULTS = {"dim": 3, "n": 100, "missing_rate": 0.3, "steps": 5}
 #: Measured wall-clock time of ``pyro-msm demo`` with its defaults (see docs/benchmarks.md).
 DEMO_MEASURED = "about 100 s on a 2-core CPU"
