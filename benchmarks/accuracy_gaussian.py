@@ -132,7 +132,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "score_mse_sd": mse_sd,
                 "ratio": ratio,
                 "ratio_sd": ratio_sd,
-                "ratio_range": f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-",
+                "ratio_median": statistics.median(ratios) if ratios else math.nan,
+                "ratio_range": f"{min(ratios):.3g}-{max(ratios):.3g}" if ratios else "-",
                 "fisher": fisher,
                 "vs_exact": vs_exact,
                 "ess": ess,
@@ -181,6 +182,7 @@ COLUMNS = [
     ("score_mse_sd", "MSE sd"),
     ("ratio", "x exact"),
     ("ratio_sd", "ratio sd"),
+    ("ratio_median", "median"),
     ("ratio_range", "range"),
     ("fisher", "Fisher div."),
     ("vs_exact", "P err vs exact"),
@@ -189,11 +191,50 @@ COLUMNS = [
 ]
 
 
+def _read_csv(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows saved by ``--out`` (numbers parsed back; empty cells stay strings)."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as fh:
+            for raw in csv.DictReader(fh):
+                row: dict[str, Any] = {}
+                for key, value in raw.items():
+                    try:
+                        row[key] = float(value)
+                    except ValueError:
+                        row[key] = value
+                rows.append(row)
+    return rows
+
+
+def report(rows: Sequence[dict[str, Any]], settings: Sequence[Setting]) -> None:
+    """Print one table per setting, then the PASS/FAIL lines."""
+    from pyro_msm.experiments import format_table
+
+    names = {s.name for s in settings}
+    rows = [r for r in rows if r["setting"] in names]
+    summary = summarise(rows)
+    for setting in settings:
+        group = [s for s in summary if s["setting"] == setting.name]
+        if not group:
+            continue
+        seeds = sorted({int(r["seed"]) for r in rows if r["setting"] == setting.name})
+        print()
+        print(
+            f"## {setting.name}: d={setting.d}, n={setting.n}, {setting.mechanism.upper()} "
+            f"{setting.missing_rate:.0%} missing, seeds {seeds}"
+        )
+        print(format_table(group, COLUMNS))
+    print()
+    for ok, text in check_targets(summary):
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="data sets per setting")
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first data set")
-    parser.add_argument("--steps", type=int, default=None, help="model updates per fit")
+    parser.add_argument("--steps", type=int, default=None, help="model updates per fit (400)")
     parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate")
     parser.add_argument("--num-particles", type=int, default=10, help="particles per row")
     parser.add_argument("--guide-steps", type=int, default=10, help="guide steps per model step")
@@ -204,11 +245,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny sizes, 1 seed")
     parser.add_argument("--out", default=None, help="CSV file for the per-seed rows")
+    parser.add_argument(
+        "--from-csv",
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="do not fit: summarise rows saved by --out (several files are merged)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.threads < 1:
         parser.error("--seeds, --jobs and --threads must be positive")
-
-    from pyro_msm.experiments import format_table
 
     settings = QUICK_SETTINGS if args.quick else SETTINGS
     if args.settings:
@@ -216,6 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown settings {sorted(unknown)}; known: {[s.name for s in settings]}")
         settings = tuple(s for s in settings if s.name in args.settings)
+    if args.from_csv:
+        rows = _read_csv(args.from_csv)
+        print(f"# summary of {', '.join(args.from_csv)} ({len(rows)} rows)")
+        report(rows, settings)
+        return 0
     seeds = (
         [args.first_seed]
         if args.quick
@@ -240,21 +291,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = [(s, seed, options) for s in settings for seed in seeds]
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
+
+    def done(task: tuple[Setting, int, dict[str, Any]]) -> None:
+        elapsed = time.perf_counter() - start
+        print(f"  done {task[0].name} seed {task[1]} ({elapsed:.0f} s)", flush=True)
+
     if args.jobs == 1:
         for task in tasks:
             rows += _run_one(task)
-            print(
-                f"  done {task[0].name} seed {task[1]} ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
+            done(task)
     else:
         with ProcessPoolExecutor(args.jobs) as pool:
             for task, result in zip(tasks, pool.map(_run_one, tasks), strict=True):
                 rows += result
-                print(
-                    f"  done {task[0].name} seed {task[1]} ({time.perf_counter() - start:.0f} s)",
-                    flush=True,
-                )
+                done(task)
     elapsed = time.perf_counter() - start
 
     if args.out:
@@ -265,19 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-
-    summary = summarise(rows)
-    for setting in settings:
-        print()
-        print(
-            f"## {setting.name}: d={setting.d}, n={setting.n}, {setting.mechanism.upper()} "
-            f"{setting.missing_rate:.0%} missing, {len(seeds)} seed(s)"
-        )
-        print(format_table([s for s in summary if s["setting"] == setting.name], COLUMNS))
-    print()
-    results = check_targets(summary)
-    for ok, text in results:
-        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    report(rows, settings)
     print(f"\ntotal {elapsed / 60:.1f} min" + (f"; rows written to {args.out}" if args.out else ""))
     return 0
 

@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 DEMO_DEFAULTS = {"dim": 10, "n": 1000, "missing_rate": 0.3, "steps": 300}
 SMOKE_DEFAULTS = {"dim": 3, "n": 100, "missing_rate": 0.3, "steps": 5}
 #: Measured wall-clock time of ``pyro-msm demo`` with its defaults (see docs/benchmarks.md).
-DEMO_MEASURED = "about 100 s on a 2-core CPU"
+DEMO_MEASURED = "about 65 s (measured on a 2-core CPU; up to 2 min when the machine is busy)"
 
 
 def _int_at_least(minimum: int, what: str):

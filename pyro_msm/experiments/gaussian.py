@@ -366,7 +366,7 @@ def fit_gaussian(
         to 300.
     :param average: fraction of the run, at its end, whose iterates are averaged into the
         returned estimate (Polyak-Ruppert averaging of the mean and of the precision
-        :math:`L L^\top`, which stays positive definite). With a constant learning rate the last
+        :math:`L L^\\top`, which stays positive definite). With a constant learning rate the last
         iterate of a stochastic estimator (IW, variational) jitters around its optimum; on d=5
         Gaussian data that jitter moved the score MSE by 20%, more than the differences being
         measured. ``0`` keeps the last iterate only.
