@@ -679,18 +679,10 @@ class TruncatedGaussianEnergy(Energy):
         lp = self.log_prob(value)
         return lp.masked_fill(~self.in_domain(value), -math.inf)
 
-    # -- the model (the Gaussian's closed forms) -----------------------------------------------
-    def energy(self, x: Tensor) -> Tensor:
-        diff = x - self.loc
-        return 0.5 * (diff * (diff.unsqueeze(-2) @ self.precision).squeeze(-2)).sum(-1)
-
-    def score(self, x: Tensor) -> Tensor:
-        return -((x - self.loc).unsqueeze(-2) @ self.precision).squeeze(-2)
-
-    def score_and_diag_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        a = self.score(x)
-        b = -torch.diagonal(self.precision, dim1=-2, dim2=-1)
-        return a, b.expand(a.shape)
+    # -- the model: the Gaussian's closed forms, shared (not copied) --------------------------
+    energy = GaussianEnergy.energy
+    score = GaussianEnergy.score
+    score_and_diag_jacobian = GaussianEnergy.score_and_diag_jacobian
 
     # -- sampling ------------------------------------------------------------------------------
     def _moments64(self) -> tuple[Tensor, Tensor, Tensor]:
