@@ -129,7 +129,6 @@ def test_bad_input():
     with pytest.raises(RuntimeError, match="call the guide once"):
         GaussianConditionalGuide(model).distribution(torch.zeros(2, 4), torch.ones(2, 4).bool())
 
-
     def any_width(x):  # a model whose dimension follows the data
         d = x.shape[-1]
         with pyro.plate("rows", x.shape[0]):
