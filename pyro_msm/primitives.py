@@ -191,6 +191,8 @@ def observe(
             f"site '{name}': obs has shape {tuple(obs.shape)}, but the distribution has event "
             f"shape {tuple(fn.event_shape)}"
         )
+    if obs.numel() == 0:
+        raise ValueError(f"site '{name}': obs has no rows (shape {tuple(obs.shape)})")
     dtype = _parameter_dtype(fn)
     if dtype is not None and dtype != obs.dtype:
         raise TypeError(

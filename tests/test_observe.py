@@ -427,3 +427,8 @@ def test_data_and_parameter_dtypes_must_agree(kind):
     with pytest.raises(TypeError, match=r"site 'x': obs is torch.float64 .* torch.float32"):
         observe("x", fn, obs=x)
     observe("x", fn, obs=x.float())  # the same site with matching dtypes is fine
+
+
+def test_empty_table_is_refused():
+    with pytest.raises(ValueError, match="site 'x': obs has no rows"):
+        observe("x", GaussianEnergy(torch.zeros(3), torch.eye(3)), obs=torch.zeros(0, 3))
