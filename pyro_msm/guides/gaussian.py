@@ -8,7 +8,7 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import Tensor
 
@@ -17,12 +17,12 @@ from ..infer.gaussian import (
     conditional_gaussian_terms,
     pairwise_moments,
 )
-from .base import _SUFFIX, MaskedSiteGuide
+from .base import _SUFFIX, MaskedSiteGuide, MissingBlockDistribution
 
 __all__ = ["GaussianConditionalGuide", "MissingBlockGaussian"]
 
 
-class MissingBlockGaussian(TorchDistribution):
+class MissingBlockGaussian(MissingBlockDistribution):
     r"""The Gaussian conditional :math:`N(x_u;\ \bar x_u, \Lambda_{uu}^{-1})` of each row's missing
     block, presented coordinate by coordinate so that its density can be restricted to the
     missing coordinates (the same convention as :class:`~pyro_msm.guides.MissingBlockFlow`).
@@ -39,10 +39,6 @@ class MissingBlockGaussian(TorchDistribution):
     :param observed_mask: boolean ``batch + (d,)``, True where observed.
     """
 
-    arg_constraints: dict = {}
-    support = constraints.real
-    has_rsample = True
-
     def __init__(
         self,
         mean: Tensor,
@@ -56,15 +52,7 @@ class MissingBlockGaussian(TorchDistribution):
         self.observed_mask = observed_mask.expand(batch_shape)
         super().__init__(batch_shape, torch.Size(), validate_args=False)
 
-    def expand(self, batch_shape, _instance=None) -> MissingBlockGaussian:
-        batch_shape = torch.Size(batch_shape)
-        if batch_shape == self.batch_shape:
-            return self
-        if batch_shape[-1:] != self.batch_shape[-1:]:
-            raise ValueError(
-                f"MissingBlockGaussian: cannot expand batch shape {tuple(self.batch_shape)} to "
-                f"{tuple(batch_shape)}: the last dimension holds the coordinates of a row"
-            )
+    def _expand_to(self, batch_shape: torch.Size) -> MissingBlockGaussian:
         return MissingBlockGaussian(
             self.loc.expand(batch_shape),
             self.chol.expand(batch_shape + batch_shape[-1:]),
