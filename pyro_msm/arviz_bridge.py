@@ -2,17 +2,27 @@ r"""Imputations as ArviZ objects: :func:`to_inference_data`.
 
 The object has these groups (``x`` stands for the data site's name):
 
-==========================  ======================================  ============================
-group                       variables                               dims
-==========================  ======================================  ============================
-``posterior``               ``x``: completed tables                 chain, draw, row, feature
-                            ``x_missing``: the missing entries only chain, draw, entry
-``observed_data``           ``x``: the data, NaN where missing      row, feature
-``constant_data``           ``x_mask``: True where observed         row, feature
-``imputation_stats``        ``ess`` (IW only): per-row effective    chain, row
-                            sample size of the importance weights
-``training`` (if given)     ``loss``, ``ess``, ... per step          step
-==========================  ======================================  ============================
+.. list-table::
+   :header-rows: 1
+
+   * - group
+     - variables
+     - dims
+   * - ``posterior``
+     - ``x``: the completed tables; ``x_missing``: the missing entries only
+     - (chain, draw, row, feature); (chain, draw, entry)
+   * - ``observed_data``
+     - ``x``: the data, NaN where missing
+     - (row, feature)
+   * - ``constant_data``
+     - ``x_mask``: True where observed
+     - (row, feature)
+   * - ``imputation_stats``
+     - ``ess`` (IW only): effective sample size of each row's importance weights
+     - (chain, row)
+   * - ``training`` (when given)
+     - ``loss``, ``ess``, ...: one value per training step
+     - (step)
 
 The ``entry`` coordinate of ``x_missing`` labels each missing entry ``"row, feature"`` (with
 the row and column names when given), and its non-index coordinates ``entry_row`` and

@@ -156,7 +156,10 @@ ax.legend(fontsize="small")
 fig.tight_layout()
 
 # %%
-# And are they calibrated? The coverage of the hidden truths by 90% intervals:
+# And are they calibrated? The coverage of the hidden truths by 90% intervals is near 0.9 for
+# both fits: coverage checks the width of the intervals, not where their mass sits. The fit
+# that ignores the boundary reaches it with intervals that reach into impossible negative
+# values (the histogram above); the truncated fit puts its imputations where the data can be.
 for label, imp in imputed.items():
     print(f"{label:22s}", pyro_msm.imputation_coverage(imp, full, prob=0.9))
 plt.show()
