@@ -265,15 +265,20 @@ def test_intervals_are_the_equal_tailed_quantiles():
 
 
 @pytest.fixture(scope="module")
-def iw_imputations(problem):
+def small():
+    return simulate_gaussian(d=4, n=200, missing_rate=0.3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def iw_imputations(small):
     return impute(
-        _true_model(problem), args=(problem.observed,), num_draws=100, num_particles=200, seed=0
+        _true_model(small), args=(small.observed,), num_draws=100, num_particles=200, seed=0
     )
 
 
-def test_inference_data_groups_dims_and_shapes(problem, iw_imputations):
-    frame = pd.DataFrame(problem.observed.numpy(), columns=["a", "b", "c", "d"])
-    frame.index = [f"r{i}" for i in range(problem.n)]
+def test_inference_data_groups_dims_and_shapes(small, iw_imputations):
+    frame = pd.DataFrame(small.observed.numpy(), columns=["a", "b", "c", "d"])
+    frame.index = [f"r{i}" for i in range(small.n)]
     losses = [3.0, 2.0, 1.5]
     idata = pyro_msm.to_inference_data(
         iw_imputations,
@@ -291,19 +296,19 @@ def test_inference_data_groups_dims_and_shapes(problem, iw_imputations):
     }
     table = idata.posterior["x"]
     assert table.dims == ("chain", "draw", "row", "feature")
-    assert table.shape == (2, 100, problem.n, problem.d)
+    assert table.shape == (2, 100, small.n, small.d)
     assert list(table.coords["feature"].values) == ["a", "b", "c", "d"]
     assert table.coords["row"].values[5] == "r5"
     # observed entries: constant across draws and equal to the data
     mask = idata.constant_data["x_mask"].values
-    np.testing.assert_array_equal(mask, problem.mask.numpy())
+    np.testing.assert_array_equal(mask, small.mask.numpy())
     values = table.values
     np.testing.assert_array_equal(
-        values[:, :, mask], np.broadcast_to(problem.x.numpy()[mask], values[:, :, mask].shape)
+        values[:, :, mask], np.broadcast_to(small.x.numpy()[mask], values[:, :, mask].shape)
     )
     observed = idata.observed_data["x"].values
     assert np.isnan(observed[~mask]).all()
-    np.testing.assert_array_equal(observed[mask], problem.x.numpy()[mask])
+    np.testing.assert_array_equal(observed[mask], small.x.numpy()[mask])
     # the missing entries, one per label
     missing = idata.posterior["x_missing"]
     assert missing.dims == ("chain", "draw", "entry")
@@ -341,7 +346,7 @@ def test_arviz_functions_run_on_it(iw_imputations):
     plt.close("all")
 
 
-def test_datatree_container_and_coverage_from_either(problem, iw_imputations):
+def test_datatree_container_and_coverage_from_either(small, iw_imputations):
     """ArviZ 1.x returns an xarray DataTree; the adapter builds the same groups for it."""
     idata = pyro_msm.to_inference_data(iw_imputations)
     tree = pyro_msm.to_inference_data(iw_imputations, datatree=True)
@@ -352,9 +357,9 @@ def test_datatree_container_and_coverage_from_either(problem, iw_imputations):
     for obj in (idata, tree):
         draws, mask = draws_from_inference_data(obj)
         assert torch.equal(draws, iw_imputations.draws.to(draws.dtype))
-        assert torch.equal(mask, problem.mask)
-        assert imputation_coverage(obj, problem.x).rate == pytest.approx(
-            imputation_coverage(iw_imputations, problem.x).rate
+        assert torch.equal(mask, small.mask)
+        assert imputation_coverage(obj, small.x).rate == pytest.approx(
+            imputation_coverage(iw_imputations, small.x).rate
         )
     assert isinstance(
         assemble({"posterior": idata.posterior}, {}, datatree=False), az.InferenceData

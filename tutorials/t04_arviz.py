@@ -106,18 +106,21 @@ plt.tight_layout()
 # %%
 # ``az.plot_posterior`` shows single entries; we mark the hidden true value in red.
 axes = az.plot_posterior(
-    idata, var_names=["x_missing"], coords={"entry": entries[:3]}, hdi_prob=0.9, figsize=(10, 2.8)
+    idata, var_names=["x_missing"], coords={"entry": entries[:3]}, hdi_prob=0.9, figsize=(10, 3.2)
 )
 for ax, entry in zip(np.ravel(axes), entries[:3], strict=True):
     row, feature = entry.split(", ")
     ax.axvline(float(truth[int(row.split()[1]), columns.index(feature)]), color="tab:red")
+plt.gcf().tight_layout()
 
 # %%
 # Calibration: do the intervals cover the hidden truths?
 # ------------------------------------------------------
 # If the imputations are the right conditional, a ``p`` interval contains the hidden value of
 # a fraction ``p`` of the missing entries. We compare with a model fitted by zero filling, a
-# biased baseline whose conditionals are off.
+# biased baseline: its conditionals are too wide (at the full sizes its 90% intervals are about
+# 20% wider and cover about 94% of the hidden values). Coverage below the diagonal means
+# overconfident imputations, above it intervals wider than they need to be.
 fit_gaussian(table, estimator="zeroed", steps=STEPS, average=0.0)
 zeroed = pyro_msm.to_inference_data(model, args=(table,), num_draws=DRAWS, seed=0)
 
@@ -128,6 +131,7 @@ for label, data in [("IW fit", idata), ("zero-filling fit", zeroed)]:
     ax.plot(probs, rates, "o-", label=label)
 coverage = pyro_msm.imputation_coverage(idata, truth, prob=0.9)
 print("IW fit:", coverage)
+print("zero-filling fit:", pyro_msm.imputation_coverage(zeroed, truth, prob=0.9))
 print("per feature:", dict(zip(columns, coverage.per_feature.tolist(), strict=True)))
 band = [2 * (p * (1 - p) / coverage.count) ** 0.5 for p in probs]
 ax.fill_between(
