@@ -51,8 +51,9 @@ torch.manual_seed(0)
 # A banana-shaped truth
 # ---------------------
 # :math:`x_1 \sim N(0, 1)` and :math:`x_2 \mid x_1 \sim N(0.8 (x_1^2 - 1), 0.5^2)`. Given
-# :math:`x_2`, the conditional of :math:`x_1` has two modes at :math:`\pm` something: a
-# Gaussian guide cannot represent it, a flow can. 30% of the entries are hidden (MCAR).
+# :math:`x_2 > -0.8`, the conditional of :math:`x_1` has two modes, near
+# :math:`\pm\sqrt{1 + x_2 / 0.8}`: a Gaussian guide cannot represent it, a flow can. 30% of
+# the entries are hidden (MCAR).
 
 
 def true_energy(x):

@@ -18,7 +18,7 @@ Here we fit a Gaussian truncated to the positive orthant, compare with a fit tha
 boundary, and impute the missing entries, which then stay inside the domain.
 
 With ``PYRO_MSM_SMOKE=1`` this runs at tiny sizes in seconds; at the sizes below it takes
-about a minute on one CPU core.
+one to two minutes on one CPU core.
 """
 
 # %%
