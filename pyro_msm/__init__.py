@@ -1,6 +1,6 @@
 """pyro_msm: score matching for unnormalised models of data with missing coordinates, on Pyro."""
 
-from . import distributions, guides, infer, missingness
+from . import datasets, distributions, graphical, guides, infer, missingness
 from .infer import IWScoreMatching, MissingScoreMatching, VariationalScoreMatching
 from .primitives import observe
 
@@ -11,7 +11,9 @@ __all__ = [
     "MissingScoreMatching",
     "IWScoreMatching",
     "VariationalScoreMatching",
+    "datasets",
     "distributions",
+    "graphical",
     "guides",
     "infer",
     "missingness",
