@@ -22,51 +22,26 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import os
 import platform
-import statistics
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Setting:
-    """One benchmark setting."""
-
-    name: str
-    d: int
-    missing_rate: float
-    mechanism: str = "mcar"
-    n: int = 1000
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("d5_mcar20", 5, 0.2),
-    Setting("d10_mcar10", 10, 0.1),
-    Setting("d10_mcar40", 10, 0.4),
-    Setting("d10_mar40", 10, 0.4, "mar"),
-    Setting("d20_mcar40", 20, 0.4),
+from pyro_msm.experiments.accuracy import (
+    ACCURACY_COLUMNS,
+    QUICK_SETTINGS,
+    SETTINGS,
+    Setting,
+    check_targets,
+    run_setting,
+    summarise_accuracy,
 )
-QUICK_SETTINGS: tuple[Setting, ...] = (
-    Setting("d5_mcar20", 5, 0.2, n=200),
-    Setting("d20_mcar40", 20, 0.4, n=200),
-)
-#: (setting, method, maximal ratio of mean score MSE to the exact marginal one)
-RATIO_TARGETS = (
-    ("d5_mcar20", "iw", 1.25),
-    ("d5_mcar20", "variational", 1.25),
-    ("d20_mcar40", "variational", 1.5),
-)
-MARGINAL_METHODS = ("iw", "variational")
-BASELINES = ("complete_case", "mean_impute", "zeroed")
+from pyro_msm.experiments.gaussian import format_table
+from pyro_msm.experiments.reporting import read_csv, write_csv
 
 
 def _run_one(task: tuple[Setting, int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -74,157 +49,25 @@ def _run_one(task: tuple[Setting, int, dict[str, Any]]) -> list[dict[str, Any]]:
     setting, seed, options = task
     import torch
 
-    from pyro_msm.experiments import DEFAULT_ESTIMATORS, compare_estimators, simulate_gaussian
-
-    torch.set_num_threads(options["threads"])
-    problem = simulate_gaussian(
-        setting.d, setting.n, setting.missing_rate, setting.mechanism, seed=seed
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*complete-case analysis drops.*")
-        warnings.filterwarnings("ignore", message=".*have no observed coordinate.*")
-        comparison = compare_estimators(
-            problem,
-            DEFAULT_ESTIMATORS,
-            steps=options["steps"],
-            lr=options["lr"],
-            num_particles=options["num_particles"],
-            guide_steps=options["guide_steps"],
-            seed=seed,
-        )
-    for row in comparison.rows:
-        row["setting"] = setting.name
-        row["realised_missing_rate"] = problem.realised_missing_rate
-    return comparison.rows
-
-
-def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return statistics.fmean(values), sd
-
-
-def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (setting, method): means and standard deviations over seeds."""
-    out = []
-    keys = []
-    for r in rows:
-        key = (r["setting"], r["method"])
-        if key not in keys:
-            keys.append(key)
-    for setting, method in keys:
-        group = [r for r in rows if r["setting"] == setting and r["method"] == method]
-        mse, mse_sd = _mean_sd([r["score_mse"] for r in group])
-        ratio, ratio_sd = _mean_sd([r["ratio_to_exact"] for r in group])
-        ratios = [r["ratio_to_exact"] for r in group if not math.isnan(r["ratio_to_exact"])]
-        fisher, _ = _mean_sd([r["fisher"] for r in group])
-        ess, _ = _mean_sd([r["ess"] for r in group])
-        seconds, _ = _mean_sd([r["seconds"] for r in group])
-        vs_exact, _ = _mean_sd([r["vs_exact_precision_error"] for r in group])
-        out.append(
-            {
-                "setting": setting,
-                "method": method,
-                "seeds": len(group),
-                "score_mse": mse,
-                "score_mse_sd": mse_sd,
-                "ratio": ratio,
-                "ratio_sd": ratio_sd,
-                "ratio_median": statistics.median(ratios) if ratios else math.nan,
-                "ratio_range": f"{min(ratios):.3g}-{max(ratios):.3g}" if ratios else "-",
-                "fisher": fisher,
-                "vs_exact": vs_exact,
-                "ess": ess,
-                "seconds": seconds,
-            }
-        )
-    return out
-
-
-def check_targets(summary: Sequence[dict[str, Any]]) -> list[tuple[bool, str]]:
-    """PASS/FAIL of every target present in the summary."""
-    by_key = {(s["setting"], s["method"]): s for s in summary}
-    settings = list(dict.fromkeys(s["setting"] for s in summary))
-    results = []
-    for setting, method, limit in RATIO_TARGETS:
-        s = by_key.get((setting, method))
-        if s is None:
-            continue
-        ok = s["ratio"] <= limit
-        results.append((ok, f"{setting}: {method} mean ratio to exact {s['ratio']:.3f} <= {limit}"))
-    for setting in settings:
-        for method in MARGINAL_METHODS:
-            s = by_key.get((setting, method))
-            if s is None:
-                continue
-            baselines = [by_key[(setting, b)] for b in BASELINES if (setting, b) in by_key]
-            # a baseline that could not be fitted at all (complete case without d + 1
-            # complete rows: NaN) counts as beaten
-            ok = all(
-                s["score_mse"] < b["score_mse"] or math.isnan(b["score_mse"]) for b in baselines
-            )
-            listed = ", ".join(
-                f"{b['method']} "
-                + ("n/a" if math.isnan(b["score_mse"]) else f"{b['score_mse']:.4g}")
-                for b in baselines
-            )
-            results.append(
-                (ok, f"{setting}: {method} score MSE {s['score_mse']:.4g} below {listed}")
-            )
-    return results
-
-
-COLUMNS = [
-    ("method", "method"),
-    ("score_mse", "score MSE"),
-    ("score_mse_sd", "MSE sd"),
-    ("ratio", "x exact"),
-    ("ratio_sd", "ratio sd"),
-    ("ratio_median", "median"),
-    ("ratio_range", "range"),
-    ("fisher", "Fisher div."),
-    ("vs_exact", "P err vs exact"),
-    ("ess", "IW ESS"),
-    ("seconds", "s/fit"),
-]
-
-
-def _read_csv(paths: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows saved by ``--out`` (numbers parsed back; empty cells stay strings)."""
-    rows = []
-    for path in paths:
-        with open(path, newline="") as fh:
-            for raw in csv.DictReader(fh):
-                row: dict[str, Any] = {}
-                for key, value in raw.items():
-                    try:
-                        row[key] = float(value)
-                    except ValueError:
-                        row[key] = value
-                rows.append(row)
-    return rows
+    torch.set_num_threads(options.pop("threads"))
+    return run_setting(setting, seed, **options)
 
 
 def report(rows: Sequence[dict[str, Any]], settings: Sequence[Setting]) -> None:
     """Print one table per setting, then the PASS/FAIL lines."""
-    from pyro_msm.experiments import format_table
-
     names = {s.name for s in settings}
     rows = [r for r in rows if r["setting"] in names]
-    summary = summarise(rows)
+    summary = summarise_accuracy(rows)
     for setting in settings:
         group = [s for s in summary if s["setting"] == setting.name]
         if not group:
             continue
         seeds = sorted({int(r["seed"]) for r in rows if r["setting"] == setting.name})
-        print()
         print(
-            f"## {setting.name}: d={setting.d}, n={setting.n}, {setting.mechanism.upper()} "
+            f"\n## {setting.name}: d={setting.d}, n={setting.n}, {setting.mechanism.upper()} "
             f"{setting.missing_rate:.0%} missing, seeds {seeds}"
         )
-        print(format_table(group, COLUMNS))
+        print(format_table(group, ACCURACY_COLUMNS))
     print()
     for ok, text in check_targets(summary):
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
@@ -241,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--settings", nargs="*", default=None, help="names of the settings to run (default all)"
     )
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="labels of the methods to fit (default all; the references are always fitted)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny sizes, 1 seed")
@@ -250,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         default=None,
         metavar="CSV",
-        help="do not fit: summarise rows saved by --out (several files are merged)",
+        help="do not fit: summarise rows saved by --out (several files are merged; a fit "
+        "present in several keeps the row of the last file)",
     )
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.threads < 1:
@@ -263,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown settings {sorted(unknown)}; known: {[s.name for s in settings]}")
         settings = tuple(s for s in settings if s.name in args.settings)
     if args.from_csv:
-        rows = _read_csv(args.from_csv)
+        rows = read_csv(args.from_csv, key=("setting", "seed", "method"))
         print(f"# summary of {', '.join(args.from_csv)} ({len(rows)} rows)")
         report(rows, settings)
         return 0
@@ -273,13 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         else list(range(args.first_seed, args.first_seed + args.seeds))
     )
     steps = args.steps if args.steps is not None else (20 if args.quick else 400)
-    options = {
-        "steps": steps,
-        "lr": args.lr,
-        "num_particles": args.num_particles,
-        "guide_steps": args.guide_steps,
-        "threads": args.threads,
-    }
     command = " ".join(["python", *sys.argv]) if argv is None else " ".join(argv)
     print(f"# {command}")
     print(
@@ -288,7 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"lr={args.lr}, r={args.num_particles}, guide_steps={args.guide_steps}, seeds={seeds}",
         flush=True,
     )
-    tasks = [(s, seed, options) for s in settings for seed in seeds]
+    options = {
+        "steps": steps,
+        "lr": args.lr,
+        "num_particles": args.num_particles,
+        "guide_steps": args.guide_steps,
+        "methods": args.methods,
+    }
+    tasks = [(s, seed, {**options, "threads": args.threads}) for s in settings for seed in seeds]
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
 
@@ -306,15 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows += result
                 done(task)
     elapsed = time.perf_counter() - start
-
     if args.out:
-        directory = os.path.dirname(args.out)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        with open(args.out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, args.out)
     report(rows, settings)
     print(f"\ntotal {elapsed / 60:.1f} min" + (f"; rows written to {args.out}" if args.out else ""))
     return 0

@@ -117,6 +117,23 @@ def _identity(name: str, data: Tensor, mask: Tensor) -> Tensor:
 _observed_values = effectful(_identity, type=PERTURB_TYPE)
 
 
+def _parameter_dtype(fn: TorchDistribution) -> torch.dtype | None:
+    """The floating dtype of ``fn``'s parameters where it can be read without computing anything:
+    tensors of its ``arg_constraints`` already set on the instance, else the first parameter of
+    an ``nn.Module`` attribute (a neural energy); None when neither exists."""
+    attributes = vars(fn)
+    for key in getattr(fn, "arg_constraints", {}):
+        value = attributes.get(key)  # lazily computed parameters are not in vars() yet
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value.dtype
+    for value in attributes.values():
+        if isinstance(value, torch.nn.Module):
+            first = next(value.parameters(), None)
+            if first is not None and first.is_floating_point():
+                return first.dtype
+    return None
+
+
 def observe(
     name: str,
     fn: TorchDistributionMixin,
@@ -173,6 +190,14 @@ def observe(
         raise ValueError(
             f"site '{name}': obs has shape {tuple(obs.shape)}, but the distribution has event "
             f"shape {tuple(fn.event_shape)}"
+        )
+    if obs.numel() == 0:
+        raise ValueError(f"site '{name}': obs has no rows (shape {tuple(obs.shape)})")
+    dtype = _parameter_dtype(fn)
+    if dtype is not None and dtype != obs.dtype:
+        raise TypeError(
+            f"site '{name}': obs is {obs.dtype} but the distribution's parameters are {dtype}; "
+            f"convert the data (obs.to({dtype})) or the model's parameters to one dtype"
         )
     mask = _as_mask(name, obs, obs_mask)
     bad = mask & ~torch.isfinite(obs)

@@ -411,3 +411,24 @@ def test_bad_input_inside_a_model_names_the_site():
 
     with pytest.raises(ValueError, match=r"site 'heights'.*NaN or infinite"):
         MissingScoreMatching("zeroed").loss(model, None)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "mlp", "pyro"])
+def test_data_and_parameter_dtypes_must_agree(kind):
+    from pyro_msm.distributions import EnergyMLP, MLPEnergy
+
+    if kind == "gaussian":
+        fn = GaussianEnergy(torch.zeros(3), torch.eye(3))
+    elif kind == "mlp":
+        fn = MLPEnergy(EnergyMLP(3, hidden_dims=(8,)))
+    else:
+        fn = dist.MultivariateNormal(torch.zeros(3), scale_tril=torch.eye(3))
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"site 'x': obs is torch.float64 .* torch.float32"):
+        observe("x", fn, obs=x)
+    observe("x", fn, obs=x.float())  # the same site with matching dtypes is fine
+
+
+def test_empty_table_is_refused():
+    with pytest.raises(ValueError, match="site 'x': obs has no rows"):
+        observe("x", GaussianEnergy(torch.zeros(3), torch.eye(3)), obs=torch.zeros(0, 3))

@@ -1,8 +1,10 @@
 """Reproducible experiments shared by the command line demo, the benchmarks and the tests."""
 
+from .accuracy import GAUSSIAN_ACCURACY, gaussian_accuracy
 from .gaussian import (
     DEFAULT_ESTIMATORS,
     DEMO_ESTIMATORS,
+    GUIDES,
     MECHANISMS,
     Comparison,
     EstimatorSpec,
@@ -19,13 +21,21 @@ from .gaussian import (
     score_mse,
     simulate_gaussian,
 )
+from .reporting import Experiment
+
+#: The experiments of ``pyro-msm reproduce``, by name.
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (GAUSSIAN_ACCURACY,)}
 
 __all__ = [
+    "EXPERIMENTS",
+    "Experiment",
+    "gaussian_accuracy",
     "DEFAULT_ESTIMATORS",
     "DEMO_ESTIMATORS",
     "MECHANISMS",
     "Comparison",
     "make_guide",
+    "GUIDES",
     "EstimatorSpec",
     "FitResult",
     "GaussianProblem",

@@ -46,7 +46,7 @@ from pyro.infer import SVI
 from torch import Tensor
 
 from ..distributions import GaussianEnergy
-from ..guides import AmortizedNormal, no_guide
+from ..guides import AmortizedNormal, GaussianConditionalGuide, no_guide
 from ..infer import ESTIMATORS, MissingScoreMatching
 from ..infer.gaussian import gaussian_fisher_divergence, pairwise_moments
 from ..missingness import apply_mask, mar_mask, mcar_mask, mnar_mask
@@ -64,6 +64,7 @@ __all__ = [
     "simulate_gaussian",
     "make_gaussian_model",
     "make_guide",
+    "GUIDES",
     "fit_gaussian",
     "complete_data_estimate",
     "score_mse",
@@ -282,11 +283,25 @@ def make_gaussian_model(
     return model
 
 
-def make_guide(model: Callable[..., Any]) -> Callable[..., Any]:
-    """The guide of the variational estimator: the paper's amortised Gaussian
-    :class:`~pyro_msm.guides.AmortizedNormal` :math:`q_\\phi(x_u \\mid x_o)` (mean from an MLP
-    200-200 on the zero-filled row, a learned constant scale)."""
-    return AmortizedNormal(model)
+#: Guides of the variational and hybrid estimators, by name (see :func:`make_guide`).
+GUIDES: tuple[str, ...] = ("amortized_normal", "gaussian_conditional")
+
+
+def make_guide(model: Callable[..., Any], kind: str = "amortized_normal") -> Callable[..., Any]:
+    """The guide :math:`q_\\phi(x_u \\mid x_o)` of the variational and hybrid estimators.
+
+    ``"amortized_normal"``: the paper's :class:`~pyro_msm.guides.AmortizedNormal` (mean from an
+    MLP 200-200 on the zero-filled row, a learned constant scale). ``"gaussian_conditional"``:
+    :class:`~pyro_msm.guides.GaussianConditionalGuide`, the conditionals of a learned joint
+    Gaussian, a family that contains the Gaussian model's own conditionals.
+
+    :raises ValueError: for an unknown ``kind``.
+    """
+    if kind == "amortized_normal":
+        return AmortizedNormal(model)
+    if kind == "gaussian_conditional":
+        return GaussianConditionalGuide(model)
+    raise ValueError(f"unknown guide {kind!r}; choose one of {GUIDES}")
 
 
 @dataclass
@@ -331,6 +346,7 @@ def fit_gaussian(
     proposal: str = "moment_matched",
     guide_steps: int = 10,
     guide_particles: int = 1,
+    guide: str = "amortized_normal",
     seed: int = 0,
     progress: bool = False,
     label: str | None = None,
@@ -340,8 +356,9 @@ def fit_gaussian(
     """Fit the Gaussian model of :func:`make_gaussian_model` with one estimator.
 
     Full-batch :class:`pyro.infer.SVI` with :class:`pyro.optim.Adam` for ``steps`` *model*
-    updates. For ``"variational"`` that is ``steps * (guide_steps + 1)`` SVI steps (cycles of one
-    model step and ``guide_steps`` guide steps) with the guide of :func:`make_guide`; its loss
+    updates. For ``"variational"`` and ``"hybrid"`` that is ``steps * (guide_steps + 1)`` SVI
+    steps (cycles of one model step and ``guide_steps`` guide steps) with the guide of
+    :func:`make_guide`; its loss
     history keeps model steps only. The global Pyro parameter store is cleared first and the RNG
     seeded with ``seed``.
 
@@ -352,8 +369,9 @@ def fit_gaussian(
     :param lr: Adam learning rate.
     :param num_particles: particles per row for ``"iw"`` and variational model steps.
     :param proposal: IW proposal (``"moment_matched"`` or ``"wide"``).
-    :param guide_steps: guide steps per model step (``"variational"``).
+    :param guide_steps: guide steps per model step (``"variational"``, ``"hybrid"``).
     :param guide_particles: completions per row on guide steps.
+    :param guide: the guide of ``"variational"`` and ``"hybrid"``, one of :data:`GUIDES`.
     :param seed: RNG seed of the fit.
     :param progress: show a tqdm progress bar (postfix: loss per row, and ESS for IW).
     :param label: name for the bar and the result (default: ``estimator``).
@@ -382,6 +400,8 @@ def fit_gaussian(
         raise ValueError(f"average must be in [0, 1], got {average}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+    if guide not in GUIDES:
+        raise ValueError(f"unknown guide {guide!r}; choose one of {GUIDES}")
     from tqdm import tqdm
 
     label = estimator if label is None else label
@@ -394,8 +414,8 @@ def fit_gaussian(
         init_loc, covariance = pairwise_moments(data, observed)
         init_precision = torch.cholesky_inverse(torch.linalg.cholesky(covariance.double()))
     model = make_gaussian_model(d, init_loc=init_loc, init_precision=init_precision)
-    variational = estimator == "variational"
-    guide = make_guide(model) if variational else no_guide
+    guided = estimator in ("variational", "hybrid")
+    guide_fn = make_guide(model, guide) if guided else no_guide
 
     loss_fn = MissingScoreMatching(
         estimator,
@@ -405,8 +425,8 @@ def fit_gaussian(
         guide_particles=guide_particles,
         max_plate_nesting=1,  # the plate "rows"
     )
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss_fn)
-    cycle = guide_steps + 1 if variational else 1
+    svi = SVI(model, guide_fn, pyro.optim.Adam({"lr": lr}), loss_fn)
+    cycle = guide_steps + 1 if guided else 1
     result = FitResult(label=label, estimator=estimator, loc=torch.zeros(d), precision=torch.eye(d))
     first_averaged = int(steps) - max(1, math.ceil(average * int(steps)))
     loc_sum = torch.zeros(d, dtype=torch.float64)
@@ -417,7 +437,7 @@ def fit_gaussian(
         for _ in range(int(steps) * cycle):
             value = svi.step(data, mask)
             result.svi_steps += 1
-            if variational and loss_fn.diagnostics.get("step") != "model":
+            if guided and loss_fn.diagnostics.get("step") != "model":
                 continue
             result.losses.append(value / n)
             if "ess" in loss_fn.diagnostics:
@@ -509,11 +529,13 @@ def precision_error(precision_hat: Tensor, reference: Tensor) -> float:
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """A method in a comparison: a label, an estimator and (for IW) a proposal."""
+    """A method in a comparison: a label, an estimator, (for IW) a proposal and (for variational
+    and hybrid) a guide of :data:`GUIDES`."""
 
     label: str
     estimator: str
     proposal: str = "moment_matched"
+    guide: str = "amortized_normal"
 
 
 #: Every method the benchmark compares (the references are added by :func:`compare_estimators`).
@@ -521,14 +543,15 @@ DEFAULT_ESTIMATORS: tuple[EstimatorSpec, ...] = (
     EstimatorSpec("iw", "iw"),
     EstimatorSpec("iw_wide", "iw", "wide"),
     EstimatorSpec("variational", "variational"),
+    EstimatorSpec("variational_gc", "variational", guide="gaussian_conditional"),
     EstimatorSpec("zeroed", "zeroed"),
     EstimatorSpec("mean_impute", "mean_impute"),
     EstimatorSpec("complete_case", "complete_case"),
 )
 
-#: The methods of ``pyro-msm demo``.
+#: The methods of ``pyro-msm demo`` (the paper's guide for variational, IW's default proposal).
 DEMO_ESTIMATORS: tuple[EstimatorSpec, ...] = tuple(
-    s for s in DEFAULT_ESTIMATORS if s.label != "iw_wide"
+    s for s in DEFAULT_ESTIMATORS if s.label not in ("iw_wide", "variational_gc")
 )
 
 #: Labels of the two reference rows.
@@ -661,6 +684,7 @@ def compare_estimators(
             spec.estimator,
             proposal=spec.proposal,
             guide_steps=guide_steps,
+            guide=spec.guide,
             label=spec.label,
             **common,
         )

@@ -7,16 +7,50 @@ from typing import Any
 
 import pyro
 import pyro.poutine as poutine
+import torch
+from pyro.distributions import TorchDistribution, constraints
 from pyro.nn import PyroModule
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
+from torch import Tensor
 
 from ..infer.sites import FillUnobserved
 from ..primitives import PERTURB_TYPE, MissingCoordinates
 
-__all__ = ["MaskedSiteGuide"]
+__all__ = ["MaskedSiteGuide", "MissingBlockDistribution"]
 
 _SUFFIX = "_unobserved"
+
+
+class MissingBlockDistribution(TorchDistribution):
+    """Base of guide distributions presented coordinate by coordinate: batch shape
+    ``batch + (d,)``, event shape ``()``, and a ``log_prob`` of per-coordinate terms, zero on
+    observed coordinates, whose sum over a row is the log density of its missing block (so that
+    ``.mask(missing).to_event(1)`` is exactly that density). Subclasses implement
+    :meth:`_expand_to`, ``rsample`` and ``log_prob``."""
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = True
+
+    def _expand_to(self, batch_shape: torch.Size) -> MissingBlockDistribution:
+        raise NotImplementedError
+
+    def expand(self, batch_shape, _instance=None) -> MissingBlockDistribution:
+        batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape:
+            return self
+        if batch_shape[-1:] != self.batch_shape[-1:]:
+            raise ValueError(
+                f"{type(self).__name__}: cannot expand batch shape {tuple(self.batch_shape)} to "
+                f"{tuple(batch_shape)}: the last dimension holds the coordinates of a row"
+            )
+        return self._expand_to(batch_shape)
+
+    def missing_log_prob(self, value: Tensor) -> Tensor:
+        r"""The log density :math:`\log q_\phi(x_u \mid x_o)` of each row's missing block,
+        shape ``value.shape[:-1]`` (broadcast with ``batch_shape[:-1]``)."""
+        return self.log_prob(value).sum(-1)
 
 
 class MaskedSiteGuide(PyroModule):

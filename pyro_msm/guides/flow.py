@@ -10,7 +10,6 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.distributions import TorchDistribution, constraints
 from pyro.distributions.transforms import (
     AffineAutoregressive,
     ConditionalAffineAutoregressive,
@@ -21,7 +20,7 @@ from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import Tensor, nn
 
-from .base import _SUFFIX, MaskedSiteGuide
+from .base import _SUFFIX, MaskedSiteGuide, MissingBlockDistribution
 
 __all__ = ["AmortizedFlow", "MissingBlockFlow", "FLOW_TRANSFORMS"]
 
@@ -62,7 +61,7 @@ def _layer_inverse_step(layer, x: Tensor, y: Tensor) -> Tensor:
     raise TypeError(f"MissingBlockFlow: unsupported transform {type(layer).__name__}")
 
 
-class MissingBlockFlow(TorchDistribution):
+class MissingBlockFlow(MissingBlockDistribution):
     r"""A conditional autoregressive flow over the *missing* coordinates of rows, presented
     coordinate by coordinate so that the density can be restricted to the missing block.
 
@@ -90,10 +89,6 @@ class MissingBlockFlow(TorchDistribution):
     :param observed_mask: boolean, shape of ``data``, True where observed.
     """
 
-    arg_constraints: dict = {}
-    support = constraints.real
-    has_rsample = True
-
     def __init__(
         self,
         layers: Sequence[nn.Module],
@@ -120,15 +115,7 @@ class MissingBlockFlow(TorchDistribution):
         self._cache: tuple[Tensor, Tensor] | None = None
         super().__init__(batch_shape, torch.Size(), validate_args=False)
 
-    def expand(self, batch_shape, _instance=None) -> MissingBlockFlow:
-        batch_shape = torch.Size(batch_shape)
-        if batch_shape == self.batch_shape:
-            return self
-        if batch_shape[-1:] != self.batch_shape[-1:]:
-            raise ValueError(
-                f"MissingBlockFlow: cannot expand batch shape {tuple(self.batch_shape)} to "
-                f"{tuple(batch_shape)}: the last dimension holds the coordinates of a row"
-            )
+    def _expand_to(self, batch_shape: torch.Size) -> MissingBlockFlow:
         return MissingBlockFlow(
             self.layers,
             self.context.expand(batch_shape[:-1] + self.context.shape[-1:]),
@@ -201,10 +188,6 @@ class MissingBlockFlow(TorchDistribution):
             return self._cache[1]
         return self._invert(value)
 
-    def missing_log_prob(self, value: Tensor) -> Tensor:
-        r"""The log density :math:`\log q_\phi(x_u \mid x_o)` of each row's missing block,
-        shape ``value.shape[:-1]`` (broadcast with ``batch_shape[:-1]``)."""
-        return self.log_prob(value).sum(-1)
 
 
 class AmortizedFlow(MaskedSiteGuide):

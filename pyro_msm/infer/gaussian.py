@@ -18,6 +18,7 @@ __all__ = [
     "marginal_score",
     "marginal_score_matching_loss",
     "conditional_gaussian",
+    "conditional_gaussian_terms",
     "pairwise_moments",
     "nearest_positive_definite",
     "gaussian_fisher_divergence",
@@ -95,6 +96,29 @@ def conditional_gaussian(
     shift = torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
     mean = torch.where(mask, x, loc - shift)
     return mean, chol
+
+
+def conditional_gaussian_terms(value: Tensor, mean: Tensor, chol: Tensor, mask: Tensor) -> Tensor:
+    r"""Per-coordinate terms of the conditional density of :func:`conditional_gaussian`.
+
+    With :math:`L L^\top = \Lambda_{uu}` (padded) and :math:`\varepsilon = L^\top (x - \bar x)`
+    restricted to the missing block, the terms are
+    :math:`t_j = -\tfrac12 \varepsilon_j^2 - \tfrac12 \log 2\pi + \log L_{jj}` on missing
+    coordinates and zero on observed ones; their sum over a row is
+    :math:`\log N(x_u;\ \bar x_u, \Lambda_{uu}^{-1})` (the Cholesky factorisation is a chain
+    rule, and the padded factor has no entry linking observed and missing coordinates).
+
+    :param value: ``(..., n, d)``; its observed entries are ignored.
+    :param mean: ``(n, d)`` and :param chol: ``(n, d, d)`` from :func:`conditional_gaussian`.
+    :param mask: boolean ``(n, d)``, True where observed.
+    :returns: terms of ``value``'s shape.
+    """
+    zero = torch.zeros((), dtype=value.dtype, device=value.device)
+    diff = torch.where(mask, zero, value - mean)
+    eps = (chol.mT @ diff.unsqueeze(-1)).squeeze(-1)
+    log_diag = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1))
+    terms = -0.5 * eps * eps - 0.5 * math.log(2 * math.pi) + log_diag
+    return torch.where(mask, zero, terms)
 
 
 def sample_conditional_gaussian(
