@@ -133,7 +133,8 @@ def test_real_data_protocol_on_sachs(tmp_path):
         methods=("zeroed",), config=GraphConfig(**TOY), progress=False,
         extra_references={"consensus": data.adjacency},
     )  # fmt: skip
-    assert len(rows) == 6 and rows[-1]["density"] == "consensus"
+    assert len(rows) == 6 and rows[-1]["reference"] == "consensus"
+    assert [r["reference"] for r in rows[:2]] == ["density 0.05", "density 0.1"]
     assert rows[-1]["reference_edges"] == 18
     assert all(0.0 <= r["auc"] <= 1.0 and not math.isnan(r["auc"]) for r in rows)
     plot_sachs(rows, str(tmp_path / "sachs.png"))

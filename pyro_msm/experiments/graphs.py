@@ -2,7 +2,8 @@ r"""Graph-recovery experiments: simulated graphs over missing rates and dimensio
 paper's real-data protocol on the bundled data sets.
 
 Every experiment is a function ``name(full=False, seed=0, progress=True) -> list[dict]``
-returning tidy rows (one per method, setting and repetition; :func:`write_csv` writes them),
+returning tidy rows (one per method, setting and repetition;
+:func:`~pyro_msm.experiments.reporting.write_csv` writes them),
 with a ``plot_name(rows, path)`` that saves a PNG. Defaults take a few minutes on a laptop
 core; ``full=True`` uses the paper's protocol sizes (hours).
 
@@ -28,7 +29,6 @@ several rates, repeated; each method's AUC against each reference graph.
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +55,7 @@ from ..graphical import (
 )
 from ..graphical.metrics import upper_pairs
 from ..missingness import mcar_mask
+from .reporting import write_csv
 
 __all__ = [
     "GRAPH_METHODS",
@@ -329,7 +330,8 @@ def reference_graphs(
     (:func:`~pyro_msm.graphical.quadratic_path` on a fine log grid from the empty-graph penalty
     down to 1/1000 of it), at the penalty whose edge density is closest to each target.
 
-    :returns: one dict per density with ``density`` (target), ``realised_density``,
+    :returns: one dict per density with ``reference`` (``"density 0.05"``, ...), ``density``
+        (target), ``realised_density``,
         ``penalty``, ``num_edges`` and ``adjacency`` (boolean ``(d, d)``).
     """
     s = sample_covariance(x.to(torch.float64))
@@ -345,6 +347,7 @@ def reference_graphs(
         adjacency.fill_diagonal_(False)
         out.append(
             {
+                "reference": f"density {density:g}",
                 "density": float(density),
                 "realised_density": float(counts[k] / pairs),
                 "penalty": float(grid[k]),
@@ -378,9 +381,12 @@ def real_data_protocol(
     :param x: ``(n, d)`` complete table (standardised here).
     :param dataset: name written in the rows.
     :param extra_references: further reference graphs ``{name: adjacency}`` (e.g. a known
-        network), scored with the same paths; their rows have ``density = name``.
+        network), scored with the same paths; their rows have ``reference = name`` and
+        ``density`` NaN.
     :returns: rows with ``experiment, dataset, setting, n, d, missing_rate, seed, method,
-        density, realised_density, reference_edges, auc, seconds``.
+        reference`` (``"density 0.05"``, ... or an extra reference's name), ``density``
+        (target, NaN for extra references), ``realised_density, reference_edges, auc,
+        seconds``.
     """
     from tqdm.auto import tqdm
 
@@ -391,7 +397,8 @@ def real_data_protocol(
         pairs = upper_pairs(adjacency)
         references.append(
             {
-                "density": name,
+                "reference": name,
+                "density": math.nan,
                 "realised_density": float(pairs.double().mean()),
                 "num_edges": int(pairs.sum()),
                 "adjacency": adjacency,
@@ -414,6 +421,7 @@ def real_data_protocol(
                         "missing_rate": rate,
                         "seed": seed + rep,
                         "method": method,
+                        "reference": ref["reference"],
                         "density": ref["density"],
                         "realised_density": ref["realised_density"],
                         "reference_edges": ref["num_edges"],
@@ -429,7 +437,7 @@ def sachs(full: bool = False, seed: int = 0, progress: bool = True, **kwargs):
 
     Default: MCAR 0.2 and 0.5, 2 repetitions. ``full``: MCAR 0.2/0.4/0.6/0.8, 25 repetitions
     (the paper's count), the paper's path. Besides the protocol's reference graphs, the rows
-    with ``density = "consensus"`` score each method against the 18-edge consensus network of
+    with ``reference = "consensus"`` score each method against the 18-edge consensus network of
     Sachs et al. (2005).
     """
     from ..datasets import load_sachs
@@ -471,17 +479,6 @@ def tissue_gene_expression(full: bool = False, seed: int = 0, progress: bool = T
 # --------------------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------------------
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """Write tidy rows to a CSV file (columns: the union of keys, in first-seen order)."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _summary(rows, x_key: str, filter_fn=None) -> dict[str, tuple[list, list, list]]:
@@ -556,12 +553,12 @@ def plot_star_dimensions(rows: Sequence[dict[str, Any]], path: str) -> None:
 def _plot_real(rows, path: str, title: str) -> None:
     panels = [
         ("reference densities 0.05-0.25", _summary(rows, "missing_rate",
-                                                   lambda r: r["density"] != "consensus")),
+                                                   lambda r: r["reference"] != "consensus")),
     ]  # fmt: skip
-    if any(r["density"] == "consensus" for r in rows):
+    if any(r["reference"] == "consensus" for r in rows):
         panels.append(
             ("consensus network", _summary(rows, "missing_rate",
-                                           lambda r: r["density"] == "consensus"))
+                                           lambda r: r["reference"] == "consensus"))
         )  # fmt: skip
     _plot_lines(panels, path, "MCAR missing rate", title)
 
