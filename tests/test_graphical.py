@@ -46,6 +46,7 @@ from pyro_msm.graphical import (
 )
 from pyro_msm.graphical.baselines import _expected_statistics, require_sklearn
 from pyro_msm.graphical.path import as_data_and_mask
+from pyro_msm.guides import GaussianConditionalGuide
 
 # --------------------------------------------------------------------------------------------------
 # generators
@@ -353,6 +354,23 @@ def test_estimator_with_missing_data_runs_the_iterative_path():
     assert len(model.path_.losses) == 20 + 25
     with pytest.raises(ValueError, match="missing entries"):
         GraphicalScoreMatching(solver="quadratic").fit(problem.observed)
+
+
+@pytest.mark.filterwarnings("ignore:.*no observed coordinate")
+@pytest.mark.parametrize("guide", [None, GaussianConditionalGuide])
+def test_variational_path_takes_a_guide_factory(guide):
+    """The guide is a parameter; the fit runs in a private parameter-store scope, so the
+    user's parameters are untouched."""
+    import pyro
+
+    pyro.param("users_own", torch.ones(2))
+    problem = simulate_graph("star", d=4, n=200, missing_rate=0.3, seed=8)
+    path = score_matching_path(
+        problem.observed, estimator="variational", guide=guide, num_penalties=3,
+        warmup_steps=5, steps_per_penalty=2, guide_steps=2,
+    )  # fmt: skip
+    assert path.precisions.shape == (3, 4, 4) and all(math.isfinite(v) for v in path.losses)
+    assert set(pyro.get_param_store().keys()) == {"users_own"}
 
 
 def test_bad_input_errors():

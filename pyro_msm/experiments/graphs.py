@@ -92,6 +92,12 @@ REFERENCE_DENSITIES = (0.05, 0.10, 0.15, 0.20, 0.25)
 class GraphConfig:
     """Sizes of the penalty paths.
 
+    The default is a shorter path than the paper's (30 penalties instead of 100) with 30
+    steps per penalty instead of 10, about the same number of steps in all. Fewer steps
+    leave the path behind its penalty: on a star graph (d=10, n=500, 20% MCAR) the exact
+    marginal objective's path reached AUC 0.94 with 30 x 10 steps, 0.99 with 30 x 50 (and
+    lr 0.05 with 30 x 10 gave 0.98); the complete-data fast path gives 1.0.
+
     :ivar num_penalties: penalties on each score-matching path.
     :ivar steps_per_penalty: model steps per penalty.
     :ivar warmup_steps: model steps at the largest penalty.
@@ -104,7 +110,7 @@ class GraphConfig:
     """
 
     num_penalties: int = 30
-    steps_per_penalty: int = 10
+    steps_per_penalty: int = 30
     warmup_steps: int = 200
     guide_steps: int = 2
     num_particles: int = 10
@@ -117,7 +123,7 @@ class GraphConfig:
     def paper(cls) -> GraphConfig:
         """The paper's protocol: 100 penalties x 10 steps after 200 warm-up steps, Adam 0.01,
         minibatches of 100, 10 guide steps per model step."""
-        return cls(num_penalties=100, guide_steps=10, baseline_penalties=50)
+        return cls(num_penalties=100, steps_per_penalty=10, guide_steps=10, baseline_penalties=50)
 
 
 def run_graph_methods(
@@ -262,8 +268,8 @@ def _rates(full: bool) -> tuple[float, ...]:
 def star_missing_rates(full: bool = False, seed: int = 0, progress: bool = True, **kwargs):
     """Star graph (hub plus ``d // 2`` extra edges) over MCAR rates 0.2..0.9.
 
-    Default: d=10, n=500, rates 0.2/0.5/0.8, one repetition, 30 penalties, 2 guide steps
-    (about 3 minutes on one core). ``full``: d=20, n=1000, rates 0.2..0.9, 5 repetitions,
+    Default: d=10, n=500, rates 0.2/0.5/0.8, one repetition, 30 penalties x 30 steps, 2 guide
+    steps (about 6 minutes on one busy core). ``full``: d=20, n=1000, rates 0.2..0.9, 5 repetitions,
     the paper's path (100 penalties, 10 guide steps; hours).
     """
     d, n, reps, config = (20, 1000, 5, GraphConfig.paper()) if full else (10, 500, 1, None)
