@@ -38,9 +38,11 @@ never fires.
 
 **Guides.** ``guide`` is a factory ``guide(model) -> guide`` for the guided estimators
 (``"variational"``, ``"hybrid"``); the default is :class:`~pyro_msm.guides.AmortizedNormal`,
-the paper's family. The guide is updated ``guide_steps`` times (on ``guide_particles``
-completions per row) before each model step, on the reverse KL of
-:class:`~pyro_msm.infer.MissingScoreMatching`; the guide's Adam has learning rate ``guide_lr``.
+the paper's family; :class:`~pyro_msm.guides.GaussianConditionalGuide` holds the model's
+exact conditionals for this Gaussian model. :class:`~pyro_msm.infer.MissingScoreMatching`'s
+cycle is followed: one model step (the guide also moves, on the reverse KL of the same draws),
+then ``guide_steps`` guide-only steps on ``guide_particles`` completions per row; the guide's
+Adam has learning rate ``guide_lr``.
 The fit runs inside a private Pyro parameter-store scope, so it neither reads nor changes the
 user's parameters.
 """
@@ -229,8 +231,8 @@ def score_matching_path(
     :param mask: boolean ``(n, d)``, True where observed, or None.
     :param penalties: decreasing penalties; default :func:`default_penalties` with
         ``num_penalties`` and ``penalty_ratio``. The warm-up runs at the first one.
-    :param estimator: one of :data:`pyro_msm.infer.ESTIMATORS` except ``"closed_form"`` is
-        allowed too (the exact marginal loss, an oracle for Gaussian data).
+    :param estimator: one of :data:`pyro_msm.infer.ESTIMATORS` (``"closed_form"``, the exact
+        marginal loss of the Gaussian model, is the oracle the others approximate).
     :param guide: factory ``guide(model)`` for ``"variational"``/``"hybrid"`` (default
         :class:`~pyro_msm.guides.AmortizedNormal`).
     :param num_particles: particles per row on model steps.
