@@ -241,8 +241,10 @@ def test_iterative_path_equals_fast_path_on_complete_data():
 def test_marginal_score_matching_beats_mean_imputed_glasso():
     """Chain graph (d=10, condition number 100), n=500, 30% MCAR, seed 0: the variational
     path's AUC beats mean imputation + graphical lasso by at least 0.02 (measured: 0.832 vs
-    0.787), and so does the exact marginal objective (0.841), which the variational estimator
-    approximates. On star graphs the two are tied (both AUC >= 0.99 at d=10, n=500)."""
+    0.787; margins 0.045, 0.009, 0.046 on seeds 0-2), and so does the exact marginal objective
+    (0.841), which the variational estimator approximates. On star graphs with d=10, n=500 and
+    30% MCAR, mean imputation + graphical lasso was as good or better in our runs, so this
+    comparison is made where the difference is systematic."""
     problem = simulate_graph("chain", d=10, n=500, missing_rate=0.3, seed=0, condition_number=100)
     x = problem.observed
     glasso = path_auc(problem.adjacency, impute_glasso_path(x, imputer="mean").precisions)
