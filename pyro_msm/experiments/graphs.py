@@ -441,16 +441,16 @@ def real_data_protocol(
 def sachs(full: bool = False, seed: int = 0, progress: bool = True, **kwargs):
     """The real-data protocol on the Sachs flow-cytometry data (log intensities, 7466 x 11).
 
-    Default: MCAR 0.2 and 0.5, 2 repetitions. ``full``: MCAR 0.2/0.4/0.6/0.8, 25 repetitions
-    (the paper's count), the paper's path. Besides the protocol's reference graphs, the rows
-    with ``reference = "consensus"`` score each method against the 18-edge consensus network of
-    Sachs et al. (2005).
+    Default: MCAR 0.2 and 0.5, one repetition (about 3.5 minutes on one busy core).
+    ``full``: MCAR 0.2/0.4/0.6/0.8, 25 repetitions (the paper's count), the paper's path.
+    Besides the protocol's reference graphs, the rows with ``reference = "consensus"`` score
+    each method against the 18-edge consensus network of Sachs et al. (2005).
     """
     from ..datasets import load_sachs
 
     data = load_sachs(log=True)
     rates, reps, config = ((0.2, 0.4, 0.6, 0.8), 25, GraphConfig.paper()) if full else (
-        (0.2, 0.5), 2, None,
+        (0.2, 0.5), 1, None,
     )  # fmt: skip
     kwargs.setdefault("config", config)
     return real_data_protocol(
@@ -464,15 +464,16 @@ def tissue_gene_expression(full: bool = False, seed: int = 0, progress: bool = T
     genes of largest variance (so that ``n = 189 > d`` and the complete-data score-matching
     loss has a minimiser at every penalty).
 
-    Default: 30 genes, MCAR 0.2 and 0.5, 2 repetitions. ``full``: 100 genes (the paper's yeast
-    data had 106), MCAR 0.2/0.4/0.6/0.8, 25 repetitions, the paper's path.
+    Default: 20 genes, MCAR 0.2 and 0.5, one repetition (a few minutes; 30 genes with two
+    repetitions took 14 minutes on a busy core). ``full``: 100 genes (the paper's yeast data
+    had 106), MCAR 0.2/0.4/0.6/0.8, 25 repetitions, the paper's path.
     """
     from ..datasets import load_tissue_gene_expression
 
     data = load_tissue_gene_expression()
     k, rates, reps, config = (
         (100, (0.2, 0.4, 0.6, 0.8), 25, GraphConfig.paper()) if full
-        else (30, (0.2, 0.5), 2, None)
+        else (20, (0.2, 0.5), 1, None)
     )  # fmt: skip
     x, _ = data.top_variance(k)
     kwargs.setdefault("config", config)
