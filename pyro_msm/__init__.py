@@ -1,6 +1,6 @@
 """pyro_msm: score matching for unnormalised models of data with missing coordinates, on Pyro."""
 
-from . import distributions, guides, infer, missingness
+from . import datasets, distributions, graphical, guides, infer, missingness
 from .arviz_bridge import to_inference_data
 from .imputation import imputation_coverage, impute
 from .infer import IWScoreMatching, MissingScoreMatching, VariationalScoreMatching
@@ -16,7 +16,9 @@ __all__ = [
     "impute",
     "imputation_coverage",
     "to_inference_data",
+    "datasets",
     "distributions",
+    "graphical",
     "guides",
     "infer",
     "missingness",

@@ -1,0 +1,109 @@
+r"""Sparse Gaussian graphical models from incomplete data by L1-penalised marginal score
+matching.
+
+- :class:`GraphicalScoreMatching`: the scikit-learn-shaped estimator (path + eBIC selection).
+- :func:`score_matching_path`: the penalty path with any estimator of
+  :class:`~pyro_msm.infer.MissingScoreMatching` (proximal Adam, the paper's protocol).
+- :func:`quadratic_path`, :func:`quadratic_score_matching`: the exact complete-data fast path.
+- Metrics (:func:`path_auc`, :func:`f1_score`, :func:`matthews_corrcoef`, parameter errors),
+  graph generators (:func:`star_graph`, :func:`hub_graph`, :func:`dense_graph`, ...,
+  :func:`simulate_graph`), eBIC (:func:`select_ebic`) and baselines
+  (:mod:`pyro_msm.graphical.baselines`, scikit-learn needed, imported lazily).
+"""
+
+from .baselines import (
+    em_glasso,
+    em_glasso_path,
+    glasso_path,
+    impute,
+    impute_glasso_cv,
+    impute_glasso_path,
+)
+from .estimator import SOLVERS, GraphicalScoreMatching
+from .generators import (
+    GRAPHS,
+    GraphProblem,
+    chain_graph,
+    dense_graph,
+    erdos_renyi_graph,
+    hub_graph,
+    make_graph,
+    precision_from_graph,
+    simulate_graph,
+    star_graph,
+)
+from .metrics import (
+    DEFAULT_EDGE_THRESHOLD,
+    confusion,
+    edge_metrics,
+    edges_from_precision,
+    f1_score,
+    fisher_divergence,
+    frobenius_error,
+    gaussian_kl,
+    matthews_corrcoef,
+    parameter_errors,
+    path_auc,
+    path_roc,
+    roc_auc,
+    stein_loss,
+)
+from .path import PenaltyPath, default_penalties, score_matching_path
+from .quadratic import (
+    kkt_violation,
+    max_penalty,
+    penalty_grid,
+    quadratic_objective,
+    quadratic_path,
+    quadratic_score_matching,
+    sample_covariance,
+)
+from .selection import ebic, observed_log_likelihood, select_ebic
+
+__all__ = [
+    "GraphicalScoreMatching",
+    "SOLVERS",
+    "PenaltyPath",
+    "score_matching_path",
+    "default_penalties",
+    "quadratic_path",
+    "quadratic_score_matching",
+    "quadratic_objective",
+    "sample_covariance",
+    "max_penalty",
+    "penalty_grid",
+    "kkt_violation",
+    "ebic",
+    "select_ebic",
+    "observed_log_likelihood",
+    "GRAPHS",
+    "GraphProblem",
+    "star_graph",
+    "hub_graph",
+    "dense_graph",
+    "erdos_renyi_graph",
+    "chain_graph",
+    "make_graph",
+    "precision_from_graph",
+    "simulate_graph",
+    "DEFAULT_EDGE_THRESHOLD",
+    "confusion",
+    "edges_from_precision",
+    "edge_metrics",
+    "f1_score",
+    "matthews_corrcoef",
+    "roc_auc",
+    "path_roc",
+    "path_auc",
+    "frobenius_error",
+    "fisher_divergence",
+    "stein_loss",
+    "gaussian_kl",
+    "parameter_errors",
+    "impute",
+    "glasso_path",
+    "impute_glasso_path",
+    "impute_glasso_cv",
+    "em_glasso",
+    "em_glasso_path",
+]
