@@ -21,10 +21,13 @@ from .gaussian import (
     score_mse,
     simulate_gaussian,
 )
+from .graphs import GRAPH_EXPERIMENTS
 from .reporting import Experiment
 
 #: The experiments of ``pyro-msm reproduce``, by name.
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (GAUSSIAN_ACCURACY,)}
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e for e in (GAUSSIAN_ACCURACY, *GRAPH_EXPERIMENTS)
+}
 
 __all__ = [
     "EXPERIMENTS",

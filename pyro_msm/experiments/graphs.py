@@ -55,7 +55,7 @@ from ..graphical import (
 )
 from ..graphical.metrics import upper_pairs
 from ..missingness import mcar_mask
-from .reporting import write_csv
+from .reporting import Experiment, summarise, write_csv
 
 __all__ = [
     "GRAPH_METHODS",
@@ -579,3 +579,87 @@ def plot_tissue_gene_expression(rows: Sequence[dict[str, Any]], path: str) -> No
     """AUC against the missing rate (reference graphs), PNG."""
     _plot_real(rows, path, "Tissue gene expression")
 
+
+def _summary_of(*by: str):
+    metrics = ("auc", "seconds")
+
+    def summarise_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return summarise(rows, by, metrics)
+
+    return summarise_rows
+
+
+_SIMULATED_COLUMNS = (
+    ("method", "method"),
+    ("missing_rate", "MCAR"),
+    ("count", "runs"),
+    ("auc", "AUC"),
+    ("auc_sd", "sd"),
+    ("seconds", "s/fit"),
+)
+
+#: The graph experiments of ``pyro-msm reproduce``.
+GRAPH_EXPERIMENTS: tuple[Experiment, ...] = (
+    Experiment(
+        "star",
+        "star graph (hub + extra edges): edge-recovery AUC over MCAR rates",
+        star_missing_rates,
+        plot_star_missing_rates,
+        _summary_of("missing_rate", "method"),
+        _SIMULATED_COLUMNS,
+    ),
+    Experiment(
+        "dense",
+        "dense graph (edge probability 0.5): edge-recovery AUC over MCAR rates",
+        dense_missing_rates,
+        plot_dense_missing_rates,
+        _summary_of("missing_rate", "method"),
+        _SIMULATED_COLUMNS,
+    ),
+    Experiment(
+        "hub",
+        "multi-hub graph: edge-recovery AUC over MCAR rates",
+        hub_missing_rates,
+        plot_hub_missing_rates,
+        _summary_of("missing_rate", "method"),
+        _SIMULATED_COLUMNS,
+    ),
+    Experiment(
+        "star_dimensions",
+        "star graph at MCAR 0.5 over dimensions",
+        star_dimensions,
+        plot_star_dimensions,
+        _summary_of("d", "method"),
+        (("method", "method"), ("d", "d"), ("count", "runs"), ("auc", "AUC"), ("auc_sd", "sd")),
+    ),
+    Experiment(
+        "sachs",
+        "Sachs protein signalling (7466 x 11): AUC against reference graphs, MCAR masks",
+        sachs,
+        plot_sachs,
+        _summary_of("reference", "missing_rate", "method"),
+        (
+            ("reference", "reference"),
+            ("missing_rate", "MCAR"),
+            ("method", "method"),
+            ("count", "runs"),
+            ("auc", "AUC"),
+            ("auc_sd", "sd"),
+        ),
+    ),
+    Experiment(
+        "tissue",
+        "tissue gene expression (189 x 500, a gene subset): AUC against reference graphs",
+        tissue_gene_expression,
+        plot_tissue_gene_expression,
+        _summary_of("reference", "missing_rate", "method"),
+        (
+            ("reference", "reference"),
+            ("missing_rate", "MCAR"),
+            ("method", "method"),
+            ("count", "runs"),
+            ("auc", "AUC"),
+            ("auc_sd", "sd"),
+        ),
+    ),
+)
