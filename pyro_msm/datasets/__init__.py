@@ -98,9 +98,10 @@ def load_sachs(*, log: bool = False, dtype: torch.dtype | None = None) -> SachsD
     References
 
     [1] Sachs, Perez, Pe'er, Lauffenburger & Nolan, "Causal protein-signaling networks derived
-        from multiparameter single-cell data", Science 308(5721), 523-529, 2005.
+    from multiparameter single-cell data", Science 308(5721), 523-529, 2005.
+
     [2] Kalainathan & Goudet, "Causal Discovery Toolbox: Uncover causal relationships in
-        Python", JMLR 21(37), 2020.
+    Python", JMLR 21(37), 2020.
     """
     with _open_text("sachs_cyto_full_data.csv.gz") as handle:
         header = handle.readline().strip().split(",")
@@ -159,10 +160,11 @@ def load_tissue_gene_expression(*, dtype: torch.dtype | None = None) -> TissueDa
 
     References
 
-    [1] Irizarry & Gill, dslabs: Data Science Labs, R package, https://CRAN.R-project.org/
-        package=dslabs.
+    [1] Irizarry & Gill, dslabs: Data Science Labs, R package,
+    https://CRAN.R-project.org/package=dslabs.
+
     [2] Zilliox & Irizarry, "A gene expression bar code for microarray data", Nature Methods
-        4, 911-913, 2007 (the tissue microarrays of tissuesGeneExpression).
+    4, 911-913, 2007 (the tissue microarrays of tissuesGeneExpression).
     """
     with _open_text("tissue_gene_expression.csv.gz") as handle:
         reader = csv.reader(handle)

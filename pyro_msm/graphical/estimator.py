@@ -71,8 +71,9 @@ class GraphicalScoreMatching:
     References
 
     [1] Givens, Liu & Reeve, "Score Matching with Missing Data", ICML 2025, arXiv:2506.00557.
+
     [2] Lin, Drton & Shojaie, "Estimation of high-dimensional graphical models using
-        regularized score matching", Electronic Journal of Statistics 10, 2016.
+    regularized score matching", Electronic Journal of Statistics 10, 2016.
     """
 
     def __init__(
