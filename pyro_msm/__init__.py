@@ -1,6 +1,8 @@
 """pyro_msm: score matching for unnormalised models of data with missing coordinates, on Pyro."""
 
 from . import datasets, distributions, graphical, guides, infer, missingness
+from .arviz_bridge import to_inference_data
+from .imputation import imputation_coverage, impute
 from .infer import IWScoreMatching, MissingScoreMatching, VariationalScoreMatching
 from .primitives import observe
 
@@ -11,6 +13,9 @@ __all__ = [
     "MissingScoreMatching",
     "IWScoreMatching",
     "VariationalScoreMatching",
+    "impute",
+    "imputation_coverage",
+    "to_inference_data",
     "datasets",
     "distributions",
     "graphical",

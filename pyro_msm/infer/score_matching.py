@@ -150,10 +150,12 @@ class MissingScoreMatching(ELBO):
     References
 
     [1] Givens, Liu & Reeve, "Score Matching with Missing Data", ICML 2025, arXiv:2506.00557.
+
     [2] Hyvarinen, "Estimation of Non-Normalized Statistical Models by Score Matching",
-        JMLR 6, 2005.
+    JMLR 6, 2005.
+
     [3] Uehara, Matsuda & Kim, "Imputation estimators for unnormalized models with missing
-        data", AISTATS 2020.
+    data", AISTATS 2020.
     """
 
     def __init__(
