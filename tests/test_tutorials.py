@@ -17,7 +17,13 @@ TUTORIALS = sorted((ROOT / "tutorials").glob("t[0-9][0-9]_*.py"))
 
 def test_the_tutorials_are_there():
     names = {path.stem for path in TUTORIALS}
-    assert {"t01_quickstart", "t02_energy_model", "t04_arviz", "t05_truncated"} <= names
+    assert {
+        "t01_quickstart",
+        "t02_energy_model",
+        "t03_sparse_graphs",
+        "t04_arviz",
+        "t05_truncated",
+    } <= names
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
