@@ -78,6 +78,23 @@ def plot_loss_curves(
     return out
 
 
+#: Reference rows drawn dashed by :func:`plot_metric_curves`.
+REFERENCE_METHODS = ("complete_oracle", "exact_marginal")
+#: One colour per method, the same in every plot.
+METHOD_COLOURS = {
+    "complete_oracle": "black",
+    "exact_marginal": "0.45",
+    "iw": "C0",
+    "iw_wide": "C9",
+    "em": "C1",
+    "variational": "C2",
+    "hybrid": "C3",
+    "zeroed": "C4",
+    "mean_impute": "C5",
+    "complete_case": "C6",
+}
+
+
 def plot_metric_curves(
     rows: Sequence[Mapping[str, Any]],
     x: str,
@@ -88,7 +105,7 @@ def plot_metric_curves(
     title: str | None = None,
     logy: bool = True,
 ) -> str:
-    """Plot metrics against a setting, one line per method, aggregated over seeds.
+    """Plot metrics against a setting, one line per method (reference rows dashed), over seeds.
 
     For each method and value of ``x`` the line is the mean of the metric over the runs that
     did not diverge (``row["diverged"]`` false, finite value) and the band spans mean ± one
@@ -135,7 +152,11 @@ def plot_metric_curves(
             if not px:
                 continue
             name = method if not diverged else f"{method} ({diverged} diverged)"
-            (line,) = ax.plot(px, mean, marker="o", markersize=3, linewidth=1.2, label=name)
+            style = "--" if method in REFERENCE_METHODS else "-"
+            colour = METHOD_COLOURS.get(method)
+            (line,) = ax.plot(
+                px, mean, style, color=colour, marker="o", markersize=3, linewidth=1.2, label=name
+            )
             ax.fill_between(px, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
             for xv in bad_x:
                 if xv in px:

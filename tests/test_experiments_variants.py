@@ -20,6 +20,7 @@ from pyro_msm.experiments.interaction import (
 from pyro_msm.experiments.truncated import (
     halfspace_truncated_moments,
     plot_truncated,
+    sample_score_mse,
     simulate_truncated,
     truncated,
     truncated_score_mse,
@@ -52,12 +53,19 @@ def test_truncated_score_mse_is_the_monte_carlo_mean_under_the_truncated_truth()
     x = TruncatedGaussianEnergy(problem.loc, problem.precision, problem.support).simulate(
         200_000, seed=2
     )
-    x = x.double()
-    diff = -(x - loc_hat) @ precision_hat + (x - problem.loc) @ problem.precision
-    mc = float((diff * diff).sum(-1).mean())
+    mc = sample_score_mse(loc_hat, precision_hat, problem.loc, problem.precision, x)
     assert mc == pytest.approx(exact, rel=0.02)
     truth = (problem.loc, problem.precision, problem.loc, problem.precision, problem.support)
     assert truncated_score_mse(*truth) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_orthant_problem_lies_in_its_domain():
+    problem = simulate_truncated(3, 50, 0.2, seed=0, domain="orthant", n_eval=40)
+    assert problem.domain == "orthant" and problem.x_eval.shape == (40, 3)
+    assert bool((problem.x >= problem.loc.float()).all())
+    assert bool((problem.x_eval >= problem.loc).all())
+    with pytest.raises(ValueError, match="domain"):
+        simulate_truncated(3, 5, 0.2, domain="box")
 
 
 def test_interaction_fisher_matches_the_one_dimensional_closed_form():

@@ -49,7 +49,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pyro.distributions import constraints
 from torch import Tensor
+from torch.distributions.constraints import Constraint
 
 from ..distributions import HalfSpace, TruncatedGaussianEnergy, random_halfspace
 from ..missingness import apply_mask, mcar_mask
@@ -61,6 +63,7 @@ __all__ = [
     "simulate_truncated",
     "halfspace_truncated_moments",
     "truncated_score_mse",
+    "sample_score_mse",
     "truncated",
     "plot_truncated",
 ]
@@ -77,6 +80,8 @@ TRUNCATED_METHODS = (
     "mean_impute",
     "complete_case",
 )
+#: Truncation domains of :func:`simulate_truncated`.
+DOMAINS = ("halfspace", "orthant")
 #: Label of the complete-data reference row.
 ORACLE_LABEL = "complete_oracle"
 
@@ -88,17 +93,26 @@ class TruncatedProblem:
     :ivar x: complete data ``(n, d)`` (inside :attr:`support`).
     :ivar mask: boolean ``(n, d)``, True where observed.
     :ivar loc: :math:`\\mu` ``(d,)`` (float64). :ivar precision: :math:`P` ``(d, d)`` (float64).
-    :ivar support: the half-space :math:`D`.
+    :ivar support: the domain :math:`D` (a :class:`~pyro_msm.distributions.HalfSpace`, or the
+        shifted orthant ``independent(greater_than(loc), 1)``).
     :ivar missing_rate: requested MCAR rate. :ivar seed: the seed.
+    :ivar x_eval: held-out draws of the truth (for the Monte Carlo Fisher divergence on
+        domains without a closed form; None for a half-space).
     """
 
     x: Tensor
     mask: Tensor
     loc: Tensor
     precision: Tensor
-    support: HalfSpace
+    support: Constraint
     missing_rate: float
     seed: int
+    x_eval: Tensor | None = None
+
+    @property
+    def domain(self) -> str:
+        """``"halfspace"`` or ``"orthant"``."""
+        return "halfspace" if isinstance(self.support, HalfSpace) else "orthant"
 
     @property
     def n(self) -> int:
@@ -124,6 +138,8 @@ def simulate_truncated(
     seed: int = 0,
     condition_number: float = 10.0,
     loc_scale: float = 1.0,
+    domain: str = "halfspace",
+    n_eval: int = 5000,
     dtype: torch.dtype | None = None,
 ) -> TruncatedProblem:
     """Simulate the truncated-Gaussian problem (recipe in the module docstring).
@@ -132,23 +148,37 @@ def simulate_truncated(
     :param seed: seeds the truth, the data and the mask (the half-space uses ``seed`` too).
     :param condition_number: condition number of :math:`P`.
     :param loc_scale: standard deviation of the entries of :math:`\\mu`.
+    :param domain: ``"halfspace"`` (a random half-space through :math:`\\mu`) or ``"orthant"``
+        (:math:`x_j \\ge \\mu_j` for every ``j``, a product domain).
+    :param n_eval: held-out draws for the Monte Carlo Fisher divergence (``"orthant"`` only).
     :param dtype: dtype of the data (default: torch's default dtype).
     :returns: a :class:`TruncatedProblem`.
-    :raises ValueError: for ``n < 1`` or a rate outside ``[0, 1)``.
+    :raises ValueError: for ``n < 1``, a rate outside ``[0, 1)`` or an unknown domain.
     """
     if int(n) < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if not 0.0 <= float(missing_rate) < 1.0:
         raise ValueError(f"missing_rate must be in [0, 1), got {missing_rate}")
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; choose one of {DOMAINS}")
     dtype = torch.get_default_dtype() if dtype is None else dtype
     gen = torch.Generator().manual_seed(int(seed))
     precision = random_precision(int(d), condition_number=condition_number, generator=gen)
     loc = loc_scale * torch.randn(int(d), generator=gen, dtype=torch.float64)
-    support = random_halfspace(loc, seed=int(seed))
-    truth = TruncatedGaussianEnergy(loc, precision, support)
-    x = truth.simulate(int(n), seed=int(seed)).to(dtype)
+    x_eval = None
+    if domain == "halfspace":
+        support = random_halfspace(loc, seed=int(seed))
+        x = TruncatedGaussianEnergy(loc, precision, support).simulate(int(n), seed=int(seed))
+    else:
+        support = constraints.independent(constraints.greater_than(loc.to(dtype)), 1)
+        truth = TruncatedGaussianEnergy(loc, precision, support)
+        both = truth.simulate(int(n) + int(n_eval), seed=int(seed))
+        x, x_eval = both[: int(n)], both[int(n) :].double()
+    x = x.to(dtype)
     mask = mcar_mask(x.shape, missing_rate, generator=gen)
-    return TruncatedProblem(x, mask, loc, precision, support, float(missing_rate), int(seed))
+    return TruncatedProblem(
+        x, mask, loc, precision, support, float(missing_rate), int(seed), x_eval
+    )
 
 
 def halfspace_truncated_moments(
@@ -206,6 +236,19 @@ def truncated_score_mse(
     return float(torch.diagonal(a @ covariance @ a.T).sum() + (shift * shift).sum())
 
 
+def sample_score_mse(
+    loc_hat: Tensor, precision_hat: Tensor, loc: Tensor, precision: Tensor, x: Tensor
+) -> float:
+    r"""Monte Carlo score MSE :math:`\overline{\lVert s_{\hat\theta}(x) - s(x)\rVert^2}` of a
+    truncated Gaussian fit over draws ``x`` of the truncated truth (both models share the
+    domain, so inside it both scores are the Gaussians')."""
+    x = x.double()
+    diff = (
+        -(x - loc_hat.double()) @ precision_hat.double() + (x - loc.double()) @ precision.double()
+    )
+    return float((diff * diff).sum(-1).mean())
+
+
 def _row(
     problem: TruncatedProblem,
     method: str,
@@ -219,13 +262,17 @@ def _row(
         and precision_hat is not None
         and bool(torch.isfinite(precision_hat).all() & torch.isfinite(loc_hat).all())
     )
-    mse = (
-        truncated_score_mse(loc_hat, precision_hat, problem.loc, problem.precision, problem.support)
-        if fitted
-        else math.nan
-    )
+    mse = math.nan
+    if fitted and problem.x_eval is None:
+        args = (loc_hat, precision_hat, problem.loc, problem.precision, problem.support)
+        mse = truncated_score_mse(*args)
+    elif fitted:
+        mse = sample_score_mse(
+            loc_hat, precision_hat, problem.loc, problem.precision, problem.x_eval
+        )
     return {
         "experiment": "truncated",
+        "domain": problem.domain,
         "d": problem.d,
         "n": problem.n,
         "missing_rate": problem.missing_rate,
@@ -252,6 +299,7 @@ def truncated(
     ns: Sequence[int] | None = None,
     d: int = 10,
     missing_rate: float = 0.2,
+    domain: str = "halfspace",
     methods: Sequence[str] = TRUNCATED_METHODS,
     steps: int | None = None,
     lr: float = 0.02,
@@ -270,11 +318,13 @@ def truncated(
     :param seed: first seed. :param seeds: number of seeds (``seed, seed + 1, ...``).
     :param progress: progress bars.
     :param ns: sample sizes. :param d: dimension. :param missing_rate: MCAR rate.
+    :param domain: ``"halfspace"`` (the paper's) or ``"orthant"`` (see
+        :func:`simulate_truncated`).
     :param methods: estimators to compare (from :data:`TRUNCATED_METHODS`).
     :param steps: model updates per fit. :param lr: Adam learning rate.
     :param num_particles: particles per row. :param guide_steps: guide steps per model step.
     :param oracle: add the ``complete_oracle`` reference row.
-    :returns: tidy rows: ``experiment, d, n, missing_rate, seed, method, precision_error,
+    :returns: tidy rows: ``experiment, domain, d, n, missing_rate, seed, method, precision_error,
         score_mse, fisher, ess, seconds, diverged, note``.
     :raises ValueError: for an unknown method.
     """
@@ -288,7 +338,7 @@ def truncated(
     rows: list[dict[str, Any]] = []
     for s in range(int(seed), int(seed) + int(seeds)):
         for n in ns:
-            problem = simulate_truncated(d, n, missing_rate, seed=s)
+            problem = simulate_truncated(d, n, missing_rate, seed=s, domain=domain)
             if progress:
                 print(f"truncated Gaussian: d={d}, n={n}, MCAR {missing_rate:.0%}, seed {s}")
             kw = {"objective": "truncated", "support": problem.support, "seed": s, **common}
@@ -327,5 +377,7 @@ def plot_truncated(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str])
         "n",
         {"precision_error": "rel. precision error", "fisher": "Fisher divergence"},
         path,
-        title="Truncated Gaussian (d={d}, MCAR {missing_rate:.0%})".format(**rows[0]),
+        title="Truncated Gaussian, {} (d={d}, MCAR {missing_rate:.0%})".format(
+            rows[0].get("domain", "halfspace"), **rows[0]
+        ),
     )
