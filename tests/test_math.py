@@ -355,8 +355,9 @@ def test_distribution_proposals_score_the_missing_block():
     expected = (dist.Normal(0.0, 4.0).log_prob(draws) * ~mask).sum(-1)
     torch.testing.assert_close(log_q, expected)
     with pytest.raises(TypeError, match="factorise"):
-        DistributionProposal(dist.LowRankMultivariateNormal(loc, torch.ones(4, 1, dtype=D),
-                                                            torch.ones(4, dtype=D)))
+        DistributionProposal(
+            dist.LowRankMultivariateNormal(loc, torch.ones(4, 1, dtype=D), torch.ones(4, dtype=D))
+        )
 
 
 def test_float64_and_effective_sample_size():

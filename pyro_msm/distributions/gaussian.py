@@ -6,7 +6,7 @@ import torch
 from pyro.distributions import MultivariateNormal, constraints
 from torch import Tensor
 
-from .energy import Energy
+from .energy import Energy, vecmat
 
 __all__ = ["GaussianEnergy"]
 
@@ -68,11 +68,10 @@ class GaussianEnergy(Energy):
 
     def energy(self, x: Tensor) -> Tensor:
         diff = x - self.loc
-        return 0.5 * (diff * (diff.unsqueeze(-2) @ self.precision).squeeze(-2)).sum(-1)
+        return 0.5 * (diff * vecmat(diff, self.precision)).sum(-1)
 
     def score(self, x: Tensor) -> Tensor:
-        diff = (x - self.loc).unsqueeze(-2)
-        return -(diff @ self.precision).squeeze(-2)
+        return -vecmat(x - self.loc, self.precision)
 
     def score_and_diag_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
         a = self.score(x)

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.distributions.constraints import Constraint
 
 from .domains import HalfSpace
-from .energy import Energy
+from .energy import Energy, unexpand, vecmat
 from .gaussian import GaussianEnergy
 
 __all__ = [
@@ -198,7 +198,7 @@ class SquaredInteractionEnergy(Energy):
         if validate:
             self.check_theta(theta)
         d = theta.shape[-1]
-        self.theta = theta.triu()
+        self.theta = unexpand(theta).triu().expand(theta.shape)  # keeps a plate's view cheap
         self.validate = bool(validate)
         self.num_sweeps = int(num_sweeps)
         self.num_proposals = int(num_proposals)
@@ -337,15 +337,16 @@ class SquaredInteractionEnergy(Energy):
     @property
     def coupling(self) -> Tensor:
         r""":math:`M = T + T^\top`: :math:`\log q(x) = \tfrac12 y^\top M y`, :math:`y = x^2`."""
-        return self.theta + self.theta.mT
+        base = unexpand(self.theta)
+        return (base + base.mT).expand(self.theta.shape)
 
     # -- the model -----------------------------------------------------------------------------
     def energy(self, x: Tensor) -> Tensor:
         y = x * x
-        return -(y * (y.unsqueeze(-2) @ self.theta).squeeze(-2)).sum(-1)
+        return -(y * vecmat(y, self.theta)).sum(-1)
 
     def _my(self, y: Tensor) -> Tensor:
-        return (y.unsqueeze(-2) @ self.coupling).squeeze(-2)  # M symmetric: (M y)_k
+        return vecmat(y, self.coupling)  # M symmetric: (M y)_k
 
     def score(self, x: Tensor) -> Tensor:
         return 2 * x * self._my(x * x)

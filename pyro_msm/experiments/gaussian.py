@@ -33,24 +33,23 @@ score matching on the full table before masking, whose minimiser is known in clo
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
-import pyro.optim
 import torch
 from pyro.distributions import constraints
-from pyro.infer import SVI
 from torch import Tensor
+from torch.distributions.constraints import Constraint
 
-from ..distributions import GaussianEnergy
-from ..guides import AmortizedNormal, GaussianConditionalGuide, no_guide
-from ..infer import ESTIMATORS, MissingScoreMatching
+from ..distributions import GaussianEnergy, TruncatedGaussianEnergy
+from ..guides import AmortizedNormal, GaussianConditionalGuide
+from ..infer import ESTIMATORS
 from ..infer.gaussian import gaussian_fisher_divergence, pairwise_moments
 from ..missingness import apply_mask, mar_mask, mcar_mask, mnar_mask
 from ..primitives import observe
+from .harness import fit_model
 
 __all__ = [
     "MECHANISMS",
@@ -252,6 +251,7 @@ def make_gaussian_model(
     *,
     init_loc: Tensor | None = None,
     init_precision: Tensor | None = None,
+    support: Constraint | None = None,
 ) -> Callable[[Tensor, Tensor | None], Tensor]:
     """A Pyro model of rows ``x ~ GaussianEnergy(loc, precision_tril=L)``.
 
@@ -263,6 +263,9 @@ def make_gaussian_model(
     :param d: dimension.
     :param init_loc: optional initial mean ``(d,)``.
     :param init_precision: optional initial precision ``(d, d)``.
+    :param support: a known domain :math:`D`: the rows are then
+        ``TruncatedGaussianEnergy(loc, None, support, precision_tril=L)``, the same Gaussian
+        truncated to :math:`D` (fit it with ``objective="truncated"``).
     :returns: ``model(data, mask=None)``, with NaN marking missing entries when ``mask`` is None.
     """
     loc0 = torch.zeros(d) if init_loc is None else init_loc.detach().clone()
@@ -277,8 +280,12 @@ def make_gaussian_model(
         tril = pyro.param(
             "precision_tril", lambda: tril0.to(data).clone(), constraint=constraints.lower_cholesky
         )
+        if support is None:
+            fn = GaussianEnergy(loc, precision_tril=tril)
+        else:
+            fn = TruncatedGaussianEnergy(loc, None, support, precision_tril=tril)
         with pyro.plate("rows", data.shape[0]):
-            return observe("x", GaussianEnergy(loc, precision_tril=tril), obs=data, obs_mask=mask)
+            return observe("x", fn, obs=data, obs_mask=mask)
 
     return model
 
@@ -318,6 +325,8 @@ class FitResult:
     :ivar ess: IW's mean effective sample size after each model update (empty otherwise).
     :ivar seconds: wall-clock time of the fit.
     :ivar svi_steps: SVI steps taken (model and guide steps).
+    :ivar error: why the fit stopped early, "" when it ran to the end (see
+        :func:`~pyro_msm.experiments.harness.run_svi`).
     """
 
     label: str
@@ -328,6 +337,7 @@ class FitResult:
     ess: list[float] = field(default_factory=list)
     seconds: float = 0.0
     svi_steps: int = 0
+    error: str = ""
 
     @property
     def mean_ess(self) -> float:
@@ -352,15 +362,18 @@ def fit_gaussian(
     label: str | None = None,
     init: str = "moments",
     average: float = 0.5,
+    objective: str = "exact",
+    support: Constraint | None = None,
 ) -> FitResult:
     """Fit the Gaussian model of :func:`make_gaussian_model` with one estimator.
 
     Full-batch :class:`pyro.infer.SVI` with :class:`pyro.optim.Adam` for ``steps`` *model*
-    updates. For ``"variational"`` and ``"hybrid"`` that is ``steps * (guide_steps + 1)`` SVI
-    steps (cycles of one model step and ``guide_steps`` guide steps) with the guide of
-    :func:`make_guide`; its loss
-    history keeps model steps only. The global Pyro parameter store is cleared first and the RNG
-    seeded with ``seed``.
+    updates (the loop of :func:`~pyro_msm.experiments.harness.run_svi`). For the guided estimators
+    ``"variational"`` and ``"hybrid"`` that is ``steps * (guide_steps + 1)`` SVI steps (cycles
+    of one model step and ``guide_steps`` guide steps) with the guide of :func:`make_guide`; the
+    loss history keeps model steps only. The global Pyro parameter store is cleared first and
+    the RNG seeded with ``seed``. A fit that blows up stops early with
+    :attr:`FitResult.error` set (its estimate averages the iterates seen, or is NaN).
 
     :param data: ``(n, d)`` table; NaN marks missing entries when ``mask`` is None.
     :param mask: boolean ``(n, d)``, True where observed, or None.
@@ -388,6 +401,9 @@ def fit_gaussian(
         iterate of a stochastic estimator (IW, variational) jitters around its optimum; on d=5
         Gaussian data that jitter moved the score MSE by 20%, more than the differences being
         measured. ``0`` keeps the last iterate only.
+    :param objective: the score-matching objective (``"truncated"`` for a truncated model).
+    :param support: a domain for :class:`~pyro_msm.distributions.TruncatedGaussianEnergy`
+        (see :func:`make_gaussian_model`); None for the plain Gaussian.
     :returns: a :class:`FitResult`.
     :raises ValueError: for an unknown estimator or ``init``, non-positive ``steps`` or
         ``average`` outside ``[0, 1]``.
@@ -402,63 +418,52 @@ def fit_gaussian(
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
     if guide not in GUIDES:
         raise ValueError(f"unknown guide {guide!r}; choose one of {GUIDES}")
-    from tqdm import tqdm
-
     label = estimator if label is None else label
-    n, d = data.shape
+    d = data.shape[1]
     pyro.clear_param_store()
-    pyro.set_rng_seed(int(seed))
     init_loc = init_precision = None
     if init == "moments":
         observed = ~torch.isnan(data) if mask is None else mask
         init_loc, covariance = pairwise_moments(data, observed)
         init_precision = torch.cholesky_inverse(torch.linalg.cholesky(covariance.double()))
-    model = make_gaussian_model(d, init_loc=init_loc, init_precision=init_precision)
-    guided = estimator in ("variational", "hybrid")
-    guide_fn = make_guide(model, guide) if guided else no_guide
+    model = make_gaussian_model(
+        d, init_loc=init_loc, init_precision=init_precision, support=support
+    )
 
-    loss_fn = MissingScoreMatching(
+    def snapshot() -> dict[str, Tensor]:
+        loc, precision = _current_estimate()
+        return {"loc": loc, "precision": precision}
+
+    fit = fit_model(
+        model,
+        data,
+        mask,
         estimator,
+        snapshot,
         num_particles=num_particles,
         proposal=proposal,
+        objective=objective,
         guide_steps=guide_steps,
         guide_particles=guide_particles,
-        max_plate_nesting=1,  # the plate "rows"
+        make_guide=lambda m: make_guide(m, guide),
+        steps=steps,
+        lr=lr,
+        average=average,
+        seed=seed,
+        label=label,
+        progress=progress,
     )
-    svi = SVI(model, guide_fn, pyro.optim.Adam({"lr": lr}), loss_fn)
-    cycle = guide_steps + 1 if guided else 1
-    result = FitResult(label=label, estimator=estimator, loc=torch.zeros(d), precision=torch.eye(d))
-    first_averaged = int(steps) - max(1, math.ceil(average * int(steps)))
-    loc_sum = torch.zeros(d, dtype=torch.float64)
-    precision_sum = torch.zeros(d, d, dtype=torch.float64)
-    bar = tqdm(total=int(steps), desc=f"{label:>15}", disable=not progress, leave=True)
-    start = time.perf_counter()
-    try:
-        for _ in range(int(steps) * cycle):
-            value = svi.step(data, mask)
-            result.svi_steps += 1
-            if guided and loss_fn.diagnostics.get("step") != "model":
-                continue
-            result.losses.append(value / n)
-            if "ess" in loss_fn.diagnostics:
-                result.ess.append(loss_fn.diagnostics["ess"])
-            if len(result.losses) > first_averaged:
-                loc, precision = _current_estimate()
-                loc_sum += loc
-                precision_sum += precision
-            bar.update(1)
-            if bar.n % 10 == 0 or bar.n == steps:
-                postfix = {"loss": f"{value / n:.4g}"}
-                if result.ess:
-                    postfix["ess"] = f"{result.ess[-1]:.2f}/{num_particles}"
-                bar.set_postfix(postfix, refresh=False)
-    finally:
-        bar.close()
-    result.seconds = time.perf_counter() - start
-    count = int(steps) - first_averaged
-    result.loc = loc_sum / count
-    result.precision = precision_sum / count
-    return result
+    return FitResult(
+        label=label,
+        estimator=estimator,
+        loc=fit.estimate["loc"],
+        precision=fit.estimate["precision"],
+        losses=fit.losses,
+        ess=fit.ess,
+        seconds=fit.seconds,
+        svi_steps=fit.svi_steps,
+        error=fit.error,
+    )
 
 
 def _current_estimate() -> tuple[Tensor, Tensor]:
@@ -616,7 +621,8 @@ def _row(
         "seconds": fit.seconds if fit is not None else 0.0,
         "steps": len(fit.losses) if fit is not None else 0,
         "svi_steps": fit.svi_steps if fit is not None else 0,
-        "note": note,
+        "diverged": bool(fit is not None and fit.error),
+        "note": note or (fit.error if fit is not None else ""),
     }
 
 

@@ -148,7 +148,9 @@ def sample_conditional_gaussian(
     if defensive > 0:
         wide = torch.rand(shape[:-1], device=mean.device) < defensive
         eps = torch.where(wide.unsqueeze(-1), eps * defensive_scale, eps)
-    y = torch.linalg.solve_triangular(chol.mT, eps.unsqueeze(-1), upper=True).squeeze(-1)
+    # one triangular solve per row with the draws as right-hand sides (not one per draw and row,
+    # which broadcasts chol to (num_samples, n, d, d): 20x slower at r=10, n=1000, d=50)
+    y = torch.linalg.solve_triangular(chol.mT, eps.movedim(0, -1), upper=True).movedim(-1, 0)
     k = missing.sum(-1)
     log_det = (torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)) * missing).sum(-1)
     sq = (eps * eps).sum(-1)
