@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
-from pyro_msm.experiments.harness import (
+from pyro_msm.experiments.reporting import (
     format_summary,
     head_to_head,
-    read_rows,
+    read_csv,
     summarise,
-    write_rows,
+    write_csv,
 )
 
 PARENTS = ("iw", "variational")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     model = args.model or "gaussian"
     if args.from_csv:
-        rows = [r for path in args.from_csv for r in read_rows(path)]
+        rows = read_csv(args.from_csv)
     else:
         if args.quick:
             args.seeds, args.steps, args.n, args.d, args.dims = 2, 15, 200, 5, [5]
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                     steps=args.steps,
                 )
         if args.csv:
-            write_rows(rows, args.csv)
+            write_csv(rows, args.csv)
     setting = ("d", "n", "missing_rate")
     metric = args.metric
     summary = summarise(rows, (*setting, "method"), [metric, "ess"])

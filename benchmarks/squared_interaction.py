@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 
 import torch
 
-from pyro_msm.experiments.harness import format_summary, read_rows, summarise, write_rows
 from pyro_msm.experiments.interaction import INTERACTION_METHODS, interaction, plot_interaction
+from pyro_msm.experiments.reporting import format_summary, read_csv, summarise, write_csv
 
 METRICS = (("theta_error", "theta rel. err"), ("fisher", "Fisher div."), ("ess", "ESS"))
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.from_csv:
-        rows = read_rows(args.from_csv)
+        rows = read_csv([args.from_csv])
     else:
         if args.quick:
             args.dims, args.seeds, args.steps = args.dims or [5, 10], args.seeds or 1, 20
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 steps=args.steps,
             )
         if args.csv:
-            write_rows(rows, args.csv)
+            write_csv(rows, args.csv)
     first = rows[0]
     seeds = sorted({r["seed"] for r in rows})
     print(

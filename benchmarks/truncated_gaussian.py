@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from pyro_msm.experiments.harness import format_summary, read_rows, summarise, write_rows
+from pyro_msm.experiments.reporting import format_summary, read_csv, summarise, write_csv
 from pyro_msm.experiments.truncated import TRUNCATED_METHODS, plot_truncated, truncated
 
 METRICS = (("precision_error", "P rel. err"), ("fisher", "Fisher div."), ("ess", "ESS"))
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.from_csv:
-        rows = read_rows(args.from_csv)
+        rows = read_csv([args.from_csv])
     else:
         if args.quick:
             args.ns, args.seeds, args.steps = args.ns or [100, 300], args.seeds or 1, 20
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                 steps=args.steps,
             )
         if args.csv:
-            write_rows(rows, args.csv)
+            write_csv(rows, args.csv)
     first = rows[0]
     seeds = sorted({r["seed"] for r in rows})
     print(

@@ -10,13 +10,13 @@ import torch
 from pyro_msm.distributions import SquaredInteractionEnergy, TruncatedGaussianEnergy
 from pyro_msm.distributions.energy import vecmat
 from pyro_msm.experiments import fit_gaussian, simulate_gaussian
-from pyro_msm.experiments.harness import head_to_head, read_rows, summarise, write_rows
 from pyro_msm.experiments.interaction import (
     interaction,
     interaction_fisher,
     plot_interaction,
     simulate_interaction,
 )
+from pyro_msm.experiments.reporting import head_to_head, read_csv, summarise, write_csv
 from pyro_msm.experiments.truncated import (
     halfspace_truncated_moments,
     plot_truncated,
@@ -138,8 +138,8 @@ def test_interaction_smoke_run(tmp_path):
     for r in rows[:3]:
         assert math.isfinite(r["theta_error"]) and r["fisher"] > 0 and not r["diverged"]
     path = tmp_path / "rows.csv"
-    write_rows(rows, str(path))
-    back = read_rows(str(path))
+    write_csv(rows, str(path))
+    back = read_csv([str(path)])
     assert back[1]["fisher"] == pytest.approx(rows[1]["fisher"]) and back[1]["d"] == 4
     assert plot_interaction(back, tmp_path / "i.png").endswith("i.png")
 

@@ -22,11 +22,52 @@ from .gaussian import (
     simulate_gaussian,
 )
 from .graphs import GRAPH_EXPERIMENTS
-from .reporting import Experiment
+from .interaction import interaction, plot_interaction
+from .reporting import Experiment, summarise
+from .truncated import plot_truncated, truncated
+
+
+def _by(*keys: str, metrics: tuple[str, ...]):
+    def summarise_rows(rows):
+        return summarise(rows, keys, metrics)
+
+    return summarise_rows
+
+
+TRUNCATED = Experiment(
+    "truncated",
+    "truncated Gaussian (d=10, MCAR 0.2): precision error and Fisher divergence over n",
+    truncated,
+    plot_truncated,
+    _by("n", "method", metrics=("precision_error", "fisher")),
+    (
+        ("n", "n"),
+        ("method", "method"),
+        ("precision_error_mean", "P rel. err"),
+        ("fisher_mean", "Fisher div."),
+        ("fisher_sd", "sd"),
+        ("diverged", "diverged"),
+    ),
+)
+INTERACTION = Experiment(
+    "interaction",
+    "squared-interaction model (missing 0.5): parameter error and Fisher divergence over d",
+    interaction,
+    plot_interaction,
+    _by("d", "method", metrics=("theta_error", "fisher")),
+    (
+        ("d", "d"),
+        ("method", "method"),
+        ("theta_error_mean", "theta rel. err"),
+        ("fisher_mean", "Fisher div."),
+        ("fisher_sd", "sd"),
+        ("diverged", "diverged"),
+    ),
+)
 
 #: The experiments of ``pyro-msm reproduce``, by name.
 EXPERIMENTS: dict[str, Experiment] = {
-    e.name: e for e in (GAUSSIAN_ACCURACY, *GRAPH_EXPERIMENTS)
+    e.name: e for e in (GAUSSIAN_ACCURACY, TRUNCATED, INTERACTION, *GRAPH_EXPERIMENTS)
 }
 
 __all__ = [
