@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["apply_mask", "mar_mask", "mcar_mask", "missing_rate", "mnar_mask"]
+__all__ = [
+    "MaskedTable","apply_mask", "mar_mask", "mcar_mask", "missing_rate", "mnar_mask"]
 
 _BISECTION_STEPS = 64
 
@@ -355,3 +356,32 @@ def missing_rate(mask: Tensor) -> float:
     if mask.numel() == 0:
         raise ValueError("mask is empty; its missing rate is undefined")
     return float((~mask).sum().item()) / mask.numel()
+
+
+class MaskedTable:
+    """Mixin for simulated problems holding a complete table ``x`` ``(n, d)`` and a boolean
+    ``mask`` of its shape (True = observed): the sizes, the masked table and its realised
+    missing rate."""
+
+    x: Tensor
+    mask: Tensor
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return int(self.x.shape[0])
+
+    @property
+    def d(self) -> int:
+        """Dimension."""
+        return int(self.x.shape[1])
+
+    @property
+    def observed(self) -> Tensor:
+        """The masked table, NaN where missing."""
+        return apply_mask(self.x, self.mask)
+
+    @property
+    def realised_missing_rate(self) -> float:
+        """Fraction of entries that are actually missing."""
+        return float((~self.mask).float().mean())

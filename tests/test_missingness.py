@@ -464,3 +464,22 @@ def test_missing_rate_validation() -> None:
         missing_rate([[True, False]])
     with pytest.raises(ValueError, match="mask is empty"):
         missing_rate(torch.ones(0, 3, dtype=torch.bool))
+
+
+def test_masked_table_mixin():
+    from dataclasses import dataclass
+
+    from pyro_msm.missingness import MaskedTable
+
+    @dataclass
+    class Problem(MaskedTable):
+        x: torch.Tensor
+        mask: torch.Tensor
+
+    x = torch.arange(6.0).reshape(3, 2)
+    mask = torch.tensor([[True, False], [True, True], [False, True]])
+    p = Problem(x, mask)
+    assert (p.n, p.d) == (3, 2)
+    assert p.realised_missing_rate == pytest.approx(2 / 6)
+    assert torch.equal(torch.isnan(p.observed), ~mask)
+    assert torch.equal(p.observed[mask], x[mask])

@@ -47,7 +47,7 @@ from ..distributions import GaussianEnergy, TruncatedGaussianEnergy
 from ..guides import AmortizedNormal, GaussianConditionalGuide
 from ..infer import ESTIMATORS
 from ..infer.gaussian import gaussian_fisher_divergence, pairwise_moments
-from ..missingness import apply_mask, mar_mask, mcar_mask, mnar_mask
+from ..missingness import MaskedTable, mar_mask, mcar_mask, mnar_mask
 from ..primitives import observe
 from .harness import fit_model
 
@@ -84,7 +84,7 @@ INITS = ("moments", "identity")
 
 
 @dataclass(frozen=True)
-class GaussianProblem:
+class GaussianProblem(MaskedTable):
     """A Gaussian truth, complete draws from it and a missingness mask.
 
     :ivar x: complete data ``(n, d)`` (before masking).
@@ -107,29 +107,9 @@ class GaussianProblem:
     condition_number: float
 
     @property
-    def n(self) -> int:
-        """Number of rows."""
-        return int(self.x.shape[0])
-
-    @property
-    def d(self) -> int:
-        """Dimension."""
-        return int(self.x.shape[1])
-
-    @property
     def covariance(self) -> Tensor:
         """The true covariance :math:`P^{-1}`."""
         return torch.cholesky_inverse(torch.linalg.cholesky(self.precision))
-
-    @property
-    def observed(self) -> Tensor:
-        """The masked table, NaN where missing."""
-        return apply_mask(self.x, self.mask)
-
-    @property
-    def realised_missing_rate(self) -> float:
-        """Fraction of entries that are actually missing."""
-        return float((~self.mask).float().mean())
 
     def describe(self) -> str:
         """One line naming the setting."""

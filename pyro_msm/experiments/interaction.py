@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ..distributions import SquaredInteractionEnergy
-from ..missingness import apply_mask, mcar_mask
+from ..missingness import MaskedTable, mcar_mask
 from ..primitives import observe
 from .harness import Fit, fit_model
 
@@ -71,7 +71,7 @@ ORACLE_LABEL = "complete_oracle"
 
 
 @dataclass(frozen=True)
-class InteractionProblem:
+class InteractionProblem(MaskedTable):
     """A squared-interaction truth, draws from it, held-out draws and an MCAR mask.
 
     :ivar x: data ``(n, d)``. :ivar mask: boolean ``(n, d)``, True where observed.
@@ -86,21 +86,6 @@ class InteractionProblem:
     x_eval: Tensor
     missing_rate: float
     seed: int
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        return int(self.x.shape[0])
-
-    @property
-    def d(self) -> int:
-        """Dimension."""
-        return int(self.x.shape[1])
-
-    @property
-    def observed(self) -> Tensor:
-        """The masked table, NaN where missing."""
-        return apply_mask(self.x, self.mask)
 
 
 def simulate_interaction(

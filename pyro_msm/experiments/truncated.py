@@ -54,7 +54,7 @@ from torch import Tensor
 from torch.distributions.constraints import Constraint
 
 from ..distributions import HalfSpace, TruncatedGaussianEnergy, random_halfspace
-from ..missingness import apply_mask, mcar_mask
+from ..missingness import MaskedTable, mcar_mask
 from .gaussian import fit_gaussian, precision_error, random_precision
 
 __all__ = [
@@ -87,7 +87,7 @@ ORACLE_LABEL = "complete_oracle"
 
 
 @dataclass(frozen=True)
-class TruncatedProblem:
+class TruncatedProblem(MaskedTable):
     """A truncated-Gaussian truth, complete draws from it and an MCAR mask.
 
     :ivar x: complete data ``(n, d)`` (inside :attr:`support`).
@@ -113,21 +113,6 @@ class TruncatedProblem:
     def domain(self) -> str:
         """``"halfspace"`` or ``"orthant"``."""
         return "halfspace" if isinstance(self.support, HalfSpace) else "orthant"
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        return int(self.x.shape[0])
-
-    @property
-    def d(self) -> int:
-        """Dimension."""
-        return int(self.x.shape[1])
-
-    @property
-    def observed(self) -> Tensor:
-        """The masked table, NaN where missing."""
-        return apply_mask(self.x, self.mask)
 
 
 def simulate_truncated(

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..distributions import GaussianEnergy
 from ..distributions.paper import TruncatedGaussianEnergy
-from ..missingness import apply_mask, mcar_mask
+from ..missingness import MaskedTable, mcar_mask
 
 __all__ = [
     "GRAPHS",
@@ -245,7 +245,7 @@ def precision_from_graph(
 
 
 @dataclass(frozen=True)
-class GraphProblem:
+class GraphProblem(MaskedTable):
     """A graph, its precision, complete draws and an MCAR mask.
 
     :ivar name: graph name (see :data:`GRAPHS`).
@@ -266,21 +266,6 @@ class GraphProblem:
     missing_rate: float
     seed: int
     truncation: object | None = None
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        return int(self.x.shape[0])
-
-    @property
-    def d(self) -> int:
-        """Dimension."""
-        return int(self.x.shape[1])
-
-    @property
-    def observed(self) -> Tensor:
-        """The masked table, NaN where missing."""
-        return apply_mask(self.x, self.mask)
 
     @property
     def num_edges(self) -> int:
