@@ -1,6 +1,8 @@
 """Score-matching variants with missing data: each reduces to its classical form without missing
 values, agrees with the exact objective where theory says so, and recovers known parameters."""
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -11,7 +13,7 @@ from pyro.optim import Adam
 
 import pyro_msm
 from pyro_msm.distributions import FunctionEnergy, GaussianEnergy, TruncatedGaussianEnergy
-from pyro_msm.distributions.domains import HalfSpace, boundary_distance
+from pyro_msm.distributions.domains import HalfSpace, boundary_distance, moving_section
 from pyro_msm.guides import AmortizedNormal, no_guide
 from pyro_msm.infer import MissingScoreMatching
 from pyro_msm.infer.estimators import importance_particles
@@ -167,6 +169,35 @@ def test_boundary_distance_of_the_supported_domains():
     torch.testing.assert_close(got[:, 0], (3.0 - x[:, :2].sum(-1)) / 2**0.5)
     half2 = HalfSpace(torch.tensor([0.0, 0.0, 1.0], dtype=D), 3.0)
     assert torch.isinf(boundary_distance(half2, x, mask)[0]).all()  # touches a missing coord
+
+
+def test_half_space_sections_that_move_with_the_observed_coordinates_are_flagged():
+    half = HalfSpace(torch.tensor([1.0, 1.0, 0.0], dtype=D), 3.0)
+    mask = torch.tensor(
+        [
+            [True, False, True],  # x_1 missing and bounded by c - x_0: moves
+            [False, False, True],  # both constrained coordinates missing: fixed section
+            [True, True, False],  # the missing coordinate is not in the constraint
+            [True, True, True],
+        ]
+    )
+    assert moving_section(half, mask).tolist() == [True, False, False, False]
+    orthant = constraints.independent(constraints.positive, 1)
+    assert not moving_section(orthant, mask).any()
+
+    truth = TruncatedGaussianEnergy(torch.zeros(3, dtype=D), torch.eye(3, dtype=D), half)
+    x = torch.tensor([[0.5, float("nan"), 0.2], [0.1, 0.3, 0.2]], dtype=D)
+
+    def model(data):
+        with pyro.plate("rows", data.shape[0]):
+            pyro_msm.observe("x", truth, obs=data)
+
+    loss = MissingScoreMatching("iw", objective="truncated", num_particles=4)
+    with pytest.warns(UserWarning, match="boundary term"):
+        loss.loss(model, no_guide, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # complete rows: no warning
+        loss.loss(model, no_guide, x[1:])
 
 
 def test_draws_outside_the_support_get_zero_weight_and_empty_rows_are_dropped():

@@ -9,7 +9,7 @@ from pyro.distributions import constraints
 from torch import Tensor
 from torch.distributions.constraints import Constraint
 
-__all__ = ["HalfSpace", "boundary_distance", "in_support"]
+__all__ = ["HalfSpace", "boundary_distance", "in_support", "moving_section"]
 
 
 class HalfSpace(Constraint):
@@ -90,3 +90,25 @@ def boundary_distance(support: Constraint, x: Tensor, mask: Tensor) -> Tensor:
         f"no boundary distance for support {support}; pass a weight function to "
         "TruncatedObjective (supported: positive/nonnegative orthants, bounds, boxes, HalfSpace)"
     )
+
+
+def moving_section(support: Constraint, mask: Tensor) -> Tensor:
+    r"""Rows whose missing coordinates range over a set that moves with the observed ones.
+
+    For a :class:`HalfSpace` :math:`w^\top x \le c`, the missing block of a row lives in
+    :math:`\{x_u : w_u^\top x_u \le c - w_o^\top x_o\}`, which depends on :math:`x_o` when
+    both :math:`w_u` and :math:`w_o` are nonzero. There the marginal score gains a boundary term,
+    :math:`s_o = E[\nabla_o \log p \mid x_o] - w_o\,\rho(c - w_o^\top x_o \mid x_o)`, with
+    :math:`\rho` the conditional density of :math:`w_u^\top x_u`, which the estimators of
+    :class:`~pyro_msm.infer.MissingScoreMatching` (like the paper's) do not include. Product
+    domains (orthants, boxes, bounds) never move.
+
+    :param support: the model's support.
+    :param mask: boolean ``(n, d)``, True where observed.
+    :returns: boolean ``(n,)``.
+    """
+    base = _base(support)
+    if not isinstance(base, HalfSpace):
+        return torch.zeros(mask.shape[:-1], dtype=torch.bool, device=mask.device)
+    touches = base.normal.to(mask.device) != 0
+    return (touches & ~mask).any(-1) & (touches & mask).any(-1)

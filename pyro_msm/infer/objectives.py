@@ -21,6 +21,7 @@ score along a direction and :math:`B` its derivative along the same direction,
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -250,6 +251,12 @@ class TruncatedObjective(Objective):
     (:func:`~pyro_msm.distributions.domains.boundary_distance`; the domain is the model's
     ``support``). Importance draws outside the domain get weight zero.
 
+    On a :class:`~pyro_msm.distributions.domains.HalfSpace` whose constraint involves both
+    missing and observed coordinates of a row, the marginal score has a boundary term that this
+    objective (like the paper's) omits, so the fit is biased; a ``UserWarning`` says so
+    (:func:`~pyro_msm.distributions.domains.moving_section`; measured in
+    ``docs/benchmarks.md``). Product domains are exact.
+
     :param weight: optional ``g(x, mask) -> (..., n, d)`` (or ``(..., n, 1)``), differentiable in
         ``x``, vanishing on the boundary; defaults to the capped boundary distance.
     :param cap: the cap of the default weight.
@@ -264,10 +271,21 @@ class TruncatedObjective(Objective):
         self.cap = float(cap)
 
     def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+        from ..distributions.domains import moving_section
+
         a, b = score_and_diag_jacobian(fn, particles.z)
         weight = self.weight or boundary_distance_weight(fn.support, self.cap)
         x = particles.z[0].detach()  # observed coordinates are the same in every particle
         mask = particles.scored
+        if bool(moving_section(fn.support, mask).any()):
+            warnings.warn(
+                "truncated objective on a half-space that links missing and observed "
+                "coordinates: the marginal score of such rows has a boundary term that the "
+                "estimators omit, so the fit is biased (product domains such as orthants and "
+                "boxes are exact); see pyro_msm.distributions.domains.moving_section",
+                UserWarning,
+                stacklevel=2,
+            )
         g, dg = diag_jacobian(lambda y: weight(y, mask).expand(y.shape), x)
         w = particles.weights
         per_coordinate = g * moment_loss(w, a, b) + 2 * dg * weighted_mean(w, a)
