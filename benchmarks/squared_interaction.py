@@ -14,82 +14,48 @@ of the truth; mean ± sd and median over seeds, diverged runs counted), and save
 
 from __future__ import annotations
 
-import argparse
 import time
-import warnings
-from datetime import datetime, timezone
 
-import torch
+from _common import experiment_parser, report, run_or_read
 
 from pyro_msm.experiments.interaction import INTERACTION_METHODS, interaction, plot_interaction
-from pyro_msm.experiments.reporting import format_summary, read_csv, summarise, write_csv
 
 METRICS = (("theta_error", "theta rel. err"), ("fisher", "Fisher div."), ("ess", "ESS"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    parser.add_argument("--full", action="store_true", help="d = 10..50, 5 seeds, 400 steps")
-    parser.add_argument("--seed", type=int, default=0, help="first seed")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
+    parser = experiment_parser(
+        __doc__.splitlines()[0], INTERACTION_METHODS, "d = 10..50, 5 seeds, 400 steps"
+    )
     parser.add_argument("--dims", type=int, nargs="+", default=None, help="dimensions")
     parser.add_argument("--n", type=int, default=1000, help="rows")
     parser.add_argument("--n-eval", type=int, default=5000, help="held-out draws (Fisher)")
-    parser.add_argument("--steps", type=int, default=None, help="model updates per fit")
-    parser.add_argument("--methods", nargs="+", default=list(INTERACTION_METHODS))
-    parser.add_argument("--csv", help="write the tidy rows here")
-    parser.add_argument("--from-csv", help="summarise rows from an earlier run instead")
-    parser.add_argument("--plot", help="save the plot here (PNG)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.dims, args.seeds, args.steps = args.dims or [5, 10], args.seeds or 1, 20
+        args.n, args.n_eval = 300, 1000
     start = time.perf_counter()
-    if args.from_csv:
-        rows = read_csv([args.from_csv])
-    else:
-        if args.quick:
-            args.dims, args.seeds, args.steps = args.dims or [5, 10], args.seeds or 1, 20
-            args.n, args.n_eval = 300, 1000
-        print(f"started {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-        with warnings.catch_warnings():  # complete-case / outside-domain counts, once per fit
-            warnings.simplefilter("ignore", UserWarning)
-            rows = interaction(
-                full=args.full,
-                seed=args.seed,
-                seeds=args.seeds,
-                progress=not args.no_progress,
-                dims=args.dims,
-                n=args.n,
-                n_eval=args.n_eval,
-                methods=args.methods,
-                steps=args.steps,
-            )
-        if args.csv:
-            write_csv(rows, args.csv)
+    rows = run_or_read(
+        args,
+        lambda: interaction(
+            full=args.full,
+            seed=args.seed,
+            seeds=args.seeds,
+            progress=not args.no_progress,
+            dims=args.dims,
+            n=args.n,
+            n_eval=args.n_eval,
+            methods=args.methods,
+            steps=args.steps,
+        ),
+    )
     first = rows[0]
-    seeds = sorted({r["seed"] for r in rows})
     print(
-        f"\nSquared interaction, n={first['n']}, MCAR {first['missing_rate']:.0%}, "
-        f"seeds {seeds}; Fisher divergence by Monte Carlo over held-out draws of the truth"
+        f"\nSquared interaction, n={first['n']}, MCAR {first['missing_rate']:.0%}, seeds "
+        f"{sorted({r['seed'] for r in rows})}; Fisher divergence by Monte Carlo over held-out "
+        "draws of the truth"
     )
-    summary = summarise(rows, ("d", "method"), [m for m, _ in METRICS] + ["seconds"])
-    print(
-        format_summary(
-            summary,
-            ("d", "method"),
-            [*METRICS, ("seconds", "s/fit")],
-            medians=[METRICS[0][0], "fisher"],
-        )
-    )
-    notes = sorted({(r["method"], r["note"]) for r in rows if r["note"]})
-    for method, note in notes:
-        print(f"note: {method}: {note}")
-    if args.plot:
-        print(f"plot: {plot_interaction(rows, args.plot)}")
-    if not args.from_csv:
-        print(f"wall time {time.perf_counter() - start:.0f} s")
+    report(args, rows, ("d", "method"), METRICS, plot_interaction, start)
 
 
 if __name__ == "__main__":
