@@ -68,14 +68,7 @@ def plot_loss_curves(
         ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(series) :]:
         ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
-    out = os.fspath(path)
-    directory = os.path.dirname(out)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    return out
+    return _save(fig, path, title, dpi=120)
 
 
 #: Reference rows drawn dashed by :func:`plot_metric_curves`.
@@ -167,11 +160,16 @@ def plot_metric_curves(
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize="small", loc="best")
+    return _save(fig, path, title, dpi=90)
+
+
+def _save(fig: Any, path: str | os.PathLike[str], title: str | None, dpi: int) -> str:
+    """Title the figure, save it as ``path`` (creating its directory) and return the path."""
     if title:
         fig.suptitle(title)
     out = os.fspath(path)
     directory = os.path.dirname(out)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=dpi)
     return out

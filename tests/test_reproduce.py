@@ -137,3 +137,16 @@ def test_reproduce_rejects_unknown_or_missing_names(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce"])
     assert "--list" in capsys.readouterr().err
+
+
+def test_complete_case_needs_more_complete_rows_than_dimensions():
+    import torch
+
+    from pyro_msm.experiments.harness import complete_case_note, fit_fields
+
+    mask = torch.tensor([[True, True], [True, True], [True, False], [False, True]])
+    assert complete_case_note(mask) == "not estimable: 2 complete rows < d + 1 = 3"
+    assert complete_case_note(torch.ones(3, 2, dtype=torch.bool)) == ""
+    unfitted = fit_fields(None, "skipped")
+    assert math.isnan(unfitted["ess"]) and unfitted["note"] == "skipped"
+    assert unfitted["diverged"] is False

@@ -604,10 +604,7 @@ class TruncatedGaussianEnergy(Energy):
     1995.
     """
 
-    arg_constraints = {
-        "loc": constraints.real_vector,
-        "precision": constraints.positive_definite,
-    }
+    arg_constraints = GaussianEnergy.arg_constraints
 
     def __init__(
         self,

@@ -49,7 +49,7 @@ from ..infer import ESTIMATORS
 from ..infer.gaussian import gaussian_fisher_divergence, pairwise_moments
 from ..missingness import MaskedTable, mar_mask, mcar_mask, mnar_mask
 from ..primitives import observe
-from .harness import fit_model
+from .harness import complete_case_note, fit_fields, fit_model
 
 __all__ = [
     "MECHANISMS",
@@ -596,13 +596,8 @@ def _row(
         "vs_exact_precision_error": (
             precision_error(precision_hat, exact[1]) if fitted and exact is not None else math.nan
         ),
-        "ess": fit.mean_ess if fit is not None else math.nan,
-        "final_loss": fit.losses[-1] if fit is not None else math.nan,
-        "seconds": fit.seconds if fit is not None else 0.0,
-        "steps": len(fit.losses) if fit is not None else 0,
-        "svi_steps": fit.svi_steps if fit is not None else 0,
-        "diverged": bool(fit is not None and fit.error),
-        "note": note or (fit.error if fit is not None else ""),
+        "final_loss": fit.losses[-1] if fit is not None and fit.losses else math.nan,
+        **fit_fields(fit, note),
     }
 
 
@@ -653,13 +648,10 @@ def compare_estimators(
     rows = [_row(problem, EXACT_LABEL, "closed_form", "", *exact, exact, exact_fit)]
     oracle = complete_data_estimate(problem.x)
     rows.append(_row(problem, ORACLE_LABEL, "complete data", "", *oracle, exact, None))
-    complete_rows = int(problem.mask.all(-1).sum())
+    complete_case = complete_case_note(problem.mask)
     for spec in estimators:
-        if spec.estimator == "complete_case" and complete_rows <= problem.d:
-            # fewer than d + 1 complete rows: the sample covariance of the complete cases is
-            # singular and complete-case score matching has no minimiser (with none at all,
-            # its loss is identically zero and the fit would just return its starting point)
-            note = f"not estimable: {complete_rows} complete rows < d + 1 = {problem.d + 1}"
+        if spec.estimator == "complete_case" and complete_case:
+            note = complete_case
             rows.append(
                 _row(problem, spec.label, spec.estimator, "", None, None, exact, None, note)
             )

@@ -31,7 +31,7 @@ from ..infer import MissingScoreMatching
 from ..infer.objectives import Objective
 from ..infer.score_matching import GUIDED
 
-__all__ = ["Fit", "fit_model", "run_svi"]
+__all__ = ["Fit", "fit_model", "run_svi", "fit_fields", "complete_case_note"]
 
 
 @dataclass
@@ -67,6 +67,37 @@ class Fit:
     def mean_ess(self) -> float:
         """Mean of :attr:`ess` over the run (NaN when the estimator has no weights)."""
         return float(sum(self.ess) / len(self.ess)) if self.ess else math.nan
+
+
+def fit_fields(fit: Any, note: str = "") -> dict[str, Any]:
+    """The columns every experiment's row takes from a fit (a :class:`Fit` or a
+    :class:`~pyro_msm.experiments.gaussian.FitResult`; None for a method that was not fitted):
+    ``ess``, ``seconds``, ``steps``, ``svi_steps``, ``diverged`` and ``note`` (``note``, else
+    the fit's error)."""
+    if fit is None:
+        return {"ess": math.nan, "seconds": 0.0, "steps": 0, "svi_steps": 0, "diverged": False,
+                "note": note}  # fmt: skip
+    return {
+        "ess": fit.mean_ess,
+        "seconds": fit.seconds,
+        "steps": len(fit.losses),
+        "svi_steps": fit.svi_steps,
+        "diverged": bool(fit.error),
+        "note": note or fit.error,
+    }
+
+
+def complete_case_note(mask: Tensor) -> str:
+    """Why complete case cannot be fitted to a table with this mask, or "" when it can.
+
+    With fewer than ``d + 1`` complete rows the complete cases' sample covariance is singular and
+    complete-case score matching has no minimiser (with none at all its loss is identically zero
+    and a fit would just return its starting point).
+    """
+    complete, d = int(mask.all(-1).sum()), mask.shape[-1]
+    if complete > d:
+        return ""
+    return f"not estimable: {complete} complete rows < d + 1 = {d + 1}"
 
 
 def _finite(values: dict[str, Tensor]) -> bool:

@@ -43,7 +43,7 @@ from torch import Tensor
 from ..distributions import SquaredInteractionEnergy
 from ..missingness import MaskedTable, mcar_mask
 from ..primitives import observe
-from .harness import Fit, fit_model
+from .harness import Fit, complete_case_note, fit_fields, fit_model
 
 __all__ = [
     "INTERACTION_METHODS",
@@ -205,10 +205,7 @@ def _row(problem: InteractionProblem, method: str, fit: Fit | None, note: str = 
         "theta_error": _theta_error(theta_hat, problem.theta) if fitted else math.nan,
         "score_mse": 2 * fisher,
         "fisher": fisher,
-        "ess": fit.mean_ess if fit is not None else math.nan,
-        "seconds": fit.seconds if fit is not None else 0.0,
-        "diverged": bool(fit is not None and fit.error),
-        "note": note or (fit.error if fit is not None else ""),
+        **fit_fields(fit, note),
     }
 
 
@@ -274,10 +271,10 @@ def interaction(
                     **common,
                 )
                 rows.append(_row(problem, ORACLE_LABEL, fit))
-            complete = int(problem.mask.all(-1).sum())
+            complete_case = complete_case_note(problem.mask)
             for method in methods:
-                if method == "complete_case" and complete <= d:
-                    note = f"not estimable: {complete} complete rows < d + 1"
+                if method == "complete_case" and complete_case:
+                    note = complete_case
                     rows.append(_row(problem, method, None, note))
                     continue
                 fit = fit_interaction(

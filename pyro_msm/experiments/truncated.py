@@ -56,6 +56,7 @@ from torch.distributions.constraints import Constraint
 from ..distributions import HalfSpace, TruncatedGaussianEnergy, random_halfspace
 from ..missingness import MaskedTable, mcar_mask
 from .gaussian import fit_gaussian, precision_error, random_precision
+from .harness import complete_case_note, fit_fields
 
 __all__ = [
     "TRUNCATED_METHODS",
@@ -268,10 +269,7 @@ def _row(
         else math.nan,
         "score_mse": mse,
         "fisher": mse / 2,
-        "ess": fit.mean_ess if fit is not None else math.nan,
-        "seconds": fit.seconds if fit is not None else 0.0,
-        "diverged": bool(fit is not None and fit.error),
-        "note": note or (fit.error if fit is not None else ""),
+        **fit_fields(fit, note),
     }
 
 
@@ -333,10 +331,10 @@ def truncated(
                     problem.x, every, "zeroed", label=ORACLE_LABEL, progress=progress, **kw
                 )
                 rows.append(_row(problem, ORACLE_LABEL, fit.loc, fit.precision, fit))
-            complete = int(problem.mask.all(-1).sum())
+            complete_case = complete_case_note(problem.mask)
             for method in methods:
-                if method == "complete_case" and complete <= d:
-                    note = f"not estimable: {complete} complete rows < d + 1"
+                if method == "complete_case" and complete_case:
+                    note = complete_case
                     rows.append(_row(problem, method, None, None, None, note))
                     continue
                 if method == "em":

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import Tensor, nn
 
-from .base import _SUFFIX, MaskedSiteGuide
+from .base import MaskedSiteGuide
 
 __all__ = ["AmortizedNormal", "no_guide"]
 
@@ -121,7 +119,7 @@ class AmortizedNormal(MaskedSiteGuide):
         self.condition_on_mask = bool(condition_on_mask)
 
     # -- parameters -------------------------------------------------------------------------------
-    def _setup(self, data: Tensor) -> None:
+    def _setup(self, data: Tensor, observed_mask: Tensor) -> None:
         """Create the network and the scale on the first call, on the data's device/dtype."""
         d = data.shape[-1]
         if "net" in self._modules:
@@ -168,22 +166,11 @@ class AmortizedNormal(MaskedSiteGuide):
         loc = self.net(inputs)
         return loc, self.scale.expand(loc.shape)
 
-    # -- the guide --------------------------------------------------------------------------------
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        """Sample ``{site}_unobserved`` for the batch the model sees with these arguments.
+    def distribution(self, data: Tensor, observed_mask: Tensor) -> dist.Normal:
+        """The guide's coordinate-wise Normal for given rows (batch shape of ``data``); only its
+        missing coordinates are used.
 
-        :returns: ``{"{site}_unobserved": draw}``, the draw of the data's shape (with a leading
-            particle dimension inside a particle plate).
+        :raises RuntimeError: before the guide's first call (parameters are created lazily).
         """
-        name, fn, plates = self._site(*args, **kwargs)
-        data, observed = fn.data, fn.observed_mask
-        self._setup(data)
-        # parameters are read before entering plates, so no plate tries to subsample them
-        loc, scale = self.loc_and_scale(data, observed)
-        shape = fn.batch_shape + fn.event_shape
-        q = dist.Normal(loc.expand(shape), scale.expand(shape)).mask(~observed.expand(shape))
-        with contextlib.ExitStack() as stack:
-            for plate in plates:
-                stack.enter_context(plate)
-            value = pyro.sample(name + _SUFFIX, q.to_event(1))
-        return {name + _SUFFIX: value}
+        loc, scale = self.loc_and_scale(data, observed_mask)
+        return dist.Normal(loc, scale)

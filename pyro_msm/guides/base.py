@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -144,3 +145,37 @@ class MaskedSiteGuide(PyroModule):
         trace = self._model_trace(*args, **kwargs)
         name, node = self._find_site(trace)
         return name, node["fn"], self._plates(trace, node)
+
+    # -- what a subclass provides -----------------------------------------------------------------
+    def _setup(self, data: Tensor, observed_mask: Tensor) -> None:
+        """Create the parameters on the first call (on ``data``'s device and dtype) and check
+        later calls against them."""
+        raise NotImplementedError
+
+    def distribution(self, data: Tensor, observed_mask: Tensor) -> TorchDistribution:
+        """The guide's distribution for rows ``data`` (batch shape ``data.shape``, event shape
+        ``()``: one element per coordinate); only its missing coordinates are used."""
+        raise NotImplementedError
+
+    # -- the guide --------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """Sample ``{site}_unobserved`` for the batch the model sees with these arguments.
+
+        The distribution is restricted to the missing coordinates (``.mask(missing)``) and
+        sampled inside the model's plates, subsample indices included.
+
+        :returns: ``{"{site}_unobserved": draw}``, the draw of the data's shape (with a leading
+            particle dimension inside a particle plate).
+        """
+        name, fn, plates = self._site(*args, **kwargs)
+        data, observed = fn.data, fn.observed_mask.expand(fn.data.shape)
+        self._setup(data, observed)
+        # parameters are read (and registered) before entering plates, so no plate subsamples them
+        shape = fn.batch_shape + fn.event_shape
+        q = self.distribution(data, observed).expand(shape)
+        q = q.mask(~observed.expand(shape)).to_event(1)
+        with contextlib.ExitStack() as stack:
+            for plate in plates:
+                stack.enter_context(plate)
+            value = pyro.sample(name + _SUFFIX, q)
+        return {name + _SUFFIX: value}

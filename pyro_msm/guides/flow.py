@@ -3,12 +3,9 @@ coordinates of :func:`~pyro_msm.observe` sites."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import pyro
 import torch
 from pyro.distributions.transforms import (
     AffineAutoregressive,
@@ -20,7 +17,7 @@ from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import Tensor, nn
 
-from .base import _SUFFIX, MaskedSiteGuide, MissingBlockDistribution
+from .base import MaskedSiteGuide, MissingBlockDistribution
 
 __all__ = ["AmortizedFlow", "MissingBlockFlow", "FLOW_TRANSFORMS"]
 
@@ -344,7 +341,7 @@ class AmortizedFlow(MaskedSiteGuide):
             d, arn, count_bins=k, bound=self.bound, order="linear"
         )
 
-    def _setup(self, data: Tensor) -> None:
+    def _setup(self, data: Tensor, observed_mask: Tensor) -> None:
         """Create the layers on the first call, on the data's device and dtype."""
         d = data.shape[-1]
         if "flows" in self._modules:
@@ -386,23 +383,3 @@ class AmortizedFlow(MaskedSiteGuide):
         data = torch.where(observed_mask, data, zero)
         context = torch.cat([data, observed_mask.to(data.dtype)], dim=-1)
         return MissingBlockFlow(list(self.flows), context, data, observed_mask)
-
-    # -- the guide --------------------------------------------------------------------------------
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        """Sample ``{site}_unobserved`` for the batch the model sees with these arguments.
-
-        :returns: ``{"{site}_unobserved": draw}``, the draw of the data's shape (with a leading
-            particle dimension inside a particle plate); its observed entries are the data.
-        """
-        name, fn, plates = self._site(*args, **kwargs)
-        data, observed = fn.data, fn.observed_mask
-        self._setup(data)
-        # parameters are read (and registered) before entering plates, so no plate subsamples them
-        shape = fn.batch_shape + fn.event_shape
-        q = self.distribution(data, observed).expand(shape)
-        q = q.mask(~observed.expand(shape)).to_event(1)
-        with contextlib.ExitStack() as stack:
-            for plate in plates:
-                stack.enter_context(plate)
-            value = pyro.sample(name + _SUFFIX, q)
-        return {name + _SUFFIX: value}

@@ -2,11 +2,8 @@ r"""A guide made of the conditionals of one learned joint Gaussian."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from typing import Any
 
-import pyro
 import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroParam
@@ -17,7 +14,7 @@ from ..infer.gaussian import (
     conditional_gaussian_terms,
     pairwise_moments,
 )
-from .base import _SUFFIX, MaskedSiteGuide, MissingBlockDistribution
+from .base import MaskedSiteGuide, MissingBlockDistribution
 
 __all__ = ["GaussianConditionalGuide", "MissingBlockGaussian"]
 
@@ -193,22 +190,3 @@ class GaussianConditionalGuide(MaskedSiteGuide):
             torch.nan_to_num(data), observed_mask, self.loc, tril @ tril.mT
         )
         return MissingBlockGaussian(mean, chol, observed_mask)
-
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        """Sample ``{site}_unobserved`` for the batch the model sees with these arguments.
-
-        :returns: ``{"{site}_unobserved": draw}``, the draw of the data's shape (with a leading
-            particle dimension inside a particle plate); its observed entries are the data.
-        """
-        name, fn, plates = self._site(*args, **kwargs)
-        data, observed = fn.data, fn.observed_mask.expand(fn.data.shape)
-        self._setup(data, observed)
-        # parameters are read before entering plates, so no plate tries to subsample them
-        shape = fn.batch_shape + fn.event_shape
-        q = self.distribution(data, observed).expand(shape)
-        q = q.mask(~observed.expand(shape)).to_event(1)
-        with contextlib.ExitStack() as stack:
-            for plate in plates:
-                stack.enter_context(plate)
-            value = pyro.sample(name + _SUFFIX, q)
-        return {name + _SUFFIX: value}
