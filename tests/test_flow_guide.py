@@ -17,6 +17,7 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+from builders import MU3, P3, gaussian_model, mcar, with_missing
 from pyro.infer import SVI
 from torch.autograd.functional import jacobian
 
@@ -27,34 +28,7 @@ from pyro_msm.infer import MissingScoreMatching
 from pyro_msm.infer.gaussian import conditional_gaussian
 from pyro_msm.infer.sites import find_data_sites, guide_log_prob
 
-NAN = float("nan")
-MU3 = torch.tensor([1.0, -0.5, 0.0])
-P3 = torch.tensor([[2.0, 0.6, -0.4], [0.6, 1.5, 0.5], [-0.4, 0.5, 1.0]])
 TRANSFORMS = ["affine", "spline"]
-
-
-def gaussian_model(loc, precision, subsample_size=None, record=None):
-    """``model(x)``: rows of ``x`` (NaN = missing) observed from a fixed Gaussian energy."""
-
-    def model(x):
-        with pyro.plate("rows", x.shape[0], subsample_size=subsample_size) as idx:
-            value = pyro_msm.observe("x", GaussianEnergy(loc, precision), obs=x[idx])
-        if record is not None:
-            record.append((idx.clone(), value.detach().clone()))
-        return value
-
-    return model
-
-
-def with_missing(full, mask):
-    return torch.where(mask, full, torch.tensor(NAN, dtype=full.dtype))
-
-
-def mcar(full, rate):
-    """``full`` with entries set to NaN at random; every row keeps an observed coordinate."""
-    mask = torch.rand(full.shape) > rate
-    mask[torch.arange(full.shape[0]), torch.randint(full.shape[-1], full.shape[:1])] = True
-    return with_missing(full, mask)
 
 
 def standard_normal(value):

@@ -154,9 +154,7 @@ def test_fit_gaussian_trains_the_named_guide():
     from pyro_msm.experiments import fit_gaussian
 
     x, mask = table(60, 0.3, seed=4)
-    fit = fit_gaussian(
-        x, mask, "variational", guide="gaussian_conditional", steps=2, guide_steps=1
-    )
+    fit = fit_gaussian(x, mask, "variational", guide="gaussian_conditional", steps=2, guide_steps=1)
     assert fit.svi_steps == 4  # two cycles of one model step and one guide step
     names = set(pyro.get_param_store().keys())
     assert "GaussianConditionalGuide.precision_tril" in names

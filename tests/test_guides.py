@@ -15,6 +15,7 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+from builders import MU3, NAN, P3, gaussian_model, mcar
 from pyro.infer import SVI
 from pyro.infer.autoguide import AutoNormal
 
@@ -25,34 +26,9 @@ from pyro_msm.infer import MissingScoreMatching
 from pyro_msm.infer.gaussian import conditional_gaussian
 from pyro_msm.infer.sites import find_data_sites, guide_log_prob
 
-NAN = float("nan")
 # a fixed 2-d Gaussian: only coordinate 1 is ever missing, so the conditional sd is constant
 MU2 = torch.tensor([0.5, -1.0])
 P2 = torch.tensor([[2.0, 0.9], [0.9, 1.5]])
-# a fixed 3-d Gaussian
-MU3 = torch.tensor([1.0, -0.5, 0.0])
-P3 = torch.tensor([[2.0, 0.6, -0.4], [0.6, 1.5, 0.5], [-0.4, 0.5, 1.0]])
-
-
-def gaussian_model(loc: torch.Tensor, precision: torch.Tensor, subsample_size=None, record=None):
-    """``model(x)``: rows of ``x`` (NaN = missing) observed from a fixed Gaussian energy."""
-
-    def model(x):
-        with pyro.plate("rows", x.shape[0], subsample_size=subsample_size) as idx:
-            value = pyro_msm.observe("x", GaussianEnergy(loc, precision), obs=x[idx])
-        if record is not None:
-            record.append((idx.clone(), value.detach().clone()))
-        return value
-
-    return model
-
-
-def mcar(full: torch.Tensor, rate: float, keep_one: bool = True) -> torch.Tensor:
-    """``full`` with entries set to NaN at random; every row keeps an observed coordinate."""
-    mask = torch.rand(full.shape) > rate
-    if keep_one:
-        mask[torch.arange(full.shape[0]), torch.randint(full.shape[-1], full.shape[:1])] = True
-    return torch.where(mask, full, torch.tensor(NAN))
 
 
 def normal_log_density(value, loc, scale):
