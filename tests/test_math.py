@@ -369,3 +369,12 @@ def test_float64_and_effective_sample_size():
     assert ((ess >= 1 - 1e-9) & (ess <= 10 + 1e-9)).all()
     torch.testing.assert_close(ess[0], torch.tensor(10.0, dtype=D))  # complete row
     assert math.isfinite(float(exact_objective(fn, p).sum()))
+
+
+def test_missingness_patterns_reconstruct_the_mask():
+    from pyro_msm.infer.gaussian import missingness_patterns
+
+    mask = torch.tensor([[1, 0, 1], [1, 1, 1], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)
+    patterns, inverse = missingness_patterns(mask)
+    assert patterns.shape == (3, 3)
+    assert torch.equal(patterns[inverse], mask)

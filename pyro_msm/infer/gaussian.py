@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "missingness_patterns",
     "restrict",
     "marginal_score",
     "marginal_score_matching_loss",
@@ -23,6 +24,17 @@ __all__ = [
     "nearest_positive_definite",
     "gaussian_fisher_divergence",
 ]
+
+
+def missingness_patterns(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct rows of a coordinate mask, so that work per observed set is done once.
+
+    :param mask: boolean ``(n, d)``.
+    :returns: ``patterns`` ``(k, d)`` (sorted, distinct) and ``inverse`` ``(n,)`` with
+        ``patterns[inverse] == mask``.
+    """
+    patterns, inverse = torch.unique(mask, dim=0, return_inverse=True)
+    return patterns, inverse
 
 
 def restrict(matrix: Tensor, keep: Tensor) -> Tensor:
