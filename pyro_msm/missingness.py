@@ -60,6 +60,22 @@ def _check_data(x: object) -> Tensor:
     return x.detach().to(torch.get_default_dtype())
 
 
+def _check_device(device: object) -> torch.device:
+    """``device`` as a :class:`torch.device` that this torch build can use, or a clear error."""
+    try:
+        device = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {device!r} is not a torch device ({err})") from None
+    try:
+        torch.empty(0, device=device)
+    except (AssertionError, RuntimeError) as err:
+        raise ValueError(
+            f"device={str(device)!r} is not available in this torch build or machine ({err}); "
+            "use device='cpu' (or omit device), or install a torch build with that backend"
+        ) from None
+    return device
+
+
 def _make_generator(
     seed: int | None, generator: torch.Generator | None, device: torch.device
 ) -> torch.Generator | None:
@@ -211,13 +227,14 @@ def mcar_mask(
     :param device: device of the mask (default: the generator's device, else CPU).
     :returns: boolean tensor of shape ``shape``, ``True`` where observed.
     :raises TypeError: if ``shape``, ``missing_rate``, ``seed`` or ``generator`` has a wrong type.
-    :raises ValueError: if ``missing_rate`` is not in ``[0, 1)`` or ``shape`` has a negative size.
+    :raises ValueError: if ``missing_rate`` is not in ``[0, 1)``, ``shape`` has a negative size,
+        or ``device`` is not available (e.g. ``"cuda"`` without CUDA).
     """
     shape = _check_shape(shape)
     rate = _check_rate(missing_rate)
     if device is None:
         device = generator.device if isinstance(generator, torch.Generator) else torch.device("cpu")
-    device = torch.device(device)
+    device = _check_device(device)
     gen = _make_generator(seed, generator, device)
     u = torch.rand(shape, generator=gen, device=device)
     return u >= rate

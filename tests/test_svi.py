@@ -78,7 +78,7 @@ def make_loss(estimator: str, **kwargs) -> MissingScoreMatching:
 
 
 def guide_for(estimator: str, model, **kwargs):
-    return AutoNormal(model, **kwargs) if estimator == "variational" else no_guide
+    return AutoNormal(model, **kwargs) if estimator in ("variational", "hybrid") else no_guide
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,9 +6,27 @@ import torch
 from pyro.distributions import MultivariateNormal, constraints
 from torch import Tensor
 
-from .energy import Energy, vecmat
+from .energy import Energy, unexpand, vecmat
 
 __all__ = ["GaussianEnergy"]
+
+
+def _cholesky(precision: Tensor, name: str = "precision") -> Tensor:
+    """The Cholesky factor of a precision (broadcast batch views factorised once), or a
+    ``ValueError`` saying what is wrong and what to do."""
+    base = unexpand(precision)
+    if not bool(base.isfinite().all()):
+        raise ValueError(f"GaussianEnergy: {name} has NaN or infinite entries")
+    chol, info = torch.linalg.cholesky_ex(base)
+    if bool((info > 0).any()):
+        raise ValueError(
+            f"GaussianEnergy: the precision (from {name}) is not positive definite, so the "
+            "energy is not a density (its losses would be meaningless and sampling fails). "
+            "Pass a symmetric positive-definite matrix; to train one, use "
+            "precision_tril=pyro.param(..., constraint=constraints.lower_cholesky) or "
+            "pyro.param(..., constraint=constraints.positive_definite)"
+        )
+    return chol.expand(precision.shape)
 
 
 class GaussianEnergy(Energy):
@@ -20,9 +38,22 @@ class GaussianEnergy(Energy):
     the latter keeps :math:`P` positive definite during training. Scores, the diagonal of their
     Jacobian and samples are exact.
 
+    A precision that is not positive definite (e.g. ``-I``) is not a density: the losses would
+    return finite numbers for it and sampling would fail deep inside torch. A constant
+    precision is therefore checked at construction (one Cholesky factorisation) and refused
+    with a ``ValueError``. A *trained* precision (one that requires a gradient) is not checked,
+    so a fit pays nothing per step: keep it positive definite by its parametrisation, either
+    ``precision_tril`` from ``pyro.param(..., constraint=constraints.lower_cholesky)`` or
+    ``pyro.param(..., constraint=constraints.positive_definite)``. :meth:`sample` and
+    :attr:`covariance_matrix` refuse an indefinite precision with the same clear error.
+
     :param loc: mean :math:`\mu`, shape ``batch + (d,)``.
     :param precision: precision matrix, shape ``batch + (d, d)``.
     :param precision_tril: Cholesky factor of the precision, shape ``batch + (d, d)``.
+    :param validate_args: check that the precision is positive definite; default: when it
+        does not require a gradient.
+    :raises ValueError: for a precision that is not finite, symmetric-positive-definite, or
+        of the wrong shape.
     """
 
     arg_constraints = {
@@ -36,6 +67,7 @@ class GaussianEnergy(Energy):
         precision: Tensor | None = None,
         *,
         precision_tril: Tensor | None = None,
+        validate_args: bool | None = None,
     ) -> None:
         if (precision is None) == (precision_tril is None):
             raise ValueError("GaussianEnergy needs exactly one of precision or precision_tril")
@@ -52,6 +84,10 @@ class GaussianEnergy(Energy):
                 f"expected (..., {d}, {d})"
             )
         precision = 0.5 * (precision + precision.mT)
+        if validate_args is None:
+            validate_args = not precision.requires_grad
+        if validate_args:
+            _cholesky(precision, "precision_tril" if precision_tril is not None else "precision")
         batch_shape = torch.broadcast_shapes(loc.shape[:-1], precision.shape[:-2])
         self.loc = loc.expand(batch_shape + (d,))
         self.precision = precision.expand(batch_shape + (d, d))
@@ -60,7 +96,7 @@ class GaussianEnergy(Energy):
     @property
     def covariance_matrix(self) -> Tensor:
         """:math:`P^{-1}`."""
-        return torch.cholesky_inverse(torch.linalg.cholesky(self.precision))
+        return torch.cholesky_inverse(_cholesky(self.precision))
 
     @property
     def mean(self) -> Tensor:
@@ -81,6 +117,7 @@ class GaussianEnergy(Energy):
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Exact samples from :math:`N(\\mu, P^{-1})`."""
         with torch.no_grad():
+            _cholesky(self.precision)
             mvn = MultivariateNormal(self.loc, precision_matrix=self.precision, validate_args=False)
             return mvn.sample(torch.Size(sample_shape))
 
@@ -90,4 +127,5 @@ class GaussianEnergy(Energy):
         return GaussianEnergy(
             self.loc.expand(batch_shape + (d,)),
             self.precision.expand(batch_shape + (d, d)),
+            validate_args=False,
         )

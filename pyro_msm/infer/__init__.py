@@ -1,5 +1,8 @@
 """Score-matching losses for models with missing data, and the pieces they are made of."""
 
+from .em import CompletedRowsObjective
+from .health import FitHealth, FitHealthError, FitHealthWarning
+
 from .proposals import (
     DistributionProposal,
     GaussianConditionalProposal,
@@ -7,6 +10,7 @@ from .proposals import (
     Proposal,
     WideGaussianProposal,
 )
+from .regularizers import CurvaturePenalty, HeldOutMonitor
 from .score_matching import (
     ESTIMATORS,
     IWScoreMatching,
@@ -24,4 +28,10 @@ __all__ = [
     "MomentMatchedProposal",
     "WideGaussianProposal",
     "DistributionProposal",
+    "FitHealth",
+    "FitHealthWarning",
+    "FitHealthError",
+    "CurvaturePenalty",
+    "HeldOutMonitor",
+    "CompletedRowsObjective",
 ]

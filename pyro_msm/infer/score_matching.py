@@ -17,6 +17,7 @@ from torch.distributions import Distribution
 
 from ..distributions.gaussian import GaussianEnergy
 from .derivatives import log_prob
+from .em import completed_rows_objective
 from .estimators import (
     _has_observed,
     complete_case_particles,
@@ -27,10 +28,10 @@ from .estimators import (
     zeroed_particles,
 )
 from .gaussian import marginal_score_matching_loss
+from .health import FitHealth, make_health
 from .mechanisms import MechanismTilted
 from .objectives import (
     ExactObjective,
-    ExpectedCompleteDataObjective,
     Objective,
     Particles,
     make_objective,
@@ -44,6 +45,7 @@ from .sites import (
     find_data_sites,
     guide_log_prob,
 )
+from .validation import check_site_shape, positive_int, require_guide_sites, translate_errors
 
 __all__ = ["MissingScoreMatching", "IWScoreMatching", "VariationalScoreMatching", "ESTIMATORS"]
 
@@ -119,7 +121,8 @@ class MissingScoreMatching(ELBO):
     - ``"hybrid"`` (not in the paper): the guide, trained as for ``"variational"``, is the IW
       proposal; importance weights remove the bias of an imperfect guide.
     - ``"em"``: the EM algorithm of Uehara, Matsuda & Kim (2020): importance weights computed
-      with the model frozen, then the weighted classical loss of the completed rows.
+      with the model frozen, then the chosen objective's complete-data loss of the completed
+      rows, averaged with those weights (:class:`~pyro_msm.infer.em.CompletedRowsObjective`).
     - ``"closed_form"``: the exact marginal loss of a
       :class:`~pyro_msm.distributions.GaussianEnergy` model (the oracle the others
       approximate; other models raise ``TypeError``).
@@ -146,6 +149,11 @@ class MissingScoreMatching(ELBO):
     :param guide_steps: guide steps per model step for ``"variational"`` and ``"hybrid"``.
     :param guide_particles: completions per row on guide steps.
     :param max_plate_nesting: as in :class:`~pyro.infer.ELBO` (guessed when not given).
+    :param health: the fit-health monitor (:class:`~pyro_msm.infer.health.FitHealth`): warns
+        once about degenerate importance weights or a diverging loss, raises
+        :class:`~pyro_msm.infer.health.FitHealthError` at the first non-finite loss or gradient.
+        True (default) for the documented thresholds, False to switch it off, or a
+        ``FitHealth`` with other thresholds.
 
     References
 
@@ -169,11 +177,12 @@ class MissingScoreMatching(ELBO):
         guide_steps: int = 10,
         guide_particles: int = 1,
         max_plate_nesting: float = float("inf"),
+        health: bool | FitHealth = True,
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
         objective = make_objective(objective)
-        if estimator in ("closed_form", "em") and not isinstance(objective, ExactObjective):
+        if estimator == "closed_form" and not isinstance(objective, ExactObjective):
             raise ValueError(f"estimator {estimator!r} supports only objective='exact'")
         if missingness is not None and estimator not in ("iw", "em"):
             raise ValueError(
@@ -182,15 +191,18 @@ class MissingScoreMatching(ELBO):
             )
         if missingness is not None and not callable(missingness):
             raise TypeError("missingness must be a callable (z, mask) -> log probability")
-        if int(num_particles) < 1 or int(guide_particles) < 1:
-            raise ValueError("num_particles and guide_particles must be at least 1")
-        if int(guide_steps) < 0:
-            raise ValueError(f"guide_steps must be non-negative, got {guide_steps}")
+        num_particles = positive_int("num_particles", num_particles)
+        guide_particles = positive_int("guide_particles", guide_particles)
+        guide_steps = positive_int("guide_steps", guide_steps, minimum=0)
         super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting)
         self.estimator = estimator
         self.proposal = make_proposal(proposal)
         self.objective = objective
-        self._em_objective = ExpectedCompleteDataObjective()
+        self._em_objective = completed_rows_objective(objective)
+        if estimator == "em":  # draws for the clean rows; the M-step perturbs completed ones
+            self.objective = self._em_objective
+        self.health = make_health(health)
+        self._site_losses: dict[str, Tensor] = {}
         self.missingness = missingness
         self.guide_steps = int(guide_steps)
         self.guide_particles = int(guide_particles)
@@ -231,7 +243,12 @@ class MissingScoreMatching(ELBO):
             model = FillUnobserved()(model)
         else:
             model = poutine.replay(model, trace=guide_trace)
-        return poutine.trace(RejectLatent()(model)).get_trace(*args, **kwargs)
+        trace = poutine.trace(RejectLatent()(model)).get_trace(*args, **kwargs)
+        for site in trace.nodes.values():
+            info = site["infer"].get("pyro_msm") if site["type"] == "sample" else None
+            if isinstance(info, dict):
+                check_site_shape(info["name"], site["cond_indep_stack"], info["clean"])
+        return trace
 
     def _site_fn(self, site: DataSite) -> Distribution:
         """The data distribution, tilted by the known missingness mechanism if one is given."""
@@ -251,12 +268,16 @@ class MissingScoreMatching(ELBO):
             )
         objective = self._em_objective if self.estimator == "em" else self.objective
         rows = objective(fn, particles)
+        self._site_losses[site.name] = rows.detach()
         return (rows * self._row_weights(site, particles)).sum()
 
     def _record_ess(self, mask: Tensor, particles: Particles, ess: list[Tensor]) -> None:
         has_missing = ~mask.all(-1)
         if bool(has_missing.any()):
             ess.append(particles.effective_sample_size[has_missing].mean())
+            self.health.check_ess(
+                particles.effective_sample_size[has_missing], particles.weights.shape[0]
+            )
 
     # -- estimators without a guide -------------------------------------------------------------
     def _direct_loss(self, model, args, kwargs) -> tuple[Tensor, list[Tensor]]:
@@ -265,6 +286,7 @@ class MissingScoreMatching(ELBO):
         ess: list[Tensor] = []
         for site in find_data_sites(trace):
             mask = site.mask
+            self.health.check_data(site.name, site.data, mask)
             x, noise_scale = self.objective.perturb(site.data, mask)
             fn = self._site_fn(site)
             if self.estimator == "closed_form":
@@ -310,10 +332,12 @@ class MissingScoreMatching(ELBO):
         model_trace = self._model_trace(_particle_plate(model, r, dim), guide_trace, args, kwargs)
         sites = find_data_sites(model_trace)
         guide_lp = guide_log_prob(guide_trace, sites)
+        require_guide_sites(self.estimator, sites, guide_lp)
         objective, kl = 0.0, 0.0
         ess: list[Tensor] = []
         for site in sites:
             x, mask = site.data, site.mask
+            self.health.check_data(site.name, x, mask)
             draws = site.value
             log_q = guide_lp.get(site.name, torch.zeros(draws.shape[:-1], dtype=x.dtype))
             live = log_prob(site.fn, draws)  # gradient to the guide through the draws
@@ -344,6 +368,7 @@ class MissingScoreMatching(ELBO):
         """Pyro's particle machinery is not used: estimators draw their own particles."""
         raise NotImplementedError("MissingScoreMatching draws its own particles")
 
+    @translate_errors
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         """A differentiable scalar: its value is the loss, its gradient the estimator's (for
         ``"variational"``, model parameters get the surrogate's and guide parameters the KL's)."""
@@ -352,24 +377,30 @@ class MissingScoreMatching(ELBO):
             self.diagnostics.update(
                 step="model", kl=float(kl.detach()), loss=float(objective.detach())
             )
+            self.health.check_step(float(objective.detach()), site_losses=self._site_losses)
             return objective + (kl - kl.detach())
-        loss, _ = self._direct_loss(model, args, kwargs)
+        loss, params = self._direct_loss(model, args, kwargs)
         self.diagnostics["loss"] = float(loss.detach())
+        self.health.check_step(self.diagnostics["loss"], params, site_losses=self._site_losses)
         return loss
 
+    @translate_errors
     def loss(self, model, guide, *args, **kwargs) -> float:
         """The loss value (for ``"variational"``, the plug-in marginal loss with
         ``num_particles`` guide draws per row)."""
         with torch.no_grad():
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
+    @translate_errors
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Compute gradients for one SVI step and return the loss value."""
         if self.estimator not in GUIDED:
-            loss, _ = self._direct_loss(model, args, kwargs)
+            loss, params = self._direct_loss(model, args, kwargs)
+            value = float(loss.detach())
+            self.health.check_step(value, params, site_losses=self._site_losses)
             if loss.requires_grad:
                 loss.backward()
-            value = float(loss.detach())
+            self.health.check_step(value, params, gradients=True, divergence=False)
             self.diagnostics["loss"] = value
             return value
         cycle = self.guide_steps + 1
@@ -380,9 +411,13 @@ class MissingScoreMatching(ELBO):
         )
         if model_step:
             total = objective + (kl - kl.detach())
+            value = float(objective.detach())
+            params = model_params + guide_params
+            self.health.check_step(value, params, site_losses=self._site_losses)
             if total.requires_grad:
                 total.backward()
-            self._last_model_loss = float(objective.detach())
+            self.health.check_step(value, params, gradients=True, divergence=False)
+            self._last_model_loss = value
         else:
             if guide_params and kl.requires_grad:
                 kl.backward(inputs=guide_params)
