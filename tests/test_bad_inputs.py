@@ -162,7 +162,7 @@ CATALOGUE = [
         TypeError,
         "guide_particles",
     ),
-    ("guide-steps-negative", lambda: MissingScoreMatching(guide_steps=-1), ValueError, "at least 0"),
+    ("guide-steps-negative", lambda: MissingScoreMatching(guide_steps=-1), ValueError, "least 0"),
     # options of the health monitor itself
     ("health-type", lambda: MissingScoreMatching(health="yes"), TypeError, "health must be"),
     ("health-fraction", lambda: FitHealth(ess_fraction=2.0), ValueError, "ess_fraction"),
@@ -177,7 +177,7 @@ CATALOGUE = [
 
 @pytest.mark.parametrize(
     "case, expected, fragment",
-    [pytest.param(case, expected, fragment, id=name) for name, case, expected, fragment in CATALOGUE],
+    [pytest.param(case, exp, fragment, id=name) for name, case, exp, fragment in CATALOGUE],
 )
 def test_catalogue(case, expected, fragment):
     if issubclass(expected, Warning):

@@ -92,7 +92,8 @@ def test_injected_nan_parameter_raises_at_once_and_keeps_the_others():
 
     def model(data):
         m = pyro.param("loc", torch.zeros(3, dtype=data.dtype))
-        tril = pyro.param("L", torch.eye(3, dtype=data.dtype), constraint=constraints.lower_cholesky)
+        eye = torch.eye(3, dtype=data.dtype)
+        tril = pyro.param("L", eye, constraint=constraints.lower_cholesky)
         with pyro.plate("rows", data.shape[0]):
             pyro_msm.observe("x", GaussianEnergy(m, precision_tril=tril), obs=data)
 

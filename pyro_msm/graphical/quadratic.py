@@ -114,7 +114,7 @@ def penalty_grid(
     if not maximum > 0:
         raise ValueError(f"maximum penalty must be positive, got {maximum}")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num_penalties (the grid length) must be a positive integer, got {num!r}")
+        raise ValueError(f"num_penalties (grid length) must be a positive integer, got {num!r}")
     low = ratio * maximum if minimum is None else float(minimum)
     if not 0 < low <= maximum:
         raise ValueError(f"need 0 < minimum <= maximum, got {low} and {maximum}")

@@ -2,7 +2,6 @@
 
 from .em import CompletedRowsObjective
 from .health import FitHealth, FitHealthError, FitHealthWarning
-
 from .proposals import (
     DistributionProposal,
     GaussianConditionalProposal,

@@ -156,7 +156,7 @@ class FitHealth:
                 "((x - mean) / std); tune or silence with health=FitHealth(data_scale=...)",
             )
 
-    # -- importance weights -------------------------------------------------------------------------
+    # -- importance weights ---------------------------------------------------------------------
     def check_ess(self, ess: Tensor, num_particles: int, site: str | None = None) -> None:
         """Record the per-row ESS of one step and warn (once) when the weights are degenerate.
 
