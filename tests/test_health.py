@@ -180,3 +180,54 @@ def test_reset_forgets_the_history():
     health.reset()
     with pytest.warns(FitHealthWarning):
         health.check_ess(torch.ones(10), 10)
+
+
+# -- the guards against estimator exploitation ----------------------------------------------------
+
+
+def test_curvature_penalty_adds_lambda_sum_of_squared_diagonal_jacobian():
+    """For a Gaussian b_j = -P_jj everywhere, so the penalty per row is lambda sum_{j in o} P_jj^2
+    exactly, on top of the unchanged objective."""
+    from pyro_msm.infer import CurvaturePenalty
+
+    x, loc, precision = sample_table(4, 30, 0.3)
+    mask = ~torch.isnan(x)
+    model = fixed_model(loc, precision)
+    pyro.set_rng_seed(3)
+    plain = MissingScoreMatching("zeroed").loss(model, no_guide, x)
+    penalised = MissingScoreMatching("zeroed", objective=CurvaturePenalty(0.1)).loss(
+        model, no_guide, x
+    )
+    expected = 0.1 * float((mask.double() * precision.diagonal().square()).sum())
+    assert penalised - plain == pytest.approx(expected, rel=1e-9)
+    sliced = CurvaturePenalty(0.0, objective="sliced")
+    assert MissingScoreMatching("iw", objective=sliced).loss(model, no_guide, x) == pytest.approx(
+        MissingScoreMatching("iw", objective="sliced").loss(model, no_guide, x), rel=0.5
+    )
+    with pytest.raises(ValueError, match="weight"):
+        CurvaturePenalty(-1.0)
+
+
+def test_held_out_monitor_stops_after_patience_and_restores_the_best():
+    from pyro_msm.infer import HeldOutMonitor
+
+    x, loc, precision = sample_table(3, 60, 0.3)
+
+    def model(data):
+        m = pyro.param("loc", torch.zeros(3, dtype=data.dtype))
+        with pyro.plate("rows", data.shape[0]):
+            pyro_msm.observe("x", GaussianEnergy(m, precision), obs=data)
+
+    monitor = HeldOutMonitor(model, x, every=2, patience=2)
+    pyro.param("loc", loc.clone())  # the truth: the best the monitor will see
+    assert monitor(0) is False and monitor.best_step == 0
+    assert monitor(1) is False and len(monitor.history) == 1  # not an evaluation step
+    with torch.no_grad():
+        pyro.param("loc").unconstrained().add_(3.0)  # worse
+    assert monitor(2) is False
+    assert monitor(4) is True  # two evaluations without improvement
+    assert monitor.history[1][1] > monitor.best_loss
+    monitor.restore()
+    assert torch.allclose(pyro.param("loc").detach(), loc)
+    again = monitor.evaluate()
+    assert again == pytest.approx(monitor.best_loss)  # fixed draws: the same value
