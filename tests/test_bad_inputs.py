@@ -228,3 +228,26 @@ def test_trained_precision_constrained_positive_definite_stays_a_density():
     p = pyro.param("P").detach()
     assert torch.linalg.eigvalsh(p).min() > 0
     GaussianEnergy(torch.zeros(D), p).sample((2,))
+
+
+def test_trained_indefinite_precision_in_the_closed_form_is_refused_clearly():
+    """A trained precision is not checked per step; if it turns indefinite, the closed form
+    refuses it with the same clear error."""
+    p = (-torch.eye(D)).requires_grad_()
+    with pytest.raises(ValueError, match="not positive definite"):
+        loss("closed_form", model=model_for(p))
+
+
+def test_a_failed_factorisation_carries_a_note_with_its_causes():
+    from pyro_msm.infer.validation import translate_errors
+
+    @translate_errors
+    @translate_errors  # nested entry points (loss calls differentiable_loss): one note
+    def factorise():
+        return torch.linalg.cholesky(-torch.eye(2))
+
+    with pytest.raises(torch.linalg.LinAlgError) as info:
+        factorise()
+    if hasattr(info.value, "add_note"):  # Python >= 3.11
+        notes = info.value.__notes__
+        assert len(notes) == 1 and "not positive definite" in notes[0]

@@ -116,7 +116,8 @@ def translate_errors(method: F) -> F:
                 raise
             raise new from err
         except torch.linalg.LinAlgError as err:
-            if hasattr(err, "add_note"):
+            notes = " ".join(getattr(err, "__notes__", []))
+            if hasattr(err, "add_note") and "pyro_msm:" not in notes:  # once when nested
                 err.add_note(
                     "pyro_msm: a matrix factorisation failed. Usual causes: a precision that is "
                     "not positive definite (train precision_tril with "
