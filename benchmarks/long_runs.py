@@ -18,7 +18,8 @@ n=256, 40% MCAR; the issue's run), ``interaction`` (the squared-interaction mode
 MCAR), ``gaussian`` (a Gaussian at d=20, 40% MCAR). ``--smoke`` runs tiny sizes.
 
 Example: ``python benchmarks/long_runs.py --smoke`` or
-``python benchmarks/long_runs.py --cases mlp-iw --steps 400``.
+``python benchmarks/long_runs.py --cases mlp-iw --steps 3000`` (the issue's length; the default,
+300 steps per case, keeps the four cases to about half an hour on a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def gaussian_problem(n: int, seed: int, d: int = 20) -> Problem:
         truth,
         model,
         current,
-        lr=0.02,
+        lr=0.005,  # at 0.02 the first evaluation (step 25) is already past the best model
     )
 
 
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--csv", help="write the per-evaluation rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    steps = args.steps or (12 if args.smoke else 400)
+    steps = args.steps or (12 if args.smoke else 300)
     every = args.every or (4 if args.smoke else 25)
     all_rows, summaries = [], []
     for case in args.cases:
