@@ -15,7 +15,7 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_msm
 from pyro_msm.distributions import GaussianEnergy
-from pyro_msm.guides import no_guide
+from pyro_msm.guides import GaussianConditionalGuide, no_guide
 from pyro_msm.infer import FitHealth, FitHealthError, FitHealthWarning, MissingScoreMatching
 from pyro_msm.missingness import apply_mask, mcar_mask
 
@@ -139,6 +139,12 @@ CATALOGUE = [
         lambda: loss("variational", guide=AutoNormal(model_for()), data=huge()),
         FitHealthError,
         "Standardise",
+    ),
+    (
+        "huge-gaussian-guide",
+        lambda: loss("variational", guide=GaussianConditionalGuide(model_for()), data=huge()),
+        FitHealthError,
+        "GaussianConditionalGuide data",
     ),
     ("large-warns", lambda: loss("zeroed", data=huge(value=1e7)), FitHealthWarning, "reach 1e+07"),
     # item 6: non-finite parameters

@@ -14,6 +14,7 @@ from ..infer.gaussian import (
     conditional_gaussian_terms,
     pairwise_moments,
 )
+from ..infer.health import FitHealth
 from .base import MaskedSiteGuide, MissingBlockDistribution
 
 __all__ = ["GaussianConditionalGuide", "MissingBlockGaussian"]
@@ -154,6 +155,7 @@ class GaussianConditionalGuide(MaskedSiteGuide):
             return
         rows = data.reshape(-1, d)
         mask = observed_mask.expand(data.shape).reshape(-1, d)
+        FitHealth().check_data("GaussianConditionalGuide data", rows.detach(), mask)
         loc, covariance = pairwise_moments(rows.detach(), mask)
         init_loc, init_precision = self._init
         if init_loc is not None:
