@@ -110,12 +110,12 @@ class SquaredInteractionEnergy(Energy):
     :math:`\beta_k = \sum_{j \ne k} M_{kj} x_j^2 \le 0`; it is sampled exactly by rejection
     (acceptance rate at least 0.79, see :func:`_quartic_conditional`). Coordinates that do not
     interact (:math:`\theta_{ij} = 0`) are conditionally independent, so each colour class of
-    the interaction graph (:func:`~pyro_msm.distributions.gibbs.colour_classes`) is drawn in one vectorised block update; a
-    sparse graph needs a few blocks per sweep instead of ``d``. Chains start from the
-    model without interactions, :math:`\prod_j \exp(\theta_{jj} x_j^4)`, which is overdispersed
-    relative to the target (interactions only shrink), and run ``num_sweeps`` sweeps; the last
-    state is returned, so draws are independent across chains and approximate only through the
-    finite burn-in.
+    the interaction graph (:func:`~pyro_msm.distributions.gibbs.colour_classes`) is drawn in one
+    vectorised block update; a sparse graph needs a few blocks per sweep instead of ``d``.
+    Chains start from the model without interactions, :math:`\prod_j \exp(\theta_{jj} x_j^4)`,
+    which is overdispersed relative to the target (interactions only shrink), and run
+    ``num_sweeps`` sweeps; the last state is returned, so draws are independent across chains
+    and approximate only through the finite burn-in.
 
     :param theta: :math:`\theta`, shape ``batch + (d, d)``, symmetric or upper triangular.
     :param validate: check the integrability conditions (set False only for parameters valid by
