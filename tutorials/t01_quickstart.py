@@ -13,8 +13,9 @@ and compare all of them with the truth. Along the way we read the two numbers th
 reports: the loss value and the effective sample size (ESS) of the importance weights.
 
 Run this file top to bottom (``python t01_quickstart.py``, or open it as a notebook with
-jupytext). With ``PYRO_MSM_SMOKE=1`` it runs at tiny sizes in seconds (this is what CI does);
-at the sizes below it takes about two minutes on one CPU core.
+jupytext). With ``PYRO_MSM_SMOKE=1`` it runs at tiny sizes in seconds (this is what CI and
+the documentation build do); at the sizes below it takes about 90 s of CPU time (measured:
+87 s on the project's 2-core machine, one thread; longer in wall-clock time on a busy machine).
 """
 
 # %%

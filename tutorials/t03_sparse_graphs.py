@@ -19,7 +19,8 @@ al. (2005). This is one mask of the real-data protocol that ``pyro-msm reproduce
 repeats over missing rates and masks.
 
 With ``PYRO_MSM_SMOKE=1`` this runs at tiny sizes in seconds; at the sizes below it takes
-about a minute on one CPU core.
+about 75 s of CPU time (measured: 75 s on the project's 2-core machine, one thread; longer in
+wall-clock time on a busy machine).
 """
 
 # %%
@@ -228,8 +229,8 @@ for title, estimate in selected.items():
 # %%
 # What the numbers say
 # --------------------
-# In the run we measured (all 7466 cells, seed 0, 30% MCAR: 169 complete rows; 70 to 90 s on
-# one shared core, 40 to 47 s of it the variational path), all three methods recover the
+# In the run we measured (all 7466 cells, seed 0, 30% MCAR: 169 complete rows; 75 s of CPU
+# time in all, most of it the variational path), all three methods recover the
 # complete-data reference graphs almost perfectly: over the five densities, AUC 0.983 to 0.997
 # for Marg-Var, 0.986 to 1.000 for Marg-IW and 0.985 to 1.000 for mean imputation + glasso. So
 # on this table, with thousands of rows and a few strong partial correlations, mean imputation
