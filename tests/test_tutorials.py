@@ -7,6 +7,7 @@ just executed, with the library as it is now, is not run a second time (the test
 says so). Anywhere else, and for any tutorial the build did not run, the test runs it.
 """
 
+import ast
 import hashlib
 import os
 import subprocess
@@ -29,6 +30,22 @@ def test_the_tutorials_are_there():
         "t04_arviz",
         "t05_truncated",
     } <= names
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_the_tutorials_use_the_public_api_only(path):
+    """No experiment harnesses (``pyro_msm.experiments``) and no private names."""
+    imported = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            imported += [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            imported += [alias.name for alias in node.names]
+    ours = [name for name in imported if name.startswith("pyro_msm")]
+    assert ours, f"{path.name} does not use pyro_msm"
+    for name in ours:
+        assert not name.startswith("pyro_msm.experiments"), f"{path.name} imports {name}"
+        assert not any(part.startswith("_") for part in name.split(".")), name
 
 
 def executed_by_the_docs_build(path: Path) -> bool:
