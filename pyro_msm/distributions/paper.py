@@ -6,7 +6,7 @@ address: this module only re-exports them from their own modules,
 """
 
 from .gibbs import colour_classes
-from .squared_interaction import SquaredInteractionEnergy, _quartic_conditional
+from .squared_interaction import SquaredInteractionEnergy
 from .truncated import TruncatedGaussianEnergy, random_halfspace, truncated_standard_normal
 
 __all__ = [
@@ -15,5 +15,4 @@ __all__ = [
     "colour_classes",
     "random_halfspace",
     "truncated_standard_normal",
-    "_quartic_conditional",
 ]
