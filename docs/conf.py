@@ -3,10 +3,13 @@
 Build: ``python -m sphinx -W -b html docs docs/_build/html`` (after ``pip install -e ".[docs]"``).
 
 The tutorials in ``tutorials/`` are rendered by sphinx-gallery into ``docs/tutorials/``
-(generated, not committed). They are *not executed* by default: CI executes them in
-``tests/test_tutorials.py`` (smoke mode), and running them twice would double the cost. To
-render them with their outputs and figures, set ``PYRO_MSM_DOCS_EXECUTE=1`` (add
-``PYRO_MSM_SMOKE=1`` for tiny sizes).
+(generated, not committed) and *executed* during the build, so their pages show printed
+output and figures. ``PYRO_MSM_DOCS_EXECUTE`` chooses the sizes:
+
+- ``smoke`` (default): the tutorials' tiny sizes (``PYRO_MSM_SMOKE=1``); the whole build
+  takes a few minutes on 2 CPU cores;
+- ``full``: the sizes printed in each tutorial (several minutes each);
+- ``0``: render the code without running it (fastest; no outputs or figures).
 """
 
 from __future__ import annotations
@@ -99,7 +102,15 @@ def setup(app):
 
 
 # -- Tutorials (sphinx-gallery) -----------------------------------------------------------------
-_execute = os.environ.get("PYRO_MSM_DOCS_EXECUTE", "0") == "1"
+_mode = os.environ.get("PYRO_MSM_DOCS_EXECUTE", "smoke").strip().lower()
+if _mode not in ("smoke", "full", "0"):
+    raise ValueError(f"PYRO_MSM_DOCS_EXECUTE must be smoke, full or 0, got {_mode!r}")
+_execute = _mode != "0"
+if _mode == "smoke":
+    # the tutorials read this when sphinx-gallery runs them, in this process
+    os.environ["PYRO_MSM_SMOKE"] = "1"
+elif _mode == "full":
+    os.environ.pop("PYRO_MSM_SMOKE", None)
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "tutorials"),
     "gallery_dirs": "tutorials",

@@ -18,11 +18,13 @@ from scipy import integrate, stats
 import pyro_msm
 from pyro_msm.distributions.domains import HalfSpace, in_support
 from pyro_msm.distributions.gaussian import GaussianEnergy
-from pyro_msm.distributions.paper import (
+from pyro_msm.distributions.gibbs import colour_classes
+from pyro_msm.distributions.squared_interaction import (
     SquaredInteractionEnergy,
-    TruncatedGaussianEnergy,
     _quartic_conditional,
-    colour_classes,
+)
+from pyro_msm.distributions.truncated import (
+    TruncatedGaussianEnergy,
     random_halfspace,
     truncated_standard_normal,
 )
@@ -480,3 +482,19 @@ def test_truncated_expand_inside_plate_with_per_row_parameters():
     ref = TruncatedGaussianEnergy(locs[1], PREC, ORTHANT).simulate(5000, seed=11)
     se = torch.sqrt(row.var(0) / row.shape[0] + ref.var(0) / ref.shape[0])
     assert bool(((row.mean(0) - ref.mean(0)).abs() <= Z * se).all()), (row.mean(0), ref.mean(0))
+
+
+def test_the_old_module_paths_still_import_the_same_objects():
+    """``pyro_msm.distributions.paper`` (the energies' old home) and the package re-export the
+    objects of the per-model modules, not copies."""
+    from pyro_msm.distributions import gibbs, paper, squared_interaction, truncated
+
+    assert paper.SquaredInteractionEnergy is squared_interaction.SquaredInteractionEnergy
+    assert paper.TruncatedGaussianEnergy is truncated.TruncatedGaussianEnergy
+    assert paper.random_halfspace is truncated.random_halfspace
+    assert paper.truncated_standard_normal is truncated.truncated_standard_normal
+    assert paper.colour_classes is gibbs.colour_classes
+    assert pyro_msm.distributions.SquaredInteractionEnergy is SquaredInteractionEnergy
+    assert pyro_msm.distributions.TruncatedGaussianEnergy is TruncatedGaussianEnergy
+    assert SquaredInteractionEnergy.__module__ == "pyro_msm.distributions.squared_interaction"
+    assert TruncatedGaussianEnergy.__module__ == "pyro_msm.distributions.truncated"

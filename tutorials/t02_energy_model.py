@@ -16,7 +16,8 @@ In two dimensions we can look at everything: the learned densities, and the flow
 imputations of a missing coordinate whose true conditional has two modes.
 
 With ``PYRO_MSM_SMOKE=1`` this runs at tiny sizes in seconds; at the sizes below it takes
-about a minute on one CPU core (two on a busy one).
+about 70 s of CPU time (measured: 72 s on the project's 2-core machine, one thread; longer in
+wall-clock time on a busy machine).
 """
 
 # %%

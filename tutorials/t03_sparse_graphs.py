@@ -15,11 +15,12 @@ phospholipids) after hiding 30% of the entries completely at random, by
 
 and score each penalty path by its ROC AUC against two references: the graph that
 score matching finds on the *complete* table, and the 18-edge consensus network of Sachs et
-al. (2005). This is one mask of the real-data protocol of
-:func:`pyro_msm.experiments.graphs.real_data_protocol`.
+al. (2005). This is one mask of the real-data protocol that ``pyro-msm reproduce sachs``
+repeats over missing rates and masks.
 
 With ``PYRO_MSM_SMOKE=1`` this runs at tiny sizes in seconds; at the sizes below it takes
-about a minute on one CPU core.
+about 75 s of CPU time (measured: 75 s on the project's 2-core machine, one thread; longer in
+wall-clock time on a busy machine).
 """
 
 # %%
@@ -32,10 +33,10 @@ import matplotlib.pyplot as plt
 import torch
 
 from pyro_msm.datasets import load_sachs
-from pyro_msm.experiments.graphs import GraphConfig, reference_graphs, standardise
 from pyro_msm.graphical import (
     GraphicalScoreMatching,
     edge_metrics,
+    edges_from_precision,
     impute_glasso_path,
     path_auc,
     path_roc,
@@ -45,13 +46,20 @@ from pyro_msm.missingness import mcar_mask
 
 SMOKE = os.environ.get("PYRO_MSM_SMOKE", "0") == "1"
 N = 300 if SMOKE else None  # rows used (None: all 7466)
-# the penalty paths of the real-data protocol (30 penalties x 30 steps after 200 warm-up
-# steps, Adam 0.01, minibatches of 100, 2 guide steps per model step); tiny in smoke mode
-CONFIG = (
-    GraphConfig(num_penalties=4, steps_per_penalty=3, warmup_steps=5, guide_steps=1,
-                num_particles=4, baseline_penalties=4)
-    if SMOKE else GraphConfig()
-)  # fmt: skip
+# the penalty paths: 30 penalties from the empty graph down to 1/100 of that penalty, 30
+# proximal Adam steps per penalty after 200 warm-up steps, Adam 0.01, minibatches of 100 rows,
+# 2 guide steps per model step; tiny in smoke mode
+PATH = dict(
+    num_penalties=4 if SMOKE else 30,
+    penalty_ratio=0.01,
+    steps_per_penalty=3 if SMOKE else 30,
+    warmup_steps=5 if SMOKE else 200,
+    guide_steps=1 if SMOKE else 2,
+    num_particles=4 if SMOKE else 10,
+    lr=0.01,
+    batch_size=100,
+)
+BASELINE_PENALTIES = 4 if SMOKE else 30
 MISSING_RATE = 0.3
 torch.set_num_threads(1)  # d = 11: one thread is the fastest
 
@@ -60,10 +68,12 @@ torch.set_num_threads(1)  # d = 11: one thread is the fastest
 # --------
 # :func:`~pyro_msm.datasets.load_sachs` returns the bundled table and the consensus network.
 # Intensities are heavily right-skewed, so we take logarithms (``log=True``) and then
-# standardise every column, as the protocol does.
+# standardise every column (mean 0, standard deviation 1): the L1 penalty treats every entry
+# of the precision alike, so the columns should share a scale.
 data = load_sachs(log=True)
 names = data.columns
-z = standardise(data.x if N is None else data.x[:N])
+raw = data.x if N is None else data.x[:N]
+z = (raw - raw.mean(0)) / raw.std(0)
 n, d = z.shape
 print(f"{n} cells x {d} proteins: {', '.join(names)}")
 print(f"consensus network: {len(data.edges)} edges, e.g. {data.edges[:3]}")
@@ -72,27 +82,29 @@ print(f"consensus network: {len(data.edges)} edges, e.g. {data.edges[:3]}")
 # Reference graphs from the complete table
 # ----------------------------------------
 # On a complete table the penalised score-matching loss of a Gaussian is quadratic in the
-# precision, and :func:`~pyro_msm.graphical.quadratic_path` solves it exactly along a
-# penalty path. :func:`~pyro_msm.experiments.graphs.reference_graphs` reads that path at
-# the penalties whose edge density is closest to 0.05, 0.10, ..., 0.25 (of the 55 possible
-# edges). These are the graphs the incomplete-data methods should recover: the best that
-# the same model could do without missing values. The consensus network is a second,
-# external reference (a biological one; a Gaussian model of pooled conditions need not
-# find it).
-references = {r["reference"]: r["adjacency"] for r in reference_graphs(z)}
+# precision, and :class:`~pyro_msm.graphical.GraphicalScoreMatching` solves it exactly along
+# a penalty path (``solver="auto"`` picks this fast path, ``"quadratic"``, when nothing is
+# missing), then selects one penalty by eBIC. We run it on a fine grid (200 penalties, down
+# to 1/1000 of the empty-graph penalty) and read the path at the penalties whose edge density
+# is closest to 0.05, 0.10, ..., 0.25 (of the 55 possible edges). These reference graphs are
+# what the incomplete-data methods should recover: the best that the same model could do
+# without missing values. The consensus network is a second, external reference (a
+# biological one; a Gaussian model of pooled conditions need not find it).
+complete_fit = GraphicalScoreMatching(num_penalties=200, penalty_ratio=1e-3).fit(z)
+path_graphs = edges_from_precision(complete_fit.precisions_)  # (penalties, d, d) booleans
+density = path_graphs.triu(1).sum((-2, -1)) / (d * (d - 1) / 2)
+references = {}
+for target in [0.05, 0.10, 0.15, 0.20, 0.25]:
+    closest = int((density - target).abs().argmin())
+    references[f"density {target:g}"] = path_graphs[closest]
 references["consensus"] = data.adjacency
 for name, adjacency in references.items():
     print(f"{name:14s} {int(adjacency.triu(1).sum()):3d} edges")
 
-# %%
-# :class:`~pyro_msm.graphical.GraphicalScoreMatching` uses the same fast path when nothing
-# is missing (``solver="auto"`` picks ``"quadratic"``) and selects one penalty by eBIC.
-# With 7466 cells eBIC keeps many edges; we keep this fit to compare selected graphs below.
-complete_fit = GraphicalScoreMatching(num_penalties=CONFIG.baseline_penalties).fit(z)
-complete_auc = path_auc(data.adjacency, complete_fit.path_.precisions)
+complete_auc = path_auc(data.adjacency, complete_fit.precisions_)
 print(
     f"complete data: solver {complete_fit.solver_!r}, {len(complete_fit.edges_)} edges "
-    f"selected, AUC against the consensus {complete_auc:.3f}"
+    f"selected by eBIC, AUC of the path against the consensus {complete_auc:.3f}"
 )
 
 # %%
@@ -116,21 +128,9 @@ print(
 # one, then selects a penalty by eBIC on the observed entries. The variational estimator
 # trains an amortised Gaussian guide for the missing entries (``guide_steps`` guide updates
 # per model update); importance weighting needs no guide.
-sizes = dict(
-    num_penalties=CONFIG.num_penalties,
-    penalty_ratio=CONFIG.penalty_ratio,
-    steps_per_penalty=CONFIG.steps_per_penalty,
-    warmup_steps=CONFIG.warmup_steps,
-    guide_steps=CONFIG.guide_steps,
-    num_particles=CONFIG.num_particles,
-    lr=CONFIG.lr,
-    batch_size=CONFIG.batch_size,
-    seed=0,
-    progress=not SMOKE,
-)
 fits = {}
 for estimator in ["variational", "iw"]:
-    fits[estimator] = GraphicalScoreMatching(estimator, **sizes).fit(x)
+    fits[estimator] = GraphicalScoreMatching(estimator, **PATH, seed=0).fit(x)
     print(
         f"{estimator:12s} {fits[estimator].path_.seconds:6.1f} s, "
         f"{len(fits[estimator].edges_)} edges selected by eBIC"
@@ -145,10 +145,7 @@ for estimator in ["variational", "iw"]:
 # distorted covariance; the question is whether that distortion changes the *ranking* of
 # edges, which is what the AUC measures. We select its penalty by the same eBIC.
 start = time.perf_counter()
-glasso = impute_glasso_path(
-    x, imputer="mean", num_penalties=CONFIG.baseline_penalties,
-    penalty_ratio=CONFIG.penalty_ratio,
-)  # fmt: skip
+glasso = impute_glasso_path(x, imputer="mean", num_penalties=BASELINE_PENALTIES, penalty_ratio=0.01)
 glasso_index, _ = select_ebic(z, mask, glasso.locs, glasso.precisions)
 print(f"mean_glasso  {time.perf_counter() - start:6.1f} s")
 
@@ -232,14 +229,14 @@ for title, estimate in selected.items():
 # %%
 # What the numbers say
 # --------------------
-# In the run we measured (all 7466 cells, seed 0, 30% MCAR: 169 complete rows; 70 to 90 s on
-# one shared core, 40 to 47 s of it the variational path), all three methods recover the
+# In the run we measured (all 7466 cells, seed 0, 30% MCAR: 169 complete rows; 75 s of CPU
+# time in all, most of it the variational path), all three methods recover the
 # complete-data reference graphs almost perfectly: over the five densities, AUC 0.983 to 0.997
 # for Marg-Var, 0.986 to 1.000 for Marg-IW and 0.985 to 1.000 for mean imputation + glasso. So
 # on this table, with thousands of rows and a few strong partial correlations, mean imputation
 # distorts the covariance but not the *order* in which edges enter, and marginal score
 # matching shows no advantage over the shortcut at 30% MCAR (whether it does at higher rates
-# is what :func:`pyro_msm.experiments.graphs.sachs` measures, over rates and masks). Against
+# is what ``pyro-msm reproduce sachs`` measures, over rates and masks). Against
 # the consensus network every path scores an AUC of 0.58, and the complete-data path itself
 # only 0.67: a Gaussian model of measurements pooled over perturbation experiments finds a
 # different graph from the literature's causal one (with or without missing values, one of its

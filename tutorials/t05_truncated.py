@@ -18,7 +18,8 @@ Here we fit a Gaussian truncated to the positive orthant, compare with a fit tha
 boundary, and impute the missing entries, which then stay inside the domain.
 
 With ``PYRO_MSM_SMOKE=1`` this runs at tiny sizes in seconds; at the sizes below it takes
-one to two minutes on one CPU core.
+about 40 s of CPU time (measured: 40 s on the project's 2-core machine, one thread; longer in
+wall-clock time on a busy machine).
 """
 
 # %%

@@ -10,6 +10,10 @@ loader                                 shape         what
                                                      samples of 7 tissues
 =====================================  ============  ============================================
 
+Simulated tables with a known truth (:mod:`pyro_msm.datasets.simulated`):
+:func:`simulate_gaussian` draws a Gaussian with a known precision, complete rows and an MCAR,
+MAR or MNAR mask (:class:`GaussianProblem` keeps the truth, the complete and the masked table).
+
 Files live in ``pyro_msm/datasets/data/`` (gzip-compressed CSV, about 0.9 MB in all); their
 sources, licences and citations are in the README there and in each loader's docstring.
 """
@@ -26,12 +30,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .simulated import MECHANISMS, GaussianProblem, random_precision, simulate_gaussian
+
 __all__ = [
     "SachsData",
     "TissueData",
     "load_sachs",
     "load_tissue_gene_expression",
     "SACHS_COLUMNS",
+    "simulate_gaussian",
+    "random_precision",
+    "GaussianProblem",
+    "MECHANISMS",
 ]
 
 #: Column names of :func:`load_sachs`, in order.

@@ -4,8 +4,9 @@ from .domains import HalfSpace
 from .energy import Energy, FunctionEnergy
 from .gaussian import GaussianEnergy
 from .neural import EnergyMLP, MLPEnergy
-from .paper import SquaredInteractionEnergy, TruncatedGaussianEnergy, random_halfspace
 from .sampling import mala_sample
+from .squared_interaction import SquaredInteractionEnergy
+from .truncated import TruncatedGaussianEnergy, random_halfspace
 
 __all__ = [
     "Energy",

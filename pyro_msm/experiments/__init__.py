@@ -1,15 +1,14 @@
 """Reproducible experiments shared by the command line demo, the benchmarks and the tests."""
 
+from ..datasets.simulated import MECHANISMS, GaussianProblem, random_precision, simulate_gaussian
 from .accuracy import GAUSSIAN_ACCURACY, gaussian_accuracy
 from .gaussian import (
     DEFAULT_ESTIMATORS,
     DEMO_ESTIMATORS,
     GUIDES,
-    MECHANISMS,
     Comparison,
     EstimatorSpec,
     FitResult,
-    GaussianProblem,
     compare_estimators,
     complete_data_estimate,
     fit_gaussian,
@@ -17,9 +16,7 @@ from .gaussian import (
     make_gaussian_model,
     make_guide,
     precision_error,
-    random_precision,
     score_mse,
-    simulate_gaussian,
 )
 from .graphs import GRAPH_EXPERIMENTS
 from .interaction import interaction, plot_interaction

@@ -1,8 +1,9 @@
 """The Gaussian accuracy experiment: every estimator against the exact marginal answer.
 
-For each setting and seed one masked table is simulated (:func:`~.gaussian.simulate_gaussian`)
-and every method is fitted to that same table (:func:`~.gaussian.compare_estimators`). Shared by
-``benchmarks/accuracy_gaussian.py`` and ``pyro-msm reproduce gaussian``.
+For each setting and seed one masked table is simulated
+(:func:`~pyro_msm.datasets.simulate_gaussian`) and every method is fitted to that same table
+(:func:`~.gaussian.compare_estimators`). Shared by ``benchmarks/accuracy_gaussian.py`` and
+``pyro-msm reproduce gaussian``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .gaussian import DEFAULT_ESTIMATORS, compare_estimators, simulate_gaussian
+from ..datasets.simulated import simulate_gaussian
+from .gaussian import DEFAULT_ESTIMATORS, compare_estimators
 from .reporting import Experiment, summarise
 
 __all__ = [

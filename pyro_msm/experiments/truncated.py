@@ -2,7 +2,7 @@ r"""The truncated-Gaussian experiment of Givens, Liu & Reeve (2025): every estim
 Gaussian truncated to a random half-space, as the sample size grows.
 
 Simulation (:func:`simulate_truncated`, one seeded :class:`torch.Generator`): a precision
-:math:`P` with condition number 10 (:func:`~pyro_msm.experiments.gaussian.random_precision`), a
+:math:`P` with condition number 10 (:func:`~pyro_msm.datasets.random_precision`), a
 mean :math:`\mu \sim N(0, I)`, the half-space :math:`D = \{x : w^\top x \le w^\top\mu\}` with
 :math:`w` uniform on the sphere (:func:`~pyro_msm.distributions.random_halfspace`, the boundary
 through the mean), ``n`` exact draws of :math:`N(\mu, P^{-1})` restricted to :math:`D`
@@ -53,9 +53,10 @@ from pyro.distributions import constraints
 from torch import Tensor
 from torch.distributions.constraints import Constraint
 
+from ..datasets.simulated import random_precision
 from ..distributions import HalfSpace, TruncatedGaussianEnergy, random_halfspace
 from ..missingness import MaskedTable, mcar_mask
-from .gaussian import fit_gaussian, precision_error, random_precision
+from .gaussian import fit_gaussian, precision_error
 from .harness import complete_case_note, fit_fields
 
 __all__ = [
