@@ -19,14 +19,14 @@ from .exact import em_path, exact_penalties, marginal_path, refit_support
 from .metrics import DEFAULT_EDGE_THRESHOLD, edges_from_precision
 from .path import PROX_RULES, PenaltyPath, as_data_and_mask, score_matching_path
 from .quadratic import max_penalty, penalty_grid, quadratic_path, sample_covariance
-from .selection import cross_validate, ebic_score_matching, select_ebic
+from .selection import cross_validate, ebic, ebic_score_matching, support_refits
 
 __all__ = ["GraphicalScoreMatching", "SOLVERS", "SELECTIONS", "GridEdgeWarning"]
 
 #: Solvers of :class:`GraphicalScoreMatching`.
 SOLVERS = ("auto", "em", "marginal", "quadratic", "iterative")
 #: Selection rules of :class:`GraphicalScoreMatching`.
-SELECTIONS = ("ebic", "ebic_likelihood", "cv")
+SELECTIONS = ("ebic", "ebic_sm", "cv")
 
 #: Default path length of the exact solvers (the iterative solver keeps the paper's 100).
 EXACT_NUM_PENALTIES = 20
@@ -80,13 +80,14 @@ class GraphicalScoreMatching:
       ``"iterative"`` when a ``support`` is given. On complete data all of them minimise the
       same objective.
 
-    **Selection** (``selection``): ``"ebic"`` (default), the eBIC of the score-matching loss
-    calibrated as in genscore (:func:`~pyro_msm.graphical.ebic_score_matching`);
-    ``"ebic_likelihood"``, the eBIC of the observed-data Gaussian likelihood
-    (:func:`~pyro_msm.graphical.select_ebic`); ``"cv"``, ``cv_folds``-fold cross-validation of
-    the held-out marginal loss (:func:`~pyro_msm.graphical.cross_validate`; the path is refitted
-    on every fold). A :class:`GridEdgeWarning` is raised when the selected penalty is an end of
-    the grid. ``refit=True`` refits the selected support without penalty
+    **Selection** (``selection``): ``"ebic"`` (default), the eBIC of the observed-data
+    Gaussian likelihood (:func:`~pyro_msm.graphical.ebic`), exact for this model; ``"ebic_sm"``,
+    the eBIC of the score-matching loss calibrated as in genscore
+    (:func:`~pyro_msm.graphical.ebic_score_matching`; measured to select too many edges on
+    Gaussian data, docs/benchmarks.md, so not the default); ``"cv"``, ``cv_folds``-fold
+    cross-validation of the held-out marginal loss (:func:`~pyro_msm.graphical.cross_validate`;
+    the path is refitted on every fold). A :class:`GridEdgeWarning` is raised when the selected
+    penalty is an end of the grid. ``refit=True`` refits the selected support without penalty
     (:func:`~pyro_msm.graphical.refit_support`).
 
     **Speed.** The exact solvers run on full batches in float64 with torch; ``n_jobs`` sets
@@ -114,7 +115,8 @@ class GraphicalScoreMatching:
     :param penalty_ratio: smallest over largest default penalty.
     :param selection: one of :data:`SELECTIONS`.
     :param ebic_beta: eBIC parameter in ``[0, 1]``.
-    :param ebic_refit: score-matching eBIC after refitting each support (genscore's default).
+    :param ebic_refit: score each path estimate after refitting its support without penalty
+        (:func:`~pyro_msm.graphical.support_refits`; genscore's ``BIC_refit``).
     :param cv_folds: folds for ``selection="cv"``.
     :param refit: refit the selected support without penalty.
     :param threshold: an edge is :math:`|P_{ij}| >` ``threshold``.
@@ -159,7 +161,7 @@ class GraphicalScoreMatching:
         penalty_ratio: float = 0.01,
         selection: str = "ebic",
         ebic_beta: float = 0.5,
-        ebic_refit: bool = True,
+        ebic_refit: bool = False,
         cv_folds: int = 5,
         refit: bool = False,
         threshold: float = DEFAULT_EDGE_THRESHOLD,
@@ -375,12 +377,17 @@ class GraphicalScoreMatching:
     def _select(
         self, data: Tensor, observed: Tensor, solver: str, path: PenaltyPath
     ) -> tuple[int, Tensor]:
-        if self.selection == "ebic_likelihood":
-            return select_ebic(
-                data, observed, path.locs, path.precisions, beta=self.ebic_beta,
+        if self.selection == "ebic":
+            precisions = path.precisions
+            if self.ebic_refit:
+                precisions = support_refits(
+                    data, observed, path.locs, precisions, threshold=self.threshold
+                )
+            scores = ebic(
+                data, observed, path.locs, precisions, beta=self.ebic_beta,
                 threshold=self.threshold,
             )  # fmt: skip
-        if self.selection == "ebic":
+        elif self.selection == "ebic_sm":
             scores = ebic_score_matching(
                 data, observed, path.locs, path.precisions, beta=self.ebic_beta,
                 threshold=self.threshold, refit=self.ebic_refit,

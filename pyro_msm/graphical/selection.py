@@ -17,7 +17,11 @@ with :math:`\bar L` the mean exact marginal loss of the observed entries
 (:func:`~pyro_msm.infer.gaussian.grouped_marginal_loss`; on complete data the classical
 score-matching loss) and :math:`(\tilde\mu, \tilde P)` the refit (:func:`support_refits`:
 the expected Gram matrix of the fit's E-step held fixed, the quadratic problem solved on the
-support without penalty), or the penalised estimate with ``refit=False``. The
+support without penalty), or the penalised estimate with ``refit=False``. Unlike a
+log-likelihood, the score-matching loss is not invariant to the units of the data
+(:math:`x \to cx` scales it by :math:`1/c^2`), so it is evaluated on the table standardised by
+the observed standard deviations (with :math:`\tilde P` transformed accordingly), as genscore's
+default scaling of the data does. The
 binomial term is the exact form of Foygel & Drton's :math:`4\beta|E|\log d`.
 
 **Cross-validation** (:func:`cross_validate`): fit the path on K-1 folds, score the held-out
@@ -221,8 +225,13 @@ def ebic_score_matching(
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     n, d = x.shape
     x64 = x.detach().to(torch.float64)
-    stats = pattern_statistics(x64, mask)
     scored = support_refits(x64, mask, locs, precisions, threshold=threshold) if refit else None
+    # the loss is not scale-free (x -> cx scales it by 1/c^2): score the standardised table
+    m = mask.to(torch.float64)
+    count = m.sum(0).clamp(min=1)
+    centre = (x64 * m).sum(0) / count
+    sd = ((((x64 - centre) * m) ** 2).sum(0) / count).sqrt().clamp(min=1e-300)
+    stats = pattern_statistics(torch.where(mask, x64 / sd, torch.zeros_like(x64)), mask)
     pairs = d * (d - 1) // 2
     scores = []
     for k, (loc, precision) in enumerate(zip(locs, precisions, strict=True)):
@@ -232,7 +241,8 @@ def ebic_score_matching(
         if int(torch.linalg.cholesky_ex(0.5 * (q + q.T))[1]) != 0:
             scores.append(math.inf)
             continue
-        loss = float(grouped_marginal_loss(stats, loc.to(torch.float64), q))
+        q = q * sd[:, None] * sd[None, :]
+        loss = float(grouped_marginal_loss(stats, loc.to(torch.float64) / sd, q))
         scores.append(n * loss + edges * math.log(n) + 2.0 * beta * _log_binomial(pairs, edges))
     return torch.tensor(scores, dtype=torch.float64)
 
