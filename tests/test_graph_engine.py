@@ -91,17 +91,17 @@ def test_grouped_closed_forms_equal_the_per_row_ones(rate):
 
 
 def test_marginal_solver_satisfies_its_optimality_conditions():
-    _, data, mask = _problem("chain", d=5, n=300, rate=0.3, seed=1)
+    _, data, mask = _problem("chain", d=4, n=200, rate=0.3, seed=1)
     top, _, _ = empty_graph_penalty(data, mask)
     penalty = 0.2 * top
-    sol = marginal_score_matching(data, mask, penalty, tol=1e-10, max_iter=5000)
+    sol = marginal_score_matching(data, mask, penalty, tol=1e-8, max_iter=3000)
     assert sol.converged
     violation = marginal_kkt_violation(data, mask, sol.loc, sol.precision, penalty)
-    assert violation < 1e-5 * max(1.0, penalty)
+    assert violation < 1e-5
     off = sol.precision - torch.diag(sol.precision.diagonal())
     assert (off == 0).any() and (off != 0).any()  # a sparse, non-trivial solution
     # a perturbed point is worse and violates the conditions
-    worse = sol.precision + 0.05 * torch.eye(5, dtype=torch.float64)
+    worse = sol.precision + 0.05 * torch.eye(4, dtype=torch.float64)
     assert marginal_kkt_violation(data, mask, sol.loc, worse, penalty) > 1e-3
     value = marginal_objective(data, mask, sol.loc, sol.precision)
     assert value < marginal_objective(data, mask, sol.loc, worse)

@@ -161,7 +161,7 @@ class GraphicalScoreMatching:
         penalty_ratio: float = 0.01,
         selection: str = "ebic",
         ebic_beta: float = 0.5,
-        ebic_refit: bool = False,
+        ebic_refit: bool = True,
         cv_folds: int = 5,
         refit: bool = False,
         threshold: float = DEFAULT_EDGE_THRESHOLD,

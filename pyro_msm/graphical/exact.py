@@ -316,11 +316,15 @@ def marginal_score_matching(
         new_objective = f_new + penalty * float(_l1(new_p))
         size = max(float((new_p - p).abs().max()), float((new_loc - loc).abs().max()))
         scale = max(1.0, float(new_p.abs().max()))
-        if new_objective > objective:  # function-value restart: drop the momentum
+        # gradient restart (O'Donoghue & Candes): the momentum points uphill
+        uphill = float(
+            ((y_p - new_p) * (new_p - p)).sum() + ((y_loc - new_loc) * (new_loc - loc)).sum()
+        )
+        if uphill > 0 or new_objective > objective + 1e-12 * abs(objective):
             theta = 1.0
             restarts += 1
         old_p, old_loc = p, loc
-        p, loc, objective = new_p, new_loc, min(new_objective, objective)
+        p, loc, objective = new_p, new_loc, new_objective
         if size <= tol * scale:
             converged = True
             break
@@ -332,7 +336,8 @@ def marginal_score_matching(
         if beta > 0 and not _is_positive_definite(y_p):  # extrapolated out of the cone
             y_p, y_loc, theta = p, loc, 1.0
             restarts += 1
-        t *= 1.5  # let the step grow back; backtracking shrinks it when needed
+        if k % 20 == 0:
+            t *= 2.0  # let the step grow back now and then; backtracking shrinks it
     return ExactSolution(
         loc=loc,
         precision=p,
