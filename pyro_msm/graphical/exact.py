@@ -498,7 +498,7 @@ def em_score_matching(
     patterns = missingness_patterns(observed)
     converged, k, floored, inner = False, 0, 0, 0
     s = None
-    inner_now = max(inner_tol, 1e-4)
+    inner_now = inner_tol if complete else max(inner_tol, 1e-4)
     for k in range(1, int(max_iter) + 1):  # noqa: B007
         _, mean, s = expected_statistics(data, observed, loc, p, patterns=patterns)
         # the M-step need only be as accurate as EM is close to its fixed point
