@@ -531,12 +531,14 @@ def em_path(
     num_penalties: int = 30,
     penalty_ratio: float = 0.01,
     tol: float = 1e-4,
-    max_iter: int = 500,
+    max_iter: int = 100,
     inner_tol: float = 1e-9,
     progress: bool | None = False,
 ) -> PenaltyPath:
     """:func:`em_score_matching` along decreasing penalties (default :func:`exact_penalties`),
-    each warm-started from the previous penalty's fit.
+    each warm-started from the previous penalty's fit. ``max_iter`` (100) bounds the EM
+    iterations per penalty: EM converges at the rate of the fraction of missing information,
+    slowly at 80% missing; ``info["converged"]`` says where the cap was hit.
 
     :returns: a :class:`~pyro_msm.graphical.PenaltyPath` labelled ``"em"``; ``info`` holds
         ``iterations``, ``converged`` and the final E-step Gram matrices ``covariances``
