@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["plot_loss_curves", "plot_metric_curves"]
+__all__ = ["plot_loss_curves", "plot_metric_curves", "plot_graph", "plot_path"]
 
 
 def _figure_class() -> Any:
@@ -161,6 +161,128 @@ def plot_metric_curves(
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize="small", loc="best")
     return _save(fig, path, title, dpi=90)
+
+
+def plot_graph(
+    precision: Any,
+    *,
+    names: Sequence[str] | None = None,
+    threshold: float = 1e-4,
+    path: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+    ax: Any = None,
+) -> Any:
+    r"""Draw a sparse Gaussian graph on a circle: one node per variable, one edge per nonzero
+    off-diagonal precision entry, coloured by the sign of the partial correlation
+    (:math:`-P_{ij}/\sqrt{P_{ii}P_{jj}}`; blue positive, red negative) with width growing with
+    its size. matplotlib only (a circle layout needs no graph library).
+
+    :param precision: ``(d, d)`` precision (tensor or array).
+    :param names: node labels (default ``x0 .. x{d-1}``).
+    :param threshold: an edge is :math:`|P_{ij}| >` ``threshold``.
+    :param path: if given, save the figure there.
+    :param title: figure title.
+    :param ax: draw into this matplotlib Axes instead of a new figure.
+    :returns: the matplotlib Figure.
+    :raises ImportError: when matplotlib is not installed (the ``plot`` extra).
+    """
+    import numpy as np
+
+    p = np.asarray(precision.detach().cpu() if hasattr(precision, "detach") else precision,
+                   dtype=float)  # fmt: skip
+    if p.ndim != 2 or p.shape[0] != p.shape[1]:
+        raise ValueError(f"plot_graph: precision must be square (d, d), got {p.shape}")
+    d = p.shape[0]
+    labels = [f"x{j}" for j in range(d)] if names is None else [str(v) for v in names]
+    if len(labels) != d:
+        raise ValueError(f"plot_graph: {len(labels)} names for {d} variables")
+    scale = 1.0 / np.sqrt(np.abs(np.diag(p)).clip(min=1e-300))
+    partial = -p * scale[:, None] * scale[None, :]
+    if ax is None:
+        fig = _figure_class()(figsize=(5.5, 5.5), layout="constrained")
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    angle = 2 * math.pi * np.arange(d) / d
+    xs, ys = np.cos(angle), np.sin(angle)
+    rows, cols = np.nonzero(np.triu(np.abs(p) > threshold, k=1))
+    strength = np.abs(partial[rows, cols])
+    top = float(strength.max()) if len(strength) else 1.0
+    for i, j, w in zip(rows, cols, strength, strict=True):
+        colour = "tab:blue" if partial[i, j] > 0 else "tab:red"
+        ax.plot([xs[i], xs[j]], [ys[i], ys[j]], color=colour, alpha=0.75,
+                linewidth=0.5 + 3.0 * w / top, zorder=1)  # fmt: skip
+    ax.scatter(xs, ys, s=60, color="white", edgecolors="black", zorder=2)
+    if d <= 60:
+        for j in range(d):
+            ax.annotate(labels[j], (1.12 * xs[j], 1.12 * ys[j]), ha="center", va="center",
+                        fontsize="small" if d <= 30 else "x-small")  # fmt: skip
+    ax.set_aspect("equal")
+    ax.set_xlim(-1.35, 1.35)
+    ax.set_ylim(-1.35, 1.35)
+    ax.axis("off")
+    ax.set_title(title or f"{len(rows)} edges")
+    if path is not None:
+        _save(fig, path, None, dpi=120)
+    return fig
+
+
+def plot_path(
+    penalties: Any,
+    precisions: Any,
+    *,
+    selected: int | None = None,
+    criterion: Any = None,
+    threshold: float = 1e-4,
+    path: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+) -> Any:
+    """Draw a penalty path: the off-diagonal precision entries (coefficient paths) and the edge
+    count against the penalty (log scale), with the selected penalty marked, and the selection
+    criterion when given.
+
+    :param penalties: ``(k,)``. :param precisions: ``(k, d, d)``.
+    :param selected: index of the selected penalty (a vertical line).
+    :param criterion: ``(k,)`` selection scores (eBIC or held-out loss), a third panel.
+    :param threshold: edge threshold for the count.
+    :param path: if given, save the figure there.
+    :param title: figure title.
+    :returns: the matplotlib Figure.
+    """
+    import numpy as np
+
+    def arr(v: Any) -> Any:
+        return np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=float)
+
+    gam, prec = arr(penalties), arr(precisions)
+    if prec.ndim != 3 or prec.shape[0] != gam.shape[0]:
+        raise ValueError("plot_path: precisions must be (k, d, d) with k = len(penalties)")
+    d = prec.shape[-1]
+    iu = np.triu_indices(d, k=1)
+    coef = prec[:, iu[0], iu[1]]
+    count = (np.abs(coef) > threshold).sum(1)
+    panels = 3 if criterion is not None else 2
+    fig = _figure_class()(figsize=(4.2 * panels, 3.4), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    axes[0].plot(gam, coef, linewidth=0.7)
+    axes[0].set_ylabel("off-diagonal precision")
+    axes[1].plot(gam, count, marker="o", markersize=3)
+    axes[1].set_ylabel("edges")
+    if criterion is not None:
+        crit = arr(criterion)
+        axes[2].plot(gam, np.where(np.isfinite(crit), crit, np.nan), marker="o", markersize=3)
+        axes[2].set_ylabel("selection criterion")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("penalty")
+        ax.grid(alpha=0.3)
+        if selected is not None:
+            ax.axvline(gam[int(selected)], color="black", linestyle="--", linewidth=1.0)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        _save(fig, path, None, dpi=110)
+    return fig
 
 
 def _save(fig: Any, path: str | os.PathLike[str], title: str | None, dpi: int) -> str:

@@ -347,13 +347,18 @@ def test_estimator_complete_data_uses_the_fast_path():
     assert model.set_params(estimator="iw").estimator == "iw"
 
 
+@pytest.mark.filterwarnings("ignore::pyro_msm.graphical.GridEdgeWarning")
 def test_estimator_with_missing_data_runs_the_iterative_path():
     problem = simulate_graph("star", d=5, n=300, missing_rate=0.2, seed=7)
     model = GraphicalScoreMatching(
-        "iw", num_penalties=5, warmup_steps=20, steps_per_penalty=5
-    ).fit(problem.x, problem.mask)
+        "iw", solver="iterative", num_penalties=5, warmup_steps=20, steps_per_penalty=5,
+        progress=False,
+    ).fit(problem.x, problem.mask)  # fmt: skip
     assert model.solver_ == "iterative" and model.path_.precisions.shape == (5, 5, 5)
     assert len(model.path_.losses) == 20 + 25
+    # the default with missing entries is the exact EM solver
+    default = GraphicalScoreMatching(num_penalties=8).fit(problem.x, problem.mask)
+    assert default.solver_ == "em" and default.path_.method == "em"
     with pytest.raises(ValueError, match="missing entries"):
         GraphicalScoreMatching(solver="quadratic").fit(problem.observed)
 

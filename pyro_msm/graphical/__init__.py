@@ -1,7 +1,9 @@
 r"""Sparse Gaussian graphical models from incomplete data by L1-penalised marginal score
 matching.
 
-- :class:`GraphicalScoreMatching`: the scikit-learn-shaped estimator (path + eBIC selection).
+- :class:`GraphicalScoreMatching`: the scikit-learn-shaped estimator (path + selection).
+- :func:`em_path`, :func:`marginal_path`: exact deterministic solvers with missing entries (EM
+  score matching; the exact marginal objective by accelerated proximal gradient).
 - :func:`score_matching_path`: the penalty path with any estimator of
   :class:`~pyro_msm.infer.MissingScoreMatching` (proximal Adam, the paper's protocol).
 - :func:`quadratic_path`, :func:`quadratic_score_matching`: the exact complete-data fast path.
@@ -19,7 +21,20 @@ from .baselines import (
     impute_glasso_cv,
     impute_glasso_path,
 )
-from .estimator import SOLVERS, GraphicalScoreMatching
+from .estimator import SELECTIONS, SOLVERS, GraphicalScoreMatching, GridEdgeWarning
+from .exact import (
+    ExactSolution,
+    em_kkt_violation,
+    em_path,
+    em_score_matching,
+    empty_graph_penalty,
+    exact_penalties,
+    marginal_kkt_violation,
+    marginal_objective,
+    marginal_path,
+    marginal_score_matching,
+    refit_support,
+)
 from .generators import (
     GRAPHS,
     GraphProblem,
@@ -57,12 +72,37 @@ from .quadratic import (
     quadratic_path,
     quadratic_score_matching,
     sample_covariance,
+    subgradient_violation,
 )
-from .selection import ebic, observed_log_likelihood, select_ebic
+from .selection import (
+    cross_validate,
+    ebic,
+    ebic_score_matching,
+    observed_log_likelihood,
+    select_ebic,
+    support_refits,
+)
 
 __all__ = [
     "GraphicalScoreMatching",
+    "GridEdgeWarning",
     "SOLVERS",
+    "SELECTIONS",
+    "ExactSolution",
+    "em_path",
+    "em_score_matching",
+    "em_kkt_violation",
+    "marginal_path",
+    "marginal_score_matching",
+    "marginal_kkt_violation",
+    "marginal_objective",
+    "empty_graph_penalty",
+    "exact_penalties",
+    "refit_support",
+    "subgradient_violation",
+    "ebic_score_matching",
+    "support_refits",
+    "cross_validate",
     "PenaltyPath",
     "score_matching_path",
     "default_penalties",

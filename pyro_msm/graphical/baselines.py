@@ -14,7 +14,8 @@ score-matching :math:`\gamma`; paths run from :math:`\alpha_{\max} = \max_{i\ne 
 - :func:`em_glasso`: EM for the penalised Gaussian likelihood of the observed entries
   (Stadler & Buhlmann 2012). E-step: for each row, the conditional mean of the missing
   block and its conditional covariance :math:`\Theta_{uu}^{-1}` under the current fit
-  (:func:`~pyro_msm.infer.gaussian.conditional_gaussian`), giving the expected sufficient
+  (:func:`~pyro_msm.infer.gaussian.expected_statistics`, shared with EM score matching),
+  giving the expected sufficient
   statistics :math:`\mu = \frac1n\sum_i \hat x_i` and
   :math:`S = \frac1n\sum_i [(\hat x_i-\mu)(\hat x_i-\mu)^\top + C_i]`; M-step: scikit-learn's
   ``graphical_lasso(S, alpha)``. :func:`em_glasso_path` warm-starts each penalty's EM from the
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..infer.gaussian import conditional_gaussian, pairwise_moments
+from ..infer.gaussian import expected_statistics, pairwise_moments
 from .path import PenaltyPath, as_data_and_mask
 from .quadratic import penalty_grid
 
@@ -234,14 +235,8 @@ def _expected_statistics(
     x: Tensor, mask: Tensor, loc: Tensor, precision: Tensor
 ) -> tuple[Tensor, Tensor]:
     """E-step: mean and covariance of the completed rows under ``N(loc, precision^-1)``."""
-    mean, chol = conditional_gaussian(x, mask, loc, precision)
-    missing = (~mask).to(x.dtype)
-    # the inverse of restrict(precision, missing) is blockdiag(Theta_uu^-1, I): keep u x u
-    conditional = torch.cholesky_inverse(chol) * missing.unsqueeze(-1) * missing.unsqueeze(-2)
-    mu = mean.mean(0)
-    centred = mean - mu
-    covariance = (centred.T @ centred + conditional.sum(0)) / x.shape[0]
-    return mu, 0.5 * (covariance + covariance.T)
+    _, mu, covariance = expected_statistics(x, mask, loc, precision)
+    return mu, covariance
 
 
 def em_glasso(

@@ -1,10 +1,12 @@
-"""A scikit-learn-shaped estimator of sparse Gaussian graphs by penalised marginal score
-matching."""
+"""A scikit-learn-shaped estimator of sparse Gaussian graphs by penalised score matching from
+incomplete tables."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,61 +14,128 @@ import torch
 from torch import Tensor
 
 from ..infer import ESTIMATORS
+from ..tables import as_table, is_dataframe
+from .exact import em_path, exact_penalties, marginal_path, refit_support
 from .metrics import DEFAULT_EDGE_THRESHOLD, edges_from_precision
 from .path import PROX_RULES, PenaltyPath, as_data_and_mask, score_matching_path
 from .quadratic import max_penalty, penalty_grid, quadratic_path, sample_covariance
-from .selection import select_ebic
+from .selection import cross_validate, ebic, ebic_score_matching, support_refits
 
-__all__ = ["GraphicalScoreMatching", "SOLVERS"]
+__all__ = ["GraphicalScoreMatching", "SOLVERS", "SELECTIONS", "GridEdgeWarning"]
 
 #: Solvers of :class:`GraphicalScoreMatching`.
-SOLVERS = ("auto", "quadratic", "iterative")
+SOLVERS = ("auto", "em", "marginal", "quadratic", "iterative")
+#: Selection rules of :class:`GraphicalScoreMatching`.
+SELECTIONS = ("ebic", "ebic_sm", "cv")
+
+#: Default path length of the exact solvers (the iterative solver keeps the paper's 100).
+EXACT_NUM_PENALTIES = 20
+
+
+class GridEdgeWarning(UserWarning):
+    """The selected penalty is the largest or the smallest of the grid: the criterion may
+    prefer a penalty outside it; widen the grid (``penalty_ratio``, ``penalties``)."""
+
+
+@contextlib.contextmanager
+def _threads(n_jobs: int | None) -> Iterator[None]:
+    """Run with ``torch.set_num_threads(n_jobs)`` and restore the previous count."""
+    if n_jobs is None:
+        yield
+        return
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be a positive integer, -1 or None, got {n_jobs!r}")
+    import os
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads((os.cpu_count() or 1) if n_jobs == -1 else n_jobs)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class GraphicalScoreMatching:
-    r"""Sparse Gaussian graphical model by L1-penalised marginal score matching.
+    r"""Sparse Gaussian graphical model by L1-penalised (marginal) score matching from a table
+    with missing entries.
 
-    ``fit(X)`` (NaN = missing) or ``fit(X, mask)`` (True = observed) computes a penalty path
-    and selects one penalty by eBIC (:mod:`pyro_msm.graphical.selection`, which says why eBIC
-    and not stability selection).
+    ``fit(X)`` (a pandas DataFrame or an array, NaN/None/``pd.NA`` = missing) or
+    ``fit(X, mask)`` (True = observed) computes a penalty path and selects one penalty.
 
-    - ``solver="iterative"``: :func:`~pyro_msm.graphical.score_matching_path` (the paper's
-      protocol: proximal Adam on minibatches with any ``estimator`` of
-      :class:`~pyro_msm.infer.MissingScoreMatching`; ``guide`` for the guided ones).
-    - ``solver="quadratic"``: the exact complete-data fast path
-      (:func:`~pyro_msm.graphical.quadratic_path`); needs a table with nothing missing.
-    - ``solver="auto"`` (default): quadratic when nothing is missing and no ``support`` is
-      given, iterative otherwise. Both minimise the same objective on complete data.
+    **Solvers** (``solver``):
+
+    - ``"em"``: EM score matching (:func:`~pyro_msm.graphical.em_path`): closed-form E-step,
+      the exact complete-data quadratic problem as M-step, iterated to convergence at every
+      penalty. Deterministic; about the cost of EM graphical lasso.
+    - ``"marginal"``: the exact marginal objective minimised by accelerated proximal gradient
+      (:func:`~pyro_msm.graphical.marginal_path`). Deterministic; slower than EM (every
+      iteration differentiates through one factorisation per missingness pattern).
+    - ``"quadratic"``: the exact complete-data path (:func:`~pyro_msm.graphical.quadratic_path`);
+      needs a table with nothing missing.
+    - ``"iterative"``: :func:`~pyro_msm.graphical.score_matching_path`, proximal Adam on
+      minibatches with any ``estimator`` of :class:`~pyro_msm.infer.MissingScoreMatching`
+      (``guide`` for the guided ones); for energies without closed forms (``support``).
+    - ``"auto"`` (default): ``"quadratic"`` on complete data, ``"em"`` with missing entries
+      (the most accurate fast solver in ``benchmarks/graph_engine.py``, docs/benchmarks.md),
+      ``"iterative"`` when a ``support`` is given. On complete data all of them minimise the
+      same objective.
+
+    **Selection** (``selection``): ``"ebic"`` (default), the eBIC of the observed-data
+    Gaussian likelihood (:func:`~pyro_msm.graphical.ebic`), exact for this model; ``"ebic_sm"``,
+    the eBIC of the score-matching loss calibrated as in genscore
+    (:func:`~pyro_msm.graphical.ebic_score_matching`; measured to select too many edges on
+    Gaussian data, docs/benchmarks.md, so not the default); ``"cv"``, ``cv_folds``-fold
+    cross-validation of the held-out marginal loss (:func:`~pyro_msm.graphical.cross_validate`;
+    the path is refitted on every fold). A :class:`GridEdgeWarning` is raised when the selected
+    penalty is an end of the grid. ``refit=True`` refits the selected support without penalty
+    (:func:`~pyro_msm.graphical.refit_support`).
+
+    **Speed.** The exact solvers run on full batches in float64 with torch; ``n_jobs`` sets
+    torch's thread count for the fit (``torch.set_num_threads``; None leaves it, -1 uses every
+    core). ``progress=None`` shows a progress bar only for fits that last more than two
+    seconds.
 
     Attributes after ``fit``: ``path_`` (:class:`~pyro_msm.graphical.PenaltyPath`),
-    ``penalties_`` ``(k,)``, ``precisions_`` ``(k, d, d)``, ``ebic_`` ``(k,)``,
-    ``penalty_index_`` and ``penalty_`` (the selection), ``precision_`` and ``covariance_``
-    ``(d, d)`` and ``location_`` ``(d,)`` at the selected penalty (float64 tensors),
-    ``adjacency_`` (boolean ``(d, d)``), ``edges_`` (list of pairs ``(i, j)``, ``i < j``),
-    ``solver_`` and ``n_features_in_``.
+    ``penalties_`` ``(k,)``, ``precisions_`` ``(k, d, d)``, ``criterion_`` ``(k,)`` (the
+    selection scores: eBIC, or the mean held-out loss), ``ebic_`` (alias of ``criterion_`` for
+    the eBIC rules), ``penalty_index_`` and ``penalty_`` (the selection), ``precision_`` and
+    ``covariance_`` ``(d, d)`` and ``location_`` ``(d,)`` (float64 tensors; refitted when
+    ``refit``), ``partial_correlation_`` ``(d, d)``, ``adjacency_`` (boolean ``(d, d)``),
+    ``edges_`` (pairs ``(i, j)``, ``i < j``), ``edge_names_`` (pairs of column names),
+    ``solver_``, ``n_features_in_`` and, for a DataFrame, ``feature_names_in_``.
 
-    :param estimator: an estimator of :class:`~pyro_msm.infer.MissingScoreMatching`
-        (default ``"variational"``, the paper's Marg-Var).
+    :param estimator: estimator of :class:`~pyro_msm.infer.MissingScoreMatching` for the
+        iterative solver (default ``"variational"``, the paper's Marg-Var).
     :param solver: one of :data:`SOLVERS`.
-    :param guide: guide factory for guided estimators (default
-        :class:`~pyro_msm.guides.AmortizedNormal`).
+    :param guide: guide factory for guided estimators (iterative solver).
     :param penalties: decreasing penalties (default: ``num_penalties`` log-spaced from the
         empty-graph penalty down by ``penalty_ratio``).
-    :param num_penalties: length of the default grid.
+    :param num_penalties: length of the default grid (None: 20 for the exact solvers, 100 for
+        the iterative one).
     :param penalty_ratio: smallest over largest default penalty.
+    :param selection: one of :data:`SELECTIONS`.
     :param ebic_beta: eBIC parameter in ``[0, 1]``.
+    :param ebic_refit: score each path estimate after refitting its support without penalty
+        (:func:`~pyro_msm.graphical.support_refits`; genscore's ``BIC_refit``).
+    :param cv_folds: folds for ``selection="cv"``.
+    :param refit: refit the selected support without penalty.
     :param threshold: an edge is :math:`|P_{ij}| >` ``threshold``.
-    :param support: a domain for truncated data (iterative solver, ``"truncated"`` objective).
-    :param num_particles: particles per row (IW, variational model steps).
-    :param guide_steps: guide updates per model step.
-    :param lr: Adam learning rate.
-    :param batch_size: rows per step (None: all).
-    :param warmup_steps: steps at the largest penalty.
-    :param steps_per_penalty: steps per penalty.
-    :param prox: ``"adam"`` or ``"plain"`` (see :func:`~pyro_msm.graphical.score_matching_path`).
-    :param seed: RNG seed.
-    :param progress: progress bar.
-    :param path_kwargs: further keywords for :func:`~pyro_msm.graphical.score_matching_path`.
+    :param tol: the exact solvers' relative tolerance (None: each solver's default); for the
+        iterative solver, the convergence check of
+        :func:`~pyro_msm.graphical.score_matching_path`.
+    :param max_iter: iterations per penalty of the exact solvers (None: default).
+    :param support: a domain for truncated data (iterative solver).
+    :param num_particles: particles per row (iterative solver).
+    :param guide_steps: guide updates per model step (iterative solver).
+    :param lr: Adam learning rate (iterative solver).
+    :param batch_size: rows per step (iterative solver; None: all).
+    :param warmup_steps: steps at the largest penalty (iterative solver).
+    :param steps_per_penalty: steps per penalty (iterative solver; the minimum when ``tol``).
+    :param prox: ``"adam"`` or ``"plain"`` (iterative solver).
+    :param n_jobs: torch threads during the fit (None: unchanged; -1: all cores).
+    :param seed: RNG seed (iterative solver, CV folds).
+    :param progress: progress bar: True, False, or None (only for fits longer than 2 s).
+    :param path_kwargs: further keywords for the path function of the solver.
 
     References
 
@@ -74,6 +143,11 @@ class GraphicalScoreMatching:
 
     [2] Lin, Drton & Shojaie, "Estimation of high-dimensional graphical models using
     regularized score matching", Electronic Journal of Statistics 10, 2016.
+
+    [3] Uehara, Matsuda & Kim, "Imputation estimators for unnormalized models with missing
+    data", AISTATS 2020.
+
+    [4] Yu, Drton & Shojaie, "Generalized score matching for non-negative data", JMLR 20, 2019.
     """
 
     def __init__(
@@ -83,10 +157,16 @@ class GraphicalScoreMatching:
         solver: str = "auto",
         guide: Callable[[Callable], Callable] | None = None,
         penalties: Sequence[float] | Tensor | None = None,
-        num_penalties: int = 100,
+        num_penalties: int | None = None,
         penalty_ratio: float = 0.01,
+        selection: str = "ebic",
         ebic_beta: float = 0.5,
+        ebic_refit: bool = True,
+        cv_folds: int = 5,
+        refit: bool = False,
         threshold: float = DEFAULT_EDGE_THRESHOLD,
+        tol: float | None = None,
+        max_iter: int | None = None,
         support: Any | None = None,
         num_particles: int = 10,
         guide_steps: int = 10,
@@ -95,8 +175,9 @@ class GraphicalScoreMatching:
         warmup_steps: int = 200,
         steps_per_penalty: int = 10,
         prox: str = "adam",
+        n_jobs: int | None = None,
         seed: int = 0,
-        progress: bool = False,
+        progress: bool | None = None,
         path_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.estimator = estimator
@@ -105,8 +186,14 @@ class GraphicalScoreMatching:
         self.penalties = penalties
         self.num_penalties = num_penalties
         self.penalty_ratio = penalty_ratio
+        self.selection = selection
         self.ebic_beta = ebic_beta
+        self.ebic_refit = ebic_refit
+        self.cv_folds = cv_folds
+        self.refit = refit
         self.threshold = threshold
+        self.tol = tol
+        self.max_iter = max_iter
         self.support = support
         self.num_particles = num_particles
         self.guide_steps = guide_steps
@@ -115,6 +202,7 @@ class GraphicalScoreMatching:
         self.warmup_steps = warmup_steps
         self.steps_per_penalty = steps_per_penalty
         self.prox = prox
+        self.n_jobs = n_jobs
         self.seed = seed
         self.progress = progress
         self.path_kwargs = path_kwargs
@@ -135,7 +223,7 @@ class GraphicalScoreMatching:
         return self
 
     def __repr__(self) -> str:
-        return f"GraphicalScoreMatching(estimator={self.estimator!r}, solver={self.solver!r})"
+        return f"GraphicalScoreMatching(solver={self.solver!r}, selection={self.selection!r})"
 
     # -- fitting -----------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -143,87 +231,196 @@ class GraphicalScoreMatching:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {ESTIMATORS}")
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; choose one of {SOLVERS}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; choose one of {SELECTIONS}")
         if self.prox not in PROX_RULES:
             raise ValueError(f"unknown prox {self.prox!r}; choose one of {PROX_RULES}")
         if not 0.0 <= self.ebic_beta <= 1.0:
             raise ValueError(f"ebic_beta must be in [0, 1], got {self.ebic_beta}")
         if not self.threshold >= 0:
             raise ValueError(f"threshold must be non-negative, got {self.threshold}")
+        if self.progress not in (None, True, False):
+            raise ValueError(f"progress must be True, False or None, got {self.progress!r}")
 
-    def fit(
-        self, X: Tensor | np.ndarray, mask: Tensor | np.ndarray | None = None
-    ) -> GraphicalScoreMatching:
+    def _solver(self, complete: bool) -> str:
+        solver = self.solver
+        if solver == "auto":
+            if self.support is not None:
+                return "iterative"
+            return "quadratic" if complete else "em"
+        if solver == "quadratic" and not complete:
+            raise ValueError(
+                "solver='quadratic' is the complete-data fast path, but the table has missing "
+                "entries; use solver='em' (or 'auto')"
+            )
+        if solver in ("em", "marginal", "quadratic") and self.support is not None:
+            raise ValueError(
+                f"solver={solver!r} is for Gaussian data on R^d; with support= use "
+                "solver='iterative' (or 'auto')"
+            )
+        return solver
+
+    def _grid(self, data: Tensor, observed: Tensor, solver: str) -> Tensor | None:
+        if self.penalties is not None:
+            return torch.as_tensor(self.penalties, dtype=torch.float64).flatten()
+        if solver == "iterative":
+            return None  # score_matching_path's own default grid
+        num = EXACT_NUM_PENALTIES if self.num_penalties is None else int(self.num_penalties)
+        if solver == "quadratic":
+            s = sample_covariance(data.detach().to(torch.float64))
+            return penalty_grid(max_penalty(s), num, self.penalty_ratio)
+        return exact_penalties(data, observed, num, self.penalty_ratio)
+
+    def _path(self, data: Tensor, observed: Tensor, solver: str, grid: Tensor | None,
+              progress: bool | None) -> PenaltyPath:  # fmt: skip
+        extra = dict(self.path_kwargs or {})
+        if solver == "quadratic":
+            return self._quadratic(data, grid)
+        if solver in ("em", "marginal"):
+            if self.tol is not None:
+                extra.setdefault("tol", self.tol)
+            if self.max_iter is not None:
+                extra.setdefault("max_iter", self.max_iter)
+            fn = em_path if solver == "em" else marginal_path
+            return fn(data, observed, grid, progress=progress, **extra)
+        num = 100 if self.num_penalties is None else int(self.num_penalties)
+        if self.tol is not None:
+            extra.setdefault("tol", self.tol)
+        return score_matching_path(
+            data,
+            observed,
+            grid,
+            estimator=self.estimator,
+            guide=self.guide,
+            num_particles=self.num_particles,
+            guide_steps=self.guide_steps,
+            support=self.support,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            warmup_steps=self.warmup_steps,
+            steps_per_penalty=self.steps_per_penalty,
+            num_penalties=num,
+            penalty_ratio=self.penalty_ratio,
+            prox=self.prox,
+            seed=self.seed,
+            progress=progress is not False,
+            **extra,
+        )
+
+    def fit(self, X: Any, mask: Tensor | np.ndarray | None = None) -> GraphicalScoreMatching:
         """Fit the path and select a penalty.
 
-        :param X: ``(n, d)`` table, NaN where missing (unless ``mask`` is given).
+        :param X: ``(n, d)`` table: a pandas DataFrame (NaN, None or ``pd.NA`` mark missing
+            entries; column names are kept), a NumPy array or a tensor (NaN = missing unless
+            ``mask`` is given).
         :param mask: boolean ``(n, d)``, True where observed.
         :returns: ``self``.
         :raises ValueError: for bad input, or ``solver="quadratic"`` with missing entries.
+        :raises TypeError: for non-numeric columns (named in the message).
         """
         self._check()
-        data, observed = as_data_and_mask(X, mask)
+        frame = is_dataframe(X)
+        values, labels = as_table(X, dtype=None if isinstance(X, Tensor) else torch.float64)
+        data, observed = as_data_and_mask(values, mask)
         complete = bool(observed.all())
-        solver = self.solver
-        if solver == "auto":
-            solver = "quadratic" if complete and self.support is None else "iterative"
-        if solver == "quadratic" and not complete:
-            raise ValueError(
-                "solver='quadratic' is the complete-data fast path, but the table has "
-                f"{int((~observed).sum())} missing entries; use solver='iterative'"
+        solver = self._solver(complete)
+        with _threads(self.n_jobs):
+            grid = self._grid(data, observed, solver)
+            path = self._path(data, observed, solver, grid, self.progress)
+            index, scores = self._select(data, observed, solver, path)
+            loc = path.locs[index].to(torch.float64)
+            precision = path.precisions[index].to(torch.float64)
+            if self.refit:
+                loc, precision = self._refit(data, observed, solver, loc, precision)
+        if len(path) > 1 and index in (0, len(path) - 1):
+            end = "largest" if index == 0 else "smallest"
+            warnings.warn(
+                f"the selected penalty {float(path.penalties[index]):.4g} is the {end} of the "
+                f"grid ({self.selection} selection); the criterion may prefer one outside it: "
+                + (
+                    "pass larger penalties"
+                    if index == 0
+                    else "lower penalty_ratio or pass smaller penalties"
+                ),
+                GridEdgeWarning,
+                stacklevel=2,
             )
-        if solver == "quadratic":
-            path = self._quadratic(data)
-        else:
-            path = score_matching_path(
-                data,
-                observed,
-                self.penalties,
-                estimator=self.estimator,
-                guide=self.guide,
-                num_particles=self.num_particles,
-                guide_steps=self.guide_steps,
-                support=self.support,
-                lr=self.lr,
-                batch_size=self.batch_size,
-                warmup_steps=self.warmup_steps,
-                steps_per_penalty=self.steps_per_penalty,
-                num_penalties=self.num_penalties,
-                penalty_ratio=self.penalty_ratio,
-                prox=self.prox,
-                seed=self.seed,
-                progress=self.progress,
-                **(self.path_kwargs or {}),
-            )
-        index, scores = select_ebic(
-            data, observed, path.locs, path.precisions, beta=self.ebic_beta,
-            threshold=self.threshold,
-        )  # fmt: skip
+        names = labels.names(int(data.shape[1]))
         self.solver_ = solver
         self.path_ = path
         self.penalties_ = path.penalties
         self.precisions_ = path.precisions
-        self.ebic_ = scores
+        self.criterion_ = scores
+        if self.selection != "cv":
+            self.ebic_ = scores
         self.penalty_index_ = index
         self.penalty_ = float(path.penalties[index])
-        self.precision_ = path.precisions[index]
-        self.covariance_ = torch.linalg.inv(self.precision_)
-        self.location_ = path.locs[index]
-        self.adjacency_ = edges_from_precision(self.precision_, self.threshold)
+        self.precision_ = precision
+        self.covariance_ = torch.linalg.inv(precision)
+        self.location_ = loc
+        scale = precision.diagonal().rsqrt()
+        partial = -precision * scale[:, None] * scale[None, :]
+        partial.fill_diagonal_(1.0)
+        self.partial_correlation_ = partial
+        self.adjacency_ = edges_from_precision(precision, self.threshold)
         rows, cols = torch.nonzero(torch.triu(self.adjacency_, diagonal=1), as_tuple=True)
         self.edges_ = list(zip(rows.tolist(), cols.tolist(), strict=True))
+        self.edge_names_ = [(names[i], names[j]) for i, j in self.edges_]
         self.n_features_in_ = int(data.shape[1])
+        self._names = names
+        if frame:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         return self
 
-    def _quadratic(self, data: Tensor) -> PenaltyPath:
+    def _select(
+        self, data: Tensor, observed: Tensor, solver: str, path: PenaltyPath
+    ) -> tuple[int, Tensor]:
+        if self.selection == "ebic":
+            precisions = path.precisions
+            if self.ebic_refit:
+                precisions = support_refits(
+                    data, observed, path.locs, precisions, threshold=self.threshold
+                )
+            scores = ebic(
+                data, observed, path.locs, precisions, beta=self.ebic_beta,
+                threshold=self.threshold,
+            )  # fmt: skip
+        elif self.selection == "ebic_sm":
+            scores = ebic_score_matching(
+                data, observed, path.locs, path.precisions, beta=self.ebic_beta,
+                threshold=self.threshold, refit=self.ebic_refit,
+            )  # fmt: skip
+        else:
+            grid = path.penalties
+
+            def fit(x: Tensor, m: Tensor) -> PenaltyPath:
+                return self._path(x, m, solver, grid, False)
+
+            scores = cross_validate(
+                data, observed, fit, folds=int(self.cv_folds), seed=self.seed
+            ).mean(0)
+        if not bool(torch.isfinite(scores).any()):
+            raise ValueError("no estimate on the path is positive definite")
+        return int(torch.argmin(scores)), scores
+
+    def _refit(
+        self, data: Tensor, observed: Tensor, solver: str, loc: Tensor, precision: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        support = edges_from_precision(precision, self.threshold)
+        method = "marginal" if solver == "marginal" else "em"
+        if solver == "iterative" and self.support is not None:
+            raise ValueError("refit=True needs a Gaussian model on R^d (no support=)")
+        sol = refit_support(data, observed, support, solver=method, init=(loc, precision))
+        return sol.loc, sol.precision
+
+    def _quadratic(self, data: Tensor, grid: Tensor) -> PenaltyPath:
         import time
 
         start = time.perf_counter()
         x = data.detach().to(torch.float64)
         s = sample_covariance(x)
-        if self.penalties is None:
-            grid = penalty_grid(max_penalty(s), int(self.num_penalties), self.penalty_ratio)
-        else:
-            grid = torch.as_tensor(self.penalties, dtype=torch.float64).flatten()
         precisions, iterations = quadratic_path(s, grid)
         return PenaltyPath(
             method="quadratic",
@@ -233,3 +430,55 @@ class GraphicalScoreMatching:
             seconds=time.perf_counter() - start,
             info={"iterations": iterations},
         )
+
+    # -- results -----------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "precision_"):
+            raise RuntimeError("this GraphicalScoreMatching is not fitted yet; call fit(X) first")
+
+    def edge_table(self) -> Any:
+        """The selected edges as a pandas DataFrame with columns ``source``, ``target`` (column
+        names), ``i``, ``j`` (indices), ``precision`` and ``partial_correlation``, sorted by
+        decreasing absolute partial correlation."""
+        import pandas as pd
+
+        self._check_fitted()
+        rows = [
+            {
+                "source": self._names[i],
+                "target": self._names[j],
+                "i": i,
+                "j": j,
+                "precision": float(self.precision_[i, j]),
+                "partial_correlation": float(self.partial_correlation_[i, j]),
+            }
+            for i, j in self.edges_
+        ]
+        columns = ["source", "target", "i", "j", "precision", "partial_correlation"]
+        table = pd.DataFrame(rows, columns=columns)
+        order = table["partial_correlation"].abs().sort_values(ascending=False).index
+        return table.loc[order].reset_index(drop=True)
+
+    def plot_graph(self, **kwargs: Any) -> Any:
+        """Draw the selected graph (:func:`pyro_msm.plots.plot_graph`; keywords pass through).
+
+        :returns: the matplotlib Figure.
+        """
+        from ..plots import plot_graph
+
+        self._check_fitted()
+        return plot_graph(self.precision_, names=self._names, threshold=self.threshold, **kwargs)
+
+    def plot_path(self, **kwargs: Any) -> Any:
+        """Draw the penalty path with the selection marked (:func:`pyro_msm.plots.plot_path`;
+        keywords pass through).
+
+        :returns: the matplotlib Figure.
+        """
+        from ..plots import plot_path
+
+        self._check_fitted()
+        return plot_path(
+            self.penalties_, self.precisions_, selected=self.penalty_index_,
+            criterion=self.criterion_, threshold=self.threshold, **kwargs,
+        )  # fmt: skip

@@ -224,6 +224,8 @@ def score_matching_path(
     seed: int = 0,
     progress: bool = False,
     label: str | None = None,
+    tol: float | None = None,
+    max_steps_per_penalty: int | None = None,
 ) -> PenaltyPath:
     r"""Fit the L1-penalised Gaussian model along a decreasing penalty path (module doc).
 
@@ -256,7 +258,14 @@ def score_matching_path(
     :param seed: seeds minibatches, particles and the guide.
     :param progress: show a tqdm bar over model steps.
     :param label: method label of the result (default ``estimator``).
-    :returns: a :class:`PenaltyPath` with one estimate per penalty.
+    :param tol: convergence check: at each penalty, blocks of ``steps_per_penalty`` steps are
+        repeated until no entry of the precision moved by more than
+        ``tol * max(1, max |P|)`` over the last block (the minibatch noise sets a floor: use
+        ``1e-3`` or so, or ``batch_size=None``), or ``max_steps_per_penalty`` is reached. None
+        (default) runs exactly ``steps_per_penalty`` steps (the paper's protocol).
+    :param max_steps_per_penalty: cap with ``tol`` (default ``10 * steps_per_penalty``).
+    :returns: a :class:`PenaltyPath` with one estimate per penalty; ``info["steps"]`` and
+        ``info["converged"]`` per penalty.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
@@ -271,6 +280,8 @@ def score_matching_path(
         raise ValueError(f"learning rates must be positive, got lr={lr}, guide_lr={guide_lr}")
     if not min_eigenvalue > 0:
         raise ValueError(f"min_eigenvalue must be positive, got {min_eigenvalue}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be positive or None, got {tol}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     from tqdm.auto import tqdm
@@ -308,13 +319,12 @@ def score_matching_path(
         idx = torch.randperm(n, generator=generator)[:batch].to(device)
         return data[idx], observed[idx]
 
-    schedule = [0] * warmup_steps + [
-        k for k in range(len(grid)) for _ in range(steps_per_penalty)
-    ]
-    ends = {warmup_steps + (k + 1) * steps_per_penalty - 1: k for k in range(len(grid))}
     precisions = torch.empty(len(grid), d, d, dtype=torch.float64)
     locs = torch.empty(len(grid), d, dtype=torch.float64)
     losses: list[float] = []
+    steps_used: list[int] = []
+    converged: list[bool] = []
+    cap = 10 * steps_per_penalty if max_steps_per_penalty is None else int(max_steps_per_penalty)
 
     store = pyro.get_param_store()
     start = time.perf_counter()
@@ -335,38 +345,61 @@ def score_matching_path(
                 raise ValueError("the guide has no trainable parameters")
             guide_opt = torch.optim.Adam(guide_params, lr=guide_lr)
         optimisers = [model_opt] if guide_opt is None else [model_opt, guide_opt]
-        bar = tqdm(total=len(schedule), desc=f"{label:>14}", disable=not progress, leave=False)
-        try:
-            for t, k in enumerate(schedule):
-                gamma = float(grid[k])
-                # one model step (the guide also moves, on the KL of the same draws) ...
-                for opt in optimisers:
-                    opt.zero_grad(set_to_none=True)
+        total = warmup_steps + len(grid) * steps_per_penalty
+        bar = tqdm(total=total, desc=f"{label:>14}", disable=not progress, leave=False)
+
+        def step(gamma: float) -> None:
+            # one model step (the guide also moves, on the KL of the same draws) ...
+            for opt in optimisers:
+                opt.zero_grad(set_to_none=True)
+            xb, mb = minibatch()
+            value = loss_fn.loss_and_grads(scaled(model, xb), guide_fn, xb, mb)
+            for opt in optimisers:
+                opt.step()
+            losses.append(float(value))
+            with torch.no_grad():
+                _proximal_step(model_opt, precision, gamma, lr, prox)
+                _floor_eigenvalues(precision, min_eigenvalue, eye)
+            # ... then guide_steps guide steps (MissingScoreMatching's cycle)
+            for _ in range(guide_steps if guided else 0):
+                guide_opt.zero_grad(set_to_none=True)
                 xb, mb = minibatch()
-                value = loss_fn.loss_and_grads(scaled(model, xb), guide_fn, xb, mb)
-                for opt in optimisers:
-                    opt.step()
-                losses.append(float(value))
-                with torch.no_grad():
-                    _proximal_step(model_opt, precision, gamma, lr, prox)
-                    _floor_eigenvalues(precision, min_eigenvalue, eye)
-                # ... then guide_steps guide steps (MissingScoreMatching's cycle)
-                for _ in range(guide_steps if guided else 0):
-                    guide_opt.zero_grad(set_to_none=True)
-                    xb, mb = minibatch()
-                    loss_fn.loss_and_grads(scaled(model, xb), guide_fn, xb, mb)
-                    guide_opt.step()
-                if t in ends:
-                    precisions[ends[t]] = precision.detach().to(torch.float64)
-                    locs[ends[t]] = loc.detach().to(torch.float64)
-                bar.update(1)
-                if bar.n % 50 == 0:
-                    bar.set_postfix(loss=f"{losses[-1]:.4g}", penalty=f"{gamma:.3g}")
-                if not math.isfinite(losses[-1]):
-                    raise FloatingPointError(
-                        f"{label}: the loss became {losses[-1]} at step {t} (penalty "
-                        f"{gamma:.4g}); lower lr or raise min_eigenvalue"
-                    )
+                loss_fn.loss_and_grads(scaled(model, xb), guide_fn, xb, mb)
+                guide_opt.step()
+            bar.update(1)
+            if bar.n % 50 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.4g}", penalty=f"{gamma:.3g}")
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(
+                    f"{label}: the loss became {losses[-1]} at step {len(losses) - 1} (penalty "
+                    f"{gamma:.4g}); lower lr or raise min_eigenvalue"
+                )
+
+        try:
+            for _ in range(warmup_steps):
+                step(float(grid[0]))
+            for k in range(len(grid)):
+                gamma = float(grid[k])
+                used, done = 0, tol is None
+                reference = precision.detach().clone()
+                while True:
+                    for _ in range(steps_per_penalty):
+                        step(gamma)
+                    used += steps_per_penalty
+                    if tol is None:
+                        break
+                    current = precision.detach()
+                    change = float((current - reference).abs().max())
+                    if change <= tol * max(1.0, float(current.abs().max())):
+                        done = True
+                        break
+                    if used >= cap:
+                        break
+                    reference = current.clone()
+                steps_used.append(used)
+                converged.append(done)
+                precisions[k] = precision.detach().to(torch.float64)
+                locs[k] = loc.detach().to(torch.float64)
         finally:
             bar.close()
     return PenaltyPath(
@@ -376,7 +409,7 @@ def score_matching_path(
         locs=locs,
         losses=losses,
         seconds=time.perf_counter() - start,
-        info={"estimator": estimator, "prox": prox},
+        info={"estimator": estimator, "prox": prox, "steps": steps_used, "converged": converged},
     )
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "penalty_grid",
     "soft_threshold_offdiagonal",
     "kkt_violation",
+    "subgradient_violation",
     "QuadraticSolution",
     "quadratic_score_matching",
     "quadratic_path",
@@ -129,15 +130,36 @@ def soft_threshold_offdiagonal(matrix: Tensor, threshold: Tensor | float) -> Ten
     return torch.where(eye, matrix, shrunk)
 
 
-def kkt_violation(precision: Tensor, covariance: Tensor, penalty: float) -> float:
+def kkt_violation(
+    precision: Tensor, covariance: Tensor, penalty: float, *, support: Tensor | None = None
+) -> float:
     r"""Largest violation of the optimality conditions of :math:`F_\gamma` at ``precision``:
     with :math:`G = SP + PS - 2I`, :math:`G_{ii} = 0`; :math:`G_{ij} + \gamma\,
     \mathrm{sign}(P_{ij}) = 0` where :math:`P_{ij} \ne 0`; :math:`|G_{ij}| \le \gamma` where
-    :math:`P_{ij} = 0`."""
+    :math:`P_{ij} = 0`.
+
+    :param support: optional boolean ``(d, d)``: the problem constrained to
+        :math:`P_{ij} = 0` off it (no condition there), as in a refit.
+    """
     p = 0.5 * (precision + precision.T)
     s = covariance.to(p)
     eye = torch.eye(p.shape[0], dtype=torch.bool, device=p.device)
     g = s @ p + p @ s - 2 * eye.to(p.dtype)
+    return subgradient_violation(p, g, penalty, support=support)
+
+
+def subgradient_violation(
+    precision: Tensor, gradient: Tensor, penalty: float, *, support: Tensor | None = None
+) -> float:
+    r"""Largest violation of the optimality conditions of a smooth function plus
+    :math:`\gamma\sum_{i\ne j}|P_{ij}|`, given its gradient at ``precision`` (shared by every
+    exact solver): the diagonal gradient vanishes; :math:`G_{ij} + \gamma\,\mathrm{sign}(P_{ij})
+    = 0` on nonzero entries; :math:`|G_{ij}| \le \gamma` on zero entries. Entries outside
+    ``support`` (a boolean ``(d, d)``, optional) are constrained to zero and carry no condition.
+    """
+    p = precision
+    g = gradient
+    eye = torch.eye(p.shape[0], dtype=torch.bool, device=p.device)
     active = (p != 0) & ~eye
     violation = torch.where(
         eye,
@@ -146,6 +168,8 @@ def kkt_violation(precision: Tensor, covariance: Tensor, penalty: float) -> floa
             active, (g + penalty * torch.sign(p)).abs(), torch.clamp(g.abs() - penalty, min=0)
         ),
     )
+    if support is not None:
+        violation = torch.where(support | eye, violation, torch.zeros_like(violation))
     return float(violation.max())
 
 
@@ -170,6 +194,7 @@ def quadratic_score_matching(
     init: Tensor | None = None,
     tol: float = 1e-10,
     max_iter: int = 20000,
+    support: Tensor | None = None,
 ) -> QuadraticSolution:
     r"""Minimise :math:`F_\gamma` (module doc) by FISTA with restarts.
 
@@ -182,6 +207,8 @@ def quadratic_score_matching(
     :param init: warm start (default :math:`\mathrm{diag}(1/S_{ii})`).
     :param tol: relative tolerance on the iterate change.
     :param max_iter: iteration cap (``converged`` is False if it is reached).
+    :param support: optional boolean ``(d, d)``; entries off it are held at zero (the
+        constrained problem of a refit: use ``penalty=0``). The diagonal is always free.
     :returns: a :class:`QuadraticSolution`.
     """
     s = _check_covariance(covariance)
@@ -193,6 +220,12 @@ def quadratic_score_matching(
     if p.shape != s.shape:
         raise ValueError(f"init has shape {tuple(p.shape)}, expected {tuple(s.shape)}")
     p = 0.5 * (p + p.T)
+    keep = None
+    if support is not None:
+        if support.shape != s.shape:
+            raise ValueError(f"support has shape {tuple(support.shape)}, expected {tuple(s.shape)}")
+        keep = (support | support.T | torch.eye(d, dtype=torch.bool, device=s.device)).to(s.dtype)
+        p = p * keep
     step = 1.0 / (2.0 * float(torch.linalg.eigvalsh(s)[-1]))
     y, theta = p, 1.0
     converged = False
@@ -200,6 +233,8 @@ def quadratic_score_matching(
     for k in range(1, int(max_iter) + 1):  # noqa: B007
         gradient = s @ y + y @ s - 2 * eye
         new = soft_threshold_offdiagonal(y - step * gradient, step * penalty)
+        if keep is not None:
+            new = new * keep
         change = new - p
         size = float(change.abs().max())
         if size <= tol * max(1.0, float(new.abs().max())):

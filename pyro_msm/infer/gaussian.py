@@ -9,12 +9,18 @@ are those of ``M_oo`` padded with the identity. Every closed form below is built
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "missingness_patterns",
+    "PatternStatistics",
+    "pattern_statistics",
+    "pattern_blocks",
+    "grouped_marginal_loss",
+    "expected_statistics",
     "restrict",
     "marginal_score",
     "marginal_score_matching_loss",
@@ -35,6 +41,193 @@ def missingness_patterns(mask: Tensor) -> tuple[Tensor, Tensor]:
     """
     patterns, inverse = torch.unique(mask, dim=0, return_inverse=True)
     return patterns, inverse
+
+
+@dataclass
+class PatternStatistics:
+    r"""Sufficient statistics of a table for the Gaussian marginal loss, one block per
+    missingness pattern (:func:`pattern_statistics`).
+
+    :ivar patterns: ``(k, d)`` boolean observed sets.
+    :ivar counts: ``(k,)`` rows per pattern.
+    :ivar sums: ``(k, d)`` sums of the rows of each pattern (zero at missing entries).
+    :ivar scatter: ``(k, d, d)`` sums of :math:`x_i x_i^\top` (zero outside the observed block).
+    :ivar num_rows: ``n``.
+    """
+
+    patterns: Tensor
+    counts: Tensor
+    sums: Tensor
+    scatter: Tensor
+    num_rows: int
+
+
+def pattern_statistics(x: Tensor, mask: Tensor, *, chunk: int = 256) -> PatternStatistics:
+    """Group the rows of a table by missingness pattern (:func:`missingness_patterns`) and sum
+    their first and second moments per pattern, so that the exact marginal loss of a Gaussian
+    model costs one factorisation per pattern (:func:`grouped_marginal_loss`), whatever ``n``.
+
+    :param x: ``(n, d)`` with finite values (missing entries are ignored).
+    :param mask: boolean ``(n, d)``, True where observed.
+    :param chunk: rows per outer-product block (bounds memory at ``chunk * d * d``).
+    :returns: a :class:`PatternStatistics`.
+    """
+    patterns, inverse = missingness_patterns(mask)
+    xz = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    k, d = patterns.shape
+    counts = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(
+        0, inverse, torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+    )
+    sums = torch.zeros(k, d, dtype=x.dtype, device=x.device).index_add_(0, inverse, xz)
+    scatter = torch.zeros(k, d, d, dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        rows = xz[start : start + chunk]
+        scatter.index_add_(0, inverse[start : start + chunk], rows[:, :, None] * rows[:, None, :])
+    return PatternStatistics(patterns, counts, sums, scatter, int(x.shape[0]))
+
+
+def pattern_blocks(keep: Tensor) -> list[tuple[Tensor, Tensor]]:
+    r"""Group boolean rows by how many entries they keep, with the kept indices of each.
+
+    Batched linear algebra on the kept blocks (sizes ``a < d``) then costs
+    :math:`\sum a^3` rather than padding every block to ``d`` (:func:`restrict`).
+
+    :param keep: boolean ``(k, d)``.
+    :returns: a list of ``(rows, index)``: the row numbers ``(k_a,)`` of ``keep`` with ``a``
+        kept entries (``a >= 1``) and their kept columns ``(k_a, a)`` in increasing order.
+    """
+    sizes = keep.sum(-1)
+    out = []
+    for a in torch.unique(sizes).tolist():
+        if a == 0:
+            continue
+        rows = torch.nonzero(sizes == a).flatten()
+        # a stable sort puts the kept columns first, in increasing order
+        order = torch.sort((~keep[rows]).to(torch.int8), dim=-1, stable=True).indices
+        out.append((rows, order[:, :a]))
+    return out
+
+
+def _block(matrix: Tensor, index: Tensor, other: Tensor | None = None) -> Tensor:
+    """``matrix[index_i, other_j]`` for each row of ``index`` (and ``other``, default
+    ``index``): ``(k, a, b)``."""
+    other = index if other is None else other
+    return matrix[index.unsqueeze(-1), other.unsqueeze(-2)]
+
+
+def grouped_marginal_loss(stats: PatternStatistics, loc: Tensor, precision: Tensor) -> Tensor:
+    r"""Mean over rows of the exact marginal Hyvarinen loss of :math:`N(\mu, P^{-1})`
+    (:func:`marginal_score_matching_loss`), from per-pattern statistics.
+
+    For the rows of pattern :math:`o` (count :math:`n_o`), with
+    :math:`Q = (\Sigma_{oo})^{-1}` and :math:`R_o = \sum_i (x_{i,o}-\mu_o)(x_{i,o}-\mu_o)^\top`,
+    the summed loss is :math:`-2 n_o \mathrm{tr}\,Q + \mathrm{tr}(Q Q R_o)`, so one Cholesky
+    factorisation of the observed block per pattern suffices (batched over the patterns with
+    the same number of observed entries, :func:`pattern_blocks`). Differentiable in ``loc`` and
+    ``precision`` (autograd through the batched factors).
+
+    :param stats: from :func:`pattern_statistics`.
+    :param loc: ``(d,)``. :param precision: ``(d, d)`` positive definite.
+    :returns: a scalar tensor.
+    :raises torch.linalg.LinAlgError: if ``precision`` is not positive definite.
+    """
+    p = 0.5 * (precision + precision.mT)
+    covariance = torch.cholesky_inverse(torch.linalg.cholesky(p))
+    total = torch.zeros((), dtype=p.dtype, device=p.device)
+    for rows, index in pattern_blocks(stats.patterns):
+        n_k = stats.counts[rows]
+        s_k = torch.gather(stats.sums[rows], 1, index)  # (k, a)
+        mu = loc[index]  # (k, a)
+        outer = s_k.unsqueeze(-1) * mu.unsqueeze(-2)
+        scatter = stats.scatter[rows.unsqueeze(-1).unsqueeze(-1), index.unsqueeze(-1),
+                                index.unsqueeze(-2)]  # fmt: skip
+        mu_mu = mu.unsqueeze(-1) * mu.unsqueeze(-2)
+        centred = scatter - outer - outer.mT + n_k[:, None, None] * mu_mu
+        q = torch.cholesky_inverse(torch.linalg.cholesky(_block(covariance, index)))
+        trace = torch.diagonal(q, dim1=-2, dim2=-1).sum(-1)
+        quad = ((q @ q) * centred).sum((-2, -1))
+        total = total + (-2 * n_k * trace + quad).sum()
+    return total / stats.num_rows
+
+
+def expected_statistics(
+    x: Tensor,
+    mask: Tensor,
+    loc: Tensor,
+    precision: Tensor,
+    *,
+    patterns: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""E-step of EM for :math:`N(\mu, P^{-1})`: the completed rows' expected first and second
+    moments, with one factorisation per missingness pattern.
+
+    For a row with missing block :math:`u`,
+    :math:`E[x_u|x_o] = \mu_u - P_{uu}^{-1}P_{uo}(x_o-\mu_o)
+    = \mu_u + \Sigma_{uo}\Sigma_{oo}^{-1}(x_o-\mu_o)` and
+    :math:`\mathrm{Cov}[x_u|x_o] = P_{uu}^{-1}
+    = \Sigma_{uu}-\Sigma_{uo}\Sigma_{oo}^{-1}\Sigma_{ou}`,
+    shared by the rows of a pattern. Patterns are batched by the size of their missing block;
+    the precision form factorises :math:`P_{uu}` when :math:`|u| \le |o|`, the covariance form
+    :math:`\Sigma_{oo}` otherwise (the smaller block). Returns
+    :math:`\bar\mu = \frac1n\sum_i E[x_i]` and
+    :math:`S = \frac1n\sum_i [(E x_i-\bar\mu)(E x_i-\bar\mu)^\top + C_i]`.
+
+    :param x: ``(n, d)`` (missing entries arbitrary but finite).
+    :param mask: boolean ``(n, d)``, True where observed.
+    :param loc: ``(d,)``. :param precision: ``(d, d)`` positive definite.
+    :param patterns: ``missingness_patterns(mask)`` if already computed.
+    :returns: ``(completed, mean, covariance)``: the conditional means ``(n, d)`` (equal to
+        ``x`` where observed), :math:`\bar\mu` ``(d,)`` and :math:`S` ``(d, d)``.
+    """
+    pats, inverse = missingness_patterns(mask) if patterns is None else patterns
+    n, d = x.shape
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    diff = torch.where(mask, x - loc, zero)  # x_o - mu_o, zero on u
+    completed = torch.where(mask, x, loc.expand_as(x))
+    counts = torch.bincount(inverse, minlength=pats.shape[0]).to(x.dtype)
+    conditional = torch.zeros(d, d, dtype=x.dtype, device=x.device)
+    covariance = None
+    rhs = None
+    missing = ~pats
+    position = torch.empty(pats.shape[0], dtype=torch.long, device=x.device)
+    row_size = missing.sum(-1)[inverse]
+    for group, u_index in pattern_blocks(missing):
+        a = u_index.shape[1]
+        position[group] = torch.arange(group.shape[0], device=x.device)
+        rows = torch.nonzero(row_size == a).flatten()
+        local = position[inverse[rows]]
+        if 2 * a <= d:  # precision form on the missing block
+            chol = torch.linalg.cholesky(_block(precision, u_index))
+            cond = torch.cholesky_inverse(chol)  # (k, a, a)
+            if rhs is None:
+                rhs = diff @ precision.mT  # P_{., o} (x_o - mu_o)
+            r_u = torch.gather(rhs[rows], 1, u_index[local])
+            shift = -(cond[local] @ r_u.unsqueeze(-1)).squeeze(-1)
+        else:  # covariance form on the (smaller) observed block
+            if covariance is None:
+                covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
+            o_index = torch.sort(
+                (~missing[group]).logical_not().to(torch.int8), dim=-1, stable=True
+            ).indices[:, : d - a]
+            s_oo = _block(covariance, o_index)
+            s_uo = _block(covariance, u_index, o_index)
+            chol = torch.linalg.cholesky(s_oo)
+            gain = torch.cholesky_solve(s_uo.mT, chol)  # Sigma_oo^-1 Sigma_ou: (k, b, a)
+            cond = _block(covariance, u_index) - s_uo @ gain
+            r_o = torch.gather(diff[rows], 1, o_index[local])
+            shift = (gain[local].mT @ r_o.unsqueeze(-1)).squeeze(-1)
+        u_rows = u_index[local]
+        completed[rows.unsqueeze(-1), u_rows] = loc[u_rows] + shift
+        weighted = counts[group][:, None, None] * 0.5 * (cond + cond.mT)
+        conditional.index_put_(
+            (u_index.unsqueeze(-1).expand_as(cond), u_index.unsqueeze(-2).expand_as(cond)),
+            weighted,
+            accumulate=True,
+        )
+    mean = completed.mean(0)
+    centred = completed - mean
+    s = (centred.T @ centred + conditional) / n
+    return completed, mean, 0.5 * (s + s.T)
 
 
 def restrict(matrix: Tensor, keep: Tensor) -> Tensor:

@@ -1,0 +1,257 @@
+"""Graph engine benchmark (issue 9): sparse Gaussian graphs from incomplete tables, side by side.
+
+For each cell (graph, d, n, MCAR rate, seed) every method runs on the same data in one process
+with one torch/BLAS thread, interleaved cell by cell; the columns are path ROC AUC of edge
+recovery, the F1 of the graph each method selects, and seconds:
+
+- ``default``: ``GraphicalScoreMatching().fit(X)`` with its defaults (path + selection);
+- ``em`` / ``marginal``: the exact solvers' paths (F1 at the likelihood eBIC after support
+  refits, the default's rule; ``f1_ebic_sm``: at genscore's score-matching eBIC);
+- ``mean_glasso`` / ``iterative_glasso``: imputation, then scikit-learn's graphical lasso path
+  (F1 at the likelihood eBIC of the imputed table); ``iterative_glasso_cv``: IterativeImputer,
+  then GraphicalLassoCV (F1 of its choice; seconds include the imputation);
+- ``em_glasso``: EM graphical lasso path (F1 at the observed-data likelihood eBIC);
+- ``oracle_glasso`` / ``oracle_sm``: complete-data graphical lasso and score-matching paths.
+
+Every path has ``--penalties`` penalties (default 15).
+
+    python benchmarks/graph_engine.py --smoke        # seconds, run by the tests
+    python benchmarks/graph_engine.py                # --quick: the cells behind the targets
+    python benchmarks/graph_engine.py --full         # the whole grid (hours)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyro_msm.graphical import (  # noqa: E402
+    GraphicalScoreMatching,
+    GridEdgeWarning,
+    ebic_score_matching,
+    edges_from_precision,
+    em_glasso_path,
+    em_path,
+    f1_score,
+    glasso_path,
+    impute_glasso_cv,
+    impute_glasso_path,
+    marginal_path,
+    path_auc,
+    penalty_grid,
+    quadratic_path,
+    sample_covariance,
+    select_ebic,
+    simulate_graph,
+    support_refits,
+)
+from pyro_msm.graphical.path import PenaltyPath, as_data_and_mask  # noqa: E402
+from pyro_msm.graphical.quadratic import max_penalty  # noqa: E402
+
+GRAPHS = ("star", "hub", "erdos_renyi", "chain")
+FULL = [
+    (g, d, n, r)
+    for g in GRAPHS
+    for d in (20, 50, 100)
+    for n in (500, 2000)
+    for r in (0.2, 0.5, 0.8)
+]
+# the cells behind the issue's targets: the timing cell (d=50, n=2000, 50% MCAR), d=100 against
+# EM-glasso, and AUC cells on harder graphs at the three missing rates
+QUICK = [
+    ("erdos_renyi", 50, 2000, 0.5),
+    ("chain", 50, 500, 0.2),
+    ("hub", 20, 500, 0.8),
+    ("star", 100, 2000, 0.5),
+]
+SMOKE = [("chain", 6, 150, 0.3)]
+METHODS = (
+    "default",
+    "em",
+    "marginal",
+    "mean_glasso",
+    "iterative_glasso",
+    "iterative_glasso_cv",
+    "em_glasso",
+    "oracle_glasso",
+    "oracle_sm",
+)
+
+
+def _selected_f1(truth: torch.Tensor, precision: torch.Tensor) -> float:
+    return f1_score(truth, edges_from_precision(precision))
+
+
+def run_cell(
+    graph: str, d: int, n: int, rate: float, seed: int, methods: tuple[str, ...], k: int,
+    marginal_max_d: int,
+) -> list[dict]:  # fmt: skip
+    problem = simulate_graph(graph, d=d, n=n, missing_rate=rate, seed=seed)
+    truth = problem.adjacency
+    x = problem.observed.double()
+    data, mask = as_data_and_mask(x)
+    rows = []
+
+    def record(method: str, fn: Callable[[], tuple[PenaltyPath | None, torch.Tensor]]) -> None:
+        start = time.perf_counter()
+        path, selected = fn()
+        seconds = time.perf_counter() - start
+        alt = float("nan")
+        if method in ("em", "marginal"):  # genscore's score-matching eBIC, for comparison
+            scores = ebic_score_matching(data, mask, path.locs, path.precisions)
+            alt = _selected_f1(truth, path.precisions[int(torch.argmin(scores))])
+        auc = path_auc(truth, path.precisions) if path is not None else float("nan")
+        rows.append(
+            dict(graph=graph, d=d, n=n, rate=rate, seed=seed, method=method,
+                 path_auc=round(auc, 4), f1=round(_selected_f1(truth, selected), 4),
+                 edges=int(torch.triu(edges_from_precision(selected), 1).sum()),
+                 true_edges=int(torch.triu(truth, 1).sum()), f1_ebic_sm=round(alt, 4),
+                 seconds=round(seconds, 3))
+        )  # fmt: skip
+        print(
+            f"{graph:>11} d={d:<3} n={n:<4} r={rate:.1f} s={seed} {method:>19}: "
+            f"auc {rows[-1]['path_auc']:.3f} f1 {rows[-1]['f1']:.3f} "
+            f"{rows[-1]['seconds']:8.2f}s",
+            flush=True,
+        )
+
+    def default():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GridEdgeWarning)
+            model = GraphicalScoreMatching(num_penalties=k, progress=False).fit(x)
+        return model.path_, model.precision_
+
+    def exact(fn):
+        def run():
+            path = fn(data, mask, num_penalties=k)
+            refits = support_refits(data, mask, path.locs, path.precisions)
+            index, _ = select_ebic(data, mask, path.locs, refits)
+            return path, path.precisions[index]
+
+        return run
+
+    def likelihood_selected(path: PenaltyPath, locs: torch.Tensor) -> torch.Tensor:
+        index, _ = select_ebic(data, mask, locs.expand(len(path), -1), path.precisions)
+        return path.precisions[index]
+
+    def impute_glasso(imputer):
+        def run():
+            path = impute_glasso_path(data, mask, imputer=imputer, num_penalties=k, seed=seed)
+            return path, likelihood_selected(path, path.locs[0])
+
+        return run
+
+    def glasso_cv():
+        precision, _ = impute_glasso_cv(data, mask, imputer="iterative", seed=seed)
+        return None, precision
+
+    def emglasso():
+        path = em_glasso_path(data, mask, num_penalties=k)
+        index, _ = select_ebic(data, mask, path.locs, path.precisions)
+        return path, path.precisions[index]
+
+    complete = problem.x.double()
+    full = torch.ones_like(mask)
+
+    def oracle_glasso():
+        s = np.cov(complete.numpy(), rowvar=False, bias=True)
+        path = glasso_path(s, num_penalties=k)
+        index, _ = select_ebic(complete, full, complete.mean(0).expand(len(path), -1),
+                               path.precisions)  # fmt: skip
+        return path, path.precisions[index]
+
+    def oracle_sm():
+        s = sample_covariance(complete)
+        grid = penalty_grid(max_penalty(s), k)
+        precisions, _ = quadratic_path(s, grid)
+        locs = complete.mean(0).expand(k, -1)
+        index, _ = select_ebic(complete, full, locs, precisions)
+        return PenaltyPath("oracle_sm", grid, precisions, locs), precisions[index]
+
+    table = {
+        "default": default,
+        "em": exact(em_path),
+        "marginal": exact(marginal_path),
+        "mean_glasso": impute_glasso("mean"),
+        "iterative_glasso": impute_glasso("iterative"),
+        "iterative_glasso_cv": glasso_cv,
+        "em_glasso": emglasso,
+        "oracle_glasso": oracle_glasso,
+        "oracle_sm": oracle_sm,
+    }
+    for method in methods:
+        if method == "marginal" and d > marginal_max_d:
+            continue
+        record(method, table[method])
+    return rows
+
+
+def summarise(rows: list[dict]) -> None:
+    cells = sorted({(r["graph"], r["d"], r["n"], r["rate"]) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    print("\nmedians over seeds: path-AUC / F1 / seconds")
+    for cell in cells:
+        print(f"{cell}")
+        for m in methods:
+            sel = [r for r in rows if (r["graph"], r["d"], r["n"], r["rate"]) == cell
+                   and r["method"] == m]  # fmt: skip
+            if not sel:
+                continue
+            med = {key: statistics.median(float(r[key]) for r in sel)
+                   for key in ("path_auc", "f1", "seconds")}  # fmt: skip
+            print(f"  {m:>19}: {med['path_auc']:.3f} / {med['f1']:.3f} / {med['seconds']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true", help="one tiny cell (seconds)")
+    mode.add_argument("--quick", action="store_true", help="the target cells (default)")
+    mode.add_argument("--full", action="store_true", help="the whole grid (hours)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell")
+    parser.add_argument("--penalties", type=int, default=15, help="penalties per path")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--cells", type=int, nargs="*", default=None,
+                        help="indices of the chosen mode's cells to run")  # fmt: skip
+    parser.add_argument("--marginal-max-d", type=int, default=20,
+                        help="skip the (slow) marginal solver above this d")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("results/graph_engine.csv"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.smoke:
+        cells, seeds = SMOKE, args.seeds or 1
+        args.penalties = min(args.penalties, 4)
+    elif args.full:
+        cells, seeds = FULL, args.seeds or 3
+    else:
+        cells, seeds = QUICK, args.seeds or 1
+    if args.cells is not None:
+        cells = [cells[i] for i in args.cells]
+    rows: list[dict] = []
+    for cell in cells:
+        for seed in range(seeds):
+            rows += run_cell(*cell, seed, tuple(args.methods), args.penalties,
+                             args.marginal_max_d)  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summarise(rows)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""The graph engine: exact EM and marginal solvers with missing entries, the score-matching
+eBIC, cross-validation, refits, the estimator's table handling and plots."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_msm.graphical import (
+    GraphicalScoreMatching,
+    GridEdgeWarning,
+    cross_validate,
+    ebic_score_matching,
+    edges_from_precision,
+    em_kkt_violation,
+    em_path,
+    em_score_matching,
+    empty_graph_penalty,
+    f1_score,
+    frobenius_error,
+    kkt_violation,
+    marginal_kkt_violation,
+    marginal_objective,
+    marginal_path,
+    marginal_score_matching,
+    quadratic_score_matching,
+    refit_support,
+    sample_covariance,
+    score_matching_path,
+    simulate_graph,
+)
+from pyro_msm.graphical.path import as_data_and_mask
+from pyro_msm.infer.gaussian import (
+    conditional_gaussian,
+    expected_statistics,
+    grouped_marginal_loss,
+    marginal_score_matching_loss,
+    pattern_statistics,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _problem(graph="chain", d=5, n=300, rate=0.3, seed=0):
+    problem = simulate_graph(graph, d=d, n=n, missing_rate=rate, seed=seed)
+    data, mask = as_data_and_mask(problem.observed.double())
+    return problem, data, mask
+
+
+# --------------------------------------------------------------------------------------------------
+# the pattern-grouped closed forms
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.75])  # 0.75: mostly the covariance form of the E-step
+def test_grouped_closed_forms_equal_the_per_row_ones(rate):
+    torch.manual_seed(0)
+    n, d = 200, 7
+    x = torch.randn(n, d, dtype=torch.float64) @ torch.randn(d, d, dtype=torch.float64)
+    mask = torch.rand(n, d) > rate
+    mask[0] = False  # a row with nothing observed contributes nothing
+    x = torch.where(mask, x, torch.zeros((), dtype=torch.float64))
+    a = torch.randn(d, d, dtype=torch.float64)
+    precision = a @ a.T + d * torch.eye(d, dtype=torch.float64)
+    loc = torch.randn(d, dtype=torch.float64)
+    grouped = grouped_marginal_loss(pattern_statistics(x, mask), loc, precision)
+    per_row = marginal_score_matching_loss(x, mask, loc, precision).mean()
+    assert float(grouped) == pytest.approx(float(per_row), rel=1e-10)
+    # the E-step against the per-row conditional of conditional_gaussian
+    completed, mean, s = expected_statistics(x, mask, loc, precision)
+    cond_mean, chol = conditional_gaussian(x, mask, loc, precision)
+    missing = (~mask).to(x.dtype)
+    cond_cov = torch.cholesky_inverse(chol) * missing.unsqueeze(-1) * missing.unsqueeze(-2)
+    assert torch.allclose(completed, cond_mean, atol=1e-10)
+    centred = cond_mean - cond_mean.mean(0)
+    want = (centred.T @ centred + cond_cov.sum(0)) / n
+    assert torch.allclose(mean, cond_mean.mean(0), atol=1e-12)
+    assert torch.allclose(s, want, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# the exact solvers
+# --------------------------------------------------------------------------------------------------
+
+
+def test_marginal_solver_satisfies_its_optimality_conditions():
+    _, data, mask = _problem("chain", d=4, n=200, rate=0.3, seed=1)
+    top, _, _ = empty_graph_penalty(data, mask)
+    penalty = 0.2 * top
+    sol = marginal_score_matching(data, mask, penalty, tol=1e-8, max_iter=3000)
+    assert sol.converged
+    violation = marginal_kkt_violation(data, mask, sol.loc, sol.precision, penalty)
+    assert violation < 1e-5
+    off = sol.precision - torch.diag(sol.precision.diagonal())
+    assert (off == 0).any() and (off != 0).any()  # a sparse, non-trivial solution
+    # a perturbed point is worse and violates the conditions
+    worse = sol.precision + 0.05 * torch.eye(4, dtype=torch.float64)
+    assert marginal_kkt_violation(data, mask, sol.loc, worse, penalty) > 1e-3
+    value = marginal_objective(data, mask, sol.loc, sol.precision)
+    assert value < marginal_objective(data, mask, sol.loc, worse)
+
+
+def test_marginal_and_em_agree_at_the_top_of_the_path():
+    """At and above the empty-graph penalty both solvers return the diagonal fit."""
+    _, data, mask = _problem("star", d=5, n=300, rate=0.4, seed=2)
+    top, loc, diagonal = empty_graph_penalty(data, mask)
+    em = em_score_matching(data, mask, 1.01 * top)
+    assert torch.allclose(em.precision, diagonal, atol=1e-6)
+    assert torch.allclose(em.loc, loc, atol=1e-8)
+    below = em_score_matching(data, mask, 0.8 * top)
+    assert bool(edges_from_precision(below.precision).any())
+    marginal = marginal_score_matching(data, mask, 1.01 * top, tol=1e-10)
+    off = marginal.precision - torch.diag(marginal.precision.diagonal())
+    assert float(off.abs().max()) == 0.0
+
+
+def test_em_fixed_point_satisfies_the_m_step_conditions():
+    _, data, mask = _problem("hub", d=6, n=400, rate=0.4, seed=3)
+    top, _, _ = empty_graph_penalty(data, mask)
+    penalty = 0.15 * top
+    sol = em_score_matching(data, mask, penalty, tol=1e-9, max_iter=2000, inner_tol=1e-12)
+    assert sol.converged
+    assert em_kkt_violation(data, mask, sol.loc, sol.precision, penalty) < 1e-6
+    # the stored Gram matrix is the E-step at the fixed point
+    _, _, s = expected_statistics(data, mask, sol.loc, sol.precision)
+    assert torch.allclose(s, sol.covariance, atol=1e-6)
+
+
+def test_em_on_complete_data_is_the_quadratic_solution():
+    problem = simulate_graph("star", d=6, n=500, missing_rate=0.0, seed=4)
+    x = problem.x.double()
+    s = sample_covariance(x)
+    for penalty in (0.05, 0.3):
+        em = em_score_matching(x, None, penalty, inner_tol=1e-12)
+        quad = quadratic_score_matching(s, penalty, tol=1e-12)
+        assert em.iterations == 1 and em.converged
+        assert torch.allclose(em.precision, quad.precision, atol=1e-8)
+        assert torch.allclose(em.loc, x.mean(0), atol=1e-12)
+        assert kkt_violation(em.precision, s, penalty) < 1e-6
+
+
+def test_deterministic_marginal_path_is_the_iterative_limit():
+    """Full-batch proximal Adam on the closed-form marginal loss, run to its convergence check,
+    lands (to Adam's step size) on the exact marginal solution."""
+    _, data, mask = _problem("chain", d=4, n=200, rate=0.3, seed=5)
+    top, _, _ = empty_graph_penalty(data, mask)
+    grid = torch.tensor([0.5 * top, 0.2 * top], dtype=torch.float64)
+    exact = marginal_path(data, mask, grid, tol=1e-9)
+    assert all(exact.info["converged"])
+    iterative = score_matching_path(
+        data, mask, grid, estimator="closed_form", batch_size=None, lr=0.01, warmup_steps=200,
+        steps_per_penalty=50, tol=1e-3, max_steps_per_penalty=600, prox="adam",
+    )  # fmt: skip
+    gap = (iterative.precisions - exact.precisions).abs().max()
+    assert float(gap) < 0.03
+    assert float(exact.precisions[0].abs().max()) > 0.5  # not a trivial match at zero
+    assert len(iterative.info["steps"]) == 2 and all(s >= 50 for s in iterative.info["steps"])
+
+
+def test_em_recovers_a_known_sparse_truth_as_n_grows():
+    errors = []
+    for n in (400, 6400):
+        problem = simulate_graph("chain", d=5, n=n, missing_rate=0.3, seed=6)
+        data, mask = as_data_and_mask(problem.observed.double())
+        sol = refit_support(data, mask, problem.adjacency, solver="em", tol=1e-8)
+        errors.append(frobenius_error(sol.precision, problem.precision, relative=True))
+    assert errors[1] < 0.5 * errors[0] and errors[1] < 0.05
+    # the penalised path finds the chain at large n
+    path = em_path(data, mask, num_penalties=12)
+    fitted = edges_from_precision(path.precisions)
+    assert any(bool(f.equal(problem.adjacency)) for f in fitted)
+
+
+def test_marginal_recovers_a_known_truth():
+    problem = simulate_graph("chain", d=4, n=4000, missing_rate=0.3, seed=7)
+    data, mask = as_data_and_mask(problem.observed.double())
+    sol = refit_support(data, mask, problem.adjacency, solver="marginal", tol=1e-9)
+    assert frobenius_error(sol.precision, problem.precision, relative=True) < 0.06
+
+
+@pytest.mark.parametrize("solver", ["em", "marginal"])
+def test_refit_solves_the_constrained_problem(solver):
+    problem, data, mask = _problem("star", d=5, n=300, rate=0.3, seed=8)
+    support = problem.adjacency
+    sol = refit_support(data, mask, support, solver=solver, tol=1e-10, max_iter=5000)
+    off_support = ~(support | torch.eye(5, dtype=torch.bool))
+    assert bool((sol.precision[off_support] == 0).all())
+    check = em_kkt_violation if solver == "em" else marginal_kkt_violation
+    assert check(data, mask, sol.loc, sol.precision, 0.0, support=support) < 1e-5
+    # unconstrained, the same point is not optimal (the support is binding)
+    assert check(data, mask, sol.loc, sol.precision, 0.0) > 1e-3
+
+
+def test_refit_on_complete_data_is_the_constrained_quadratic_solution():
+    problem = simulate_graph("hub", d=6, n=500, missing_rate=0.0, seed=9)
+    x = problem.x.double()
+    s = sample_covariance(x)
+    sol = refit_support(x, None, problem.adjacency, solver="em")
+    quad = quadratic_score_matching(s, 0.0, support=problem.adjacency, tol=1e-12)
+    assert torch.allclose(sol.precision, quad.precision, atol=1e-7)
+    assert kkt_violation(quad.precision, s, 0.0, support=problem.adjacency) < 1e-8
+
+
+# --------------------------------------------------------------------------------------------------
+# selection
+# --------------------------------------------------------------------------------------------------
+
+
+def test_score_matching_ebic_by_hand_and_selection():
+    problem = simulate_graph("star", d=8, n=2000, missing_rate=0.3, seed=10, extra_edges=2)
+    data, mask = as_data_and_mask(problem.observed.double())
+    path = em_path(data, mask, num_penalties=15)
+    scores = ebic_score_matching(data, mask, path.locs, path.precisions, refit=False)
+    k = 7
+    edges = int(torch.triu(edges_from_precision(path.precisions[k]), 1).sum())
+    # the loss of the table standardised by its observed standard deviations
+    m = mask.double()
+    centre = (data * m).sum(0) / m.sum(0)
+    sd = ((((data - centre) * m) ** 2).sum(0) / m.sum(0)).sqrt()
+    stats = pattern_statistics(torch.where(mask, data / sd, 0.0), mask)
+    scaled = path.precisions[k] * sd[:, None] * sd[None, :]
+    loss = float(grouped_marginal_loss(stats, path.locs[k] / sd, scaled))
+    pairs = 8 * 7 // 2
+    log_binom = math.lgamma(pairs + 1) - math.lgamma(edges + 1) - math.lgamma(pairs - edges + 1)
+    assert float(scores[k]) == pytest.approx(2000 * loss + edges * math.log(2000) + log_binom)
+    refit = ebic_score_matching(data, mask, path.locs, path.precisions)
+    chosen = edges_from_precision(path.precisions[int(torch.argmin(refit))])
+    assert f1_score(problem.adjacency, chosen) >= 0.9
+
+
+def test_cross_validation_of_the_held_out_loss():
+    problem = simulate_graph("chain", d=5, n=600, missing_rate=0.3, seed=11)
+    data, mask = as_data_and_mask(problem.observed.double())
+    grid = torch.logspace(0, -3, 8, dtype=torch.float64)
+    losses = cross_validate(data, mask, lambda x, m: em_path(x, m, grid), folds=3)
+    assert losses.shape == (3, 8) and bool(torch.isfinite(losses).all())
+    mean = losses.mean(0)
+    assert int(torch.argmin(mean)) not in (0,)  # the empty graph predicts worse
+    assert float(mean[0]) > float(mean.min())
+    with pytest.raises(ValueError, match="folds"):
+        cross_validate(data, mask, lambda x, m: em_path(x, m, grid), folds=1)
+
+
+def test_edge_of_grid_warning_fires_when_it_should():
+    problem = simulate_graph("star", d=6, n=800, missing_rate=0.2, seed=12)
+    top, _, _ = empty_graph_penalty(problem.observed.double())
+    # every penalty gives the empty graph: the largest is selected
+    with pytest.warns(GridEdgeWarning, match="largest"):
+        GraphicalScoreMatching(penalties=[4 * top, 2 * top, 1.5 * top]).fit(problem.observed)
+    # tiny penalties on a graph whose every pair is an edge: the smallest is selected
+    dense = simulate_graph("erdos_renyi", d=5, n=3000, missing_rate=0.2, seed=12, p=1.0)
+    with pytest.warns(GridEdgeWarning, match="smallest"):
+        GraphicalScoreMatching(penalties=[1e-2, 5e-3, 1e-3]).fit(dense.observed)
+    # a default grid on a sparse graph: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridEdgeWarning)
+        model = GraphicalScoreMatching(num_penalties=15).fit(problem.observed)
+    assert 0 < model.penalty_index_ < 14
+
+
+# --------------------------------------------------------------------------------------------------
+# the estimator
+# --------------------------------------------------------------------------------------------------
+
+
+def test_dataframe_round_trip_keeps_names():
+    pd = pytest.importorskip("pandas")
+    problem = simulate_graph("chain", d=5, n=500, missing_rate=0.2, seed=13)
+    names = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    frame = pd.DataFrame(problem.observed.numpy(), columns=names).astype("Float64")
+    frame.iloc[0, 0] = pd.NA  # nullable missing values count as missing
+    model = GraphicalScoreMatching(num_penalties=12, refit=True).fit(frame)
+    assert model.solver_ == "em"
+    assert list(model.feature_names_in_) == names and model.n_features_in_ == 5
+    assert all(a in names and b in names for a, b in model.edge_names_)
+    assert ("alpha", "beta") in model.edge_names_ and ("gamma", "delta") in model.edge_names_
+    table = model.edge_table()
+    assert list(table.columns[:2]) == ["source", "target"] and len(table) == len(model.edges_)
+    assert table["partial_correlation"].abs().is_monotonic_decreasing
+    i, j = model.edges_[0]
+    p = model.precision_
+    want = -p[i, j] / math.sqrt(float(p[i, i] * p[j, j]))
+    assert float(model.partial_correlation_[i, j]) == pytest.approx(float(want))
+    # arrays get default names and no feature_names_in_
+    plain = GraphicalScoreMatching(num_penalties=12).fit(problem.observed.numpy())
+    assert not hasattr(plain, "feature_names_in_")
+    assert all(a.startswith("x") for a, _ in plain.edge_names_)
+    with pytest.raises(TypeError, match="'text'"):
+        GraphicalScoreMatching().fit(frame.assign(text="a"))
+
+
+def test_estimator_solvers_selections_and_threads():
+    problem = simulate_graph("star", d=5, n=300, missing_rate=0.3, seed=14)
+    threads = torch.get_num_threads()
+    marginal = GraphicalScoreMatching(solver="marginal", num_penalties=4, n_jobs=1).fit(
+        problem.observed
+    )
+    assert torch.get_num_threads() == threads  # restored
+    assert marginal.solver_ == "marginal" and marginal.path_.method == "marginal"
+    cv = GraphicalScoreMatching(num_penalties=6, selection="cv", cv_folds=2).fit(problem.observed)
+    assert cv.criterion_.shape == (6,) and not hasattr(cv, "ebic_")
+    genscore = GraphicalScoreMatching(selection="ebic_sm", num_penalties=6).fit(problem.observed)
+    assert genscore.ebic_.shape == (6,)
+    refitted = GraphicalScoreMatching(ebic_refit=True, num_penalties=6).fit(problem.observed)
+    assert refitted.ebic_.shape == (6,)
+    with pytest.raises(ValueError, match="unknown selection"):
+        GraphicalScoreMatching(selection="aic").fit(problem.observed)
+    with pytest.raises(ValueError, match="n_jobs"):
+        GraphicalScoreMatching(n_jobs=0).fit(problem.observed)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        GraphicalScoreMatching().edge_table()
+
+
+def test_plots_of_graph_and_path(tmp_path):
+    pytest.importorskip("matplotlib")
+    problem = simulate_graph("star", d=6, n=600, missing_rate=0.2, seed=15)
+    model = GraphicalScoreMatching(num_penalties=8).fit(problem.observed)
+    fig = model.plot_graph(path=tmp_path / "graph.png")
+    ax = fig.axes[0]
+    assert len(ax.lines) == len(model.edges_)  # one segment per edge
+    assert (tmp_path / "graph.png").stat().st_size > 0
+    fig = model.plot_path(path=tmp_path / "path.png")
+    assert len(fig.axes) == 3  # coefficients, edge count, criterion
+    assert (tmp_path / "path.png").stat().st_size > 0
+
+
+def test_benchmark_smoke(tmp_path):
+    out = tmp_path / "bench.csv"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "graph_engine.py"), "--smoke", "--out",
+         str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = out.read_text()
+    assert "path_auc" in text and "default" in text and "em_glasso" in text
+    assert np.isfinite(float(text.splitlines()[1].split(",")[-1]))
