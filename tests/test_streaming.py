@@ -1,0 +1,112 @@
+"""Streaming tables from disk and the sufficient statistics summed over chunks and ranks."""
+
+import os
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader
+
+from pyro_msm import distributed
+from pyro_msm.infer.gaussian import pairwise_moments
+from pyro_msm.streaming import MomentAccumulator, TableStream, count_rows, read_chunks
+
+
+def _table(n=1000, d=4, rate=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(d, d))
+    x = rng.normal(size=(n, d)) @ a + 100.0  # a large mean tests the shifted accumulation
+    x[rng.random((n, d)) < rate] = np.nan
+    return pd.DataFrame(x, columns=[f"c{j}" for j in range(d)])
+
+
+@pytest.fixture(scope="module")
+def csv_and_parquet(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tables")
+    df = _table()
+    csv, pq = folder / "t.csv", folder / "t.parquet"
+    df.to_csv(csv, index=False)
+    df.to_parquet(pq, index=False)
+    return df, csv, pq
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_chunks_reassemble_the_table(csv_and_parquet, kind):
+    df, csv, pq = csv_and_parquet
+    path = csv if kind == "csv" else pq
+    chunks = list(read_chunks(path, chunk_size=128, dtype=torch.float64))
+    assert [c.shape[0] for c in chunks[:-1]] == [128] * (len(chunks) - 1)
+    whole = torch.cat(chunks)
+    np.testing.assert_array_equal(whole.numpy(), df.to_numpy())
+    assert count_rows(path) == len(df)
+
+
+def test_moment_accumulator_equals_pairwise_moments_on_the_whole_table(csv_and_parquet):
+    df, csv, _ = csv_and_parquet
+    acc = MomentAccumulator(df.shape[1])
+    for chunk in read_chunks(csv, chunk_size=97, dtype=torch.float64):
+        acc.update(chunk)
+    mean, cov = acc.moments(dtype=torch.float64)
+    x = torch.tensor(df.to_numpy())
+    ref_mean, ref_cov = pairwise_moments(torch.nan_to_num(x), ~torch.isnan(x))
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(cov, ref_cov, rtol=1e-9, atol=1e-9)
+    assert acc.rows == len(df)
+
+
+def test_table_stream_batches_cover_every_row_once(csv_and_parquet):
+    df, _, pq = csv_and_parquet
+    stream = TableStream(pq, batch_size=64, chunk_size=300, dtype=torch.float64, seed=1)
+    batches = list(DataLoader(stream, batch_size=None))
+    assert max(b.shape[0] for b in batches) == 64
+    rows = torch.cat(batches)
+    assert rows.shape == df.shape
+    key = np.sort(np.nan_to_num(rows[:, 0].numpy(), nan=-1.0))
+    np.testing.assert_array_equal(key, np.sort(np.nan_to_num(df["c0"].to_numpy(), nan=-1.0)))
+    first = torch.cat(list(stream))
+    stream.set_epoch(1)
+    assert not torch.equal(first, torch.cat(list(stream)))  # a new order each epoch
+
+
+def test_shard_bounds_partition():
+    bounds = [distributed.shard_bounds(10, r, 3) for r in range(3)]
+    assert bounds == [(0, 4), (4, 7), (7, 10)]
+    assert distributed.world() == distributed.World(0, 1)
+    with pytest.raises(ValueError, match="rank"):
+        distributed.shard_bounds(10, 3, 3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_moments(rank: int, size: int, port: int, path: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        acc = MomentAccumulator(4)
+        for chunk in read_chunks(path, chunk_size=97, dtype=torch.float64):
+            acc.update(chunk)
+        mean, cov = acc.all_reduce().moments(dtype=torch.float64)
+        if rank == 0:
+            torch.save({"mean": mean, "cov": cov, "rows": acc.rows}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_give_the_single_process_statistics(csv_and_parquet, tmp_path):
+    df, csv, _ = csv_and_parquet
+    out = str(tmp_path / "moments.pt")
+    mp.spawn(_rank_moments, args=(2, _free_port(), str(csv), out), nprocs=2, join=True)
+    got = torch.load(out)
+    x = torch.tensor(df.to_numpy())
+    ref_mean, ref_cov = pairwise_moments(torch.nan_to_num(x), ~torch.isnan(x))
+    assert got["rows"] == len(df)
+    torch.testing.assert_close(got["mean"], ref_mean, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(got["cov"], ref_cov, rtol=1e-9, atol=1e-9)
