@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--graph", default="erdos_renyi")
     parser.add_argument("--penalties", type=int, default=15, help="penalties per path")
-    parser.add_argument("--draws", type=int, default=10, help="Gibbs chains per row (EM)")
+    parser.add_argument("--draws", type=int, default=20, help="Gibbs chains per row (EM)")
     parser.add_argument("--with-iw", action="store_true", help="the library's IW path, 1 seed")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table too")
     parser.add_argument("--threads", type=int, default=1)

@@ -548,10 +548,11 @@ def nonnegative_path(
     method: str = "auto",
     tol: float = 1e-6,
     max_iter: int = 20000,
-    num_draws: int = 10,
+    num_draws: int = 20,
     num_sweeps: int = 3,
-    em_tol: float = 3e-3,
+    em_tol: float = 1e-2,
     max_em_iter: int = 30,
+    squarem: bool = True,
     seed: int = 0,
     progress: bool = False,
     label: str | None = None,
@@ -574,7 +575,11 @@ def nonnegative_path(
     :param num_draws: Gibbs chains per row (EM).
     :param num_sweeps: Gibbs sweeps per E-step (EM), from the previous penalty's draws.
     :param em_tol: stop EM when the relative change of :math:`(K, \eta)` (Frobenius) is below.
-    :param max_em_iter: EM iterations per penalty at most.
+    :param max_em_iter: EM iterations (E- and M-step pairs) per penalty at most.
+    :param squarem: accelerate EM by SQUAREM (Varadhan & Roland 2008): two EM steps, an
+        extrapolation along their differences, one stabilising EM step; an extrapolated point
+        outside the model (a non-positive diagonal, diverging chains) falls back to plain EM.
+        The E-step's common random numbers make the EM map deterministic, which SQUAREM needs.
     :param seed: seeds the Gibbs draws.
     :param progress: tqdm bar over penalties.
     :param label: method label (default ``"nonnegative_sm"`` / ``"nonnegative_em"``).
@@ -646,20 +651,22 @@ def nonnegative_path(
     kkts, iterations, em_iterations, converged = [], [], [], []
     losses: list[float] = []
     bar = tqdm(grid.tolist(), desc="nonnegative", disable=not progress, leave=False)
-    for k, gamma in enumerate(bar):
+    for gamma in bar:
         its, ok = 0, True
         if not use_em:
             theta, its, ok, kkt = _fista(stats, gamma, theta, tol=tol, max_iter=max_iter)
             em_its = 0
         else:
             assert chains is not None
-            start_state, draws = chains, chains
-            em_its, em_ok = 0, False
-            for em_its in range(1, max_em_iter + 1):  # noqa: B007
-                kk, ee, _ = _split(theta, d, centred)
-                generator.manual_seed(int(seed) * 1_000_003 + k + 1)  # common random numbers
+            assert chains is not None
+            state = {"its": 0, "ok": True, "evals": 0}
+
+            def em_map(current: Tensor, gamma: float = gamma, state: dict = state) -> tuple:
+                """One EM iteration (E-step with common random numbers, exact M-step)."""
+                kk, ee, _ = _split(current, d, centred)
+                generator.manual_seed(int(seed) + 1)  # common random numbers, whole path
                 draws = truncated_conditional_gibbs(
-                    start_state,
+                    chains,
                     observed,
                     kk,
                     ee,
@@ -668,17 +675,49 @@ def nonnegative_path(
                     fixed_scan=True,
                     stratified=True,
                 )
-                stats = stats_of(draws)
-                new, it, ok_m, kkt = _fista(stats, gamma, theta, tol=tol, max_iter=max_iter)
-                its += it
-                ok = ok and ok_m
-                change = float((new - theta).norm()) / max(float(theta.norm()), 1e-300)
-                theta = new
-                if change <= em_tol:
-                    em_ok = True
-                    break
+                st = stats_of(draws)
+                new, it, ok_m, kkt_m = _fista(st, gamma, current, tol=tol, max_iter=max_iter)
+                state["its"] += it
+                state["ok"] = state["ok"] and ok_m
+                state["evals"] += 1
+                return new, st, kkt_m
+
+            def rel(a: Tensor, b: Tensor) -> float:
+                return float((a - b).norm()) / max(float(b.norm()), 1e-300)
+
+            em_ok, accelerate = False, squarem
+            t0 = theta  # always an M-step output (or the previous penalty's solution)
+            while state["evals"] < max_em_iter and not em_ok:
+                try:
+                    t1, stats, kkt = em_map(t0)
+                    theta = t1
+                    if rel(t1, t0) <= em_tol:
+                        em_ok = True
+                        break
+                    t2, stats, kkt = em_map(t1)
+                    theta = t2
+                    if rel(t2, t1) <= em_tol:
+                        em_ok = True
+                        break
+                    if not accelerate or state["evals"] >= max_em_iter:
+                        t0 = t2
+                        continue
+                    r = t1 - t0
+                    v = t2 - t1 - r
+                    alpha = min(-float(r.norm()) / max(float(v.norm()), 1e-300), -1.0)
+                    # SQUAREM (Varadhan & Roland 2008), stabilised by one EM step
+                    t3, stats, kkt = em_map(t0 - 2.0 * alpha * r + alpha * alpha * v)
+                    t0 = theta = t3
+                except (ValueError, FloatingPointError):
+                    if not accelerate:
+                        raise
+                    # an extrapolation left the model (non-positive diagonal, diverging
+                    # chains): back to the last M-step output, plain EM for this penalty
+                    accelerate = False
+                    theta = t0
+            its, em_its = state["its"], state["evals"]
+            ok = bool(state["ok"])
             ok = ok and em_ok
-            chains = draws
         kk, ee, loc = _split(theta, d, centred)
         precisions.append(kk)
         etas.append(ee)
