@@ -50,25 +50,40 @@ observed ones, a Gaussian truncated to the orthant of the missing block, and (M)
 quadratic problem above on them. The truncated conditional has no closed-form moments, so the
 E-step runs ``num_draws`` Gibbs chains per row, all rows and draws at once
 (:func:`truncated_conditional_gibbs`: exact univariate truncated-normal conditionals by
-inverse CDF, :func:`~pyro_msm.distributions.paper.truncated_standard_normal`), ``num_sweeps``
-sweeps per E-step. It is therefore a **Monte Carlo EM**: the answer carries Monte Carlo error
-of order :math:`1/\sqrt{\text{num\_draws}\cdot n}` in the statistics. Within one penalty the
-E-step uses common random numbers (the same seed and the same chain start, the previous
-penalty's final draws), so it is a deterministic function of the parameters and the EM
-iteration converges to a fixed point; it stops when the relative change of the parameters is
-below ``em_tol``. With no missing entry, EM's fixed point is the exact solution (tested).
+inverse CDF, accurate in the tails), ``num_sweeps`` sweeps per E-step. It is therefore a
+**Monte Carlo EM**: the answer carries Monte Carlo error of order
+:math:`1/\sqrt{\text{num\_draws}\cdot n}` in the statistics. Every E-step of the path uses
+common random numbers: the same seed and the same start (exact draws of the diagonal model
+fitted first, whose conditionals are independent truncated normals), with a fixed scan order
+and an inverse CDF continuous in the parameters, so the E-step is one deterministic, continuous
+map of :math:`(K, \eta)` along the whole path; the EM iteration then converges to a fixed point
+(with a discontinuous map, reflected inverse CDFs and scan orders that followed
+:math:`K`'s zeros, its relative change stalled at 2-5% per iteration), and the same Monte Carlo
+perturbation is shared by all penalties, which keeps the path's edge order coherent. The chains
+are stratified across draws (``stratified`` in :func:`truncated_conditional_gibbs`). EM is
+accelerated by SQUAREM (Varadhan & Roland 2008; ``squarem=False`` for plain EM) and stops when
+the relative change of the parameters is below ``em_tol``; ``num_sweeps`` must be enough for
+the chains to forget their start. With no missing entry, EM's fixed point is the exact
+solution (tested). docs/benchmarks.md measures the Monte Carlo error's effect on edge recovery.
 
 References
 
 [1] Yu, Drton & Shojaie, "Generalized score matching for non-negative data", JMLR 20, 2019
     (R package genscore).
+
 [2] Hyvarinen, "Some extensions of score matching", CSDA 51, 2007.
+
 [3] Lin, Drton & Shojaie, "Estimation of high-dimensional graphical models using regularized
     score matching", EJS 10, 2016.
+
 [4] Uehara, Matsuda & Kim, "Imputation estimators for unnormalized models with missing data",
     AISTATS 2020.
+
 [5] Beck & Teboulle, FISTA, SIAM J. Imaging Sci. 2, 2009; O'Donoghue & Candes, "Adaptive
     restart for accelerated gradient schemes", FoCM 15, 2015.
+
+[6] Varadhan & Roland, "Simple and globally convergent methods for accelerating the
+    convergence of any EM algorithm", Scand. J. Statistics 35, 2008.
 """
 
 from __future__ import annotations
@@ -573,7 +588,7 @@ def nonnegative_path(
     :param tol: KKT tolerance of each M-step, relative to :math:`\max|g|`.
     :param max_iter: FISTA iterations per solve at most.
     :param num_draws: Gibbs chains per row (EM).
-    :param num_sweeps: Gibbs sweeps per E-step (EM), from the previous penalty's draws.
+    :param num_sweeps: Gibbs sweeps per E-step (EM), always from the same start.
     :param em_tol: stop EM when the relative change of :math:`(K, \eta)` (Frobenius) is below.
     :param max_em_iter: EM iterations (E- and M-step pairs) per penalty at most.
     :param squarem: accelerate EM by SQUAREM (Varadhan & Roland 2008): two EM steps, an
