@@ -595,6 +595,8 @@ def nonnegative_path(
         extrapolation along their differences, one stabilising EM step; an extrapolated point
         outside the model (a non-positive diagonal, diverging chains) falls back to plain EM.
         The E-step's common random numbers make the EM map deterministic, which SQUAREM needs.
+        If an extrapolation leads outside the model, that penalty restarts from the previous
+        penalty's solution with plain EM.
     :param seed: seeds the Gibbs draws.
     :param progress: tqdm bar over penalties.
     :param label: method label (default ``"nonnegative_sm"`` / ``"nonnegative_em"``).
@@ -701,7 +703,7 @@ def nonnegative_path(
                 return float((a - b).norm()) / max(float(b.norm()), 1e-300)
 
             em_ok, accelerate = False, squarem
-            t0 = theta  # always an M-step output (or the previous penalty's solution)
+            t0 = safe = theta  # the previous penalty's solution (or the diagonal start)
             while state["evals"] < max_em_iter and not em_ok:
                 try:
                     t1, stats, kkt = em_map(t0)
@@ -726,10 +728,11 @@ def nonnegative_path(
                 except (ValueError, FloatingPointError):
                     if not accelerate:
                         raise
-                    # an extrapolation left the model (non-positive diagonal, diverging
-                    # chains): back to the last M-step output, plain EM for this penalty
+                    # an extrapolation, or an M-step on its draws, left the model (a
+                    # non-positive diagonal, diverging chains): plain EM for this penalty
+                    # from the previous penalty's solution, whose E-step is known to work
                     accelerate = False
-                    theta = t0
+                    t0 = theta = safe
             its, em_its = state["its"], state["evals"]
             ok = bool(state["ok"])
             ok = ok and em_ok
