@@ -29,6 +29,7 @@ def test_the_tutorials_are_there():
         "t03_sparse_graphs",
         "t04_arviz",
         "t05_truncated",
+        "t06_nonnegative_graphs",
     } <= names
 
 

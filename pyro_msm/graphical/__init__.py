@@ -63,6 +63,7 @@ from .metrics import (
     roc_auc,
     stein_loss,
 )
+from .nonnegative import nonnegative_kkt_violation, nonnegative_path, nonnegative_score_matching
 from .path import PenaltyPath, default_penalties, score_matching_path
 from .quadratic import (
     kkt_violation,
@@ -146,4 +147,7 @@ __all__ = [
     "impute_glasso_cv",
     "em_glasso",
     "em_glasso_path",
+    "nonnegative_path",
+    "nonnegative_score_matching",
+    "nonnegative_kkt_violation",
 ]

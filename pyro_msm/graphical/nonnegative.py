@@ -1,0 +1,797 @@
+r"""Non-negative data: the truncated Gaussian graphical model on :math:`\mathbb{R}_+^d` by
+generalised score matching, solved exactly on complete data and by Monte Carlo EM with missing
+entries.
+
+**Model.** :math:`q(x) \propto \exp(-\tfrac12 x^\top K x + \eta^\top x)` on
+:math:`x \ge 0` (the Gaussian :math:`N(\mu, K^{-1})`, :math:`\eta = K\mu`, truncated to the
+non-negative orthant; ``centred=True`` fixes :math:`\eta = 0`). The graph is the support of
+:math:`K`.
+
+**Loss** (Yu, Drton & Shojaie 2019; Hyvarinen 2007). With weights :math:`h_j(x_j)` that vanish
+at the boundary, here :math:`h_j(x) = \min(x, c_j)` with :math:`h_j'(x) = 1[x < c_j]`
+(genscore's ``"min_pow"`` mode with power 1), the generalised score-matching loss per row is
+:math:`\sum_j h_j a_j^2 + 2 h_j \partial_j a_j + 2 h_j' a_j`, :math:`a = \nabla\log q`. It is
+quadratic in the columns :math:`\theta_j = (k_j; -\eta_j)` of the parameter, with
+:math:`\tilde x = (x; 1)` (just :math:`x` when centred):
+
+.. math::
+    L(K, \eta) = \sum_j \theta_j^\top \Gamma_j \theta_j - 2 g_j^\top \theta_j, \qquad
+    \Gamma_j = \mathbb{E}[h_j(x_j)\,\tilde x \tilde x^\top], \quad
+    g_j = \mathbb{E}[h_j'(x_j)\,\tilde x] + \mathbb{E}[h_j(x_j)]\, e_j .
+
+This is twice genscore's :math:`\tfrac12\theta^\top\Gamma\theta - g^\top\theta`, the scaling of
+the per-row loss in METHOD.md, so that a penalty means the same as in
+:mod:`~pyro_msm.graphical.quadratic` (on the Gaussian loss, :math:`h \equiv 1`, this is exactly
+:func:`~pyro_msm.graphical.quadratic_objective`). The estimate minimises
+:math:`L + \gamma \sum_{i \ne j} |K_{ij}|` over **symmetric** :math:`K` (genscore's
+``symmetric="symmetric"``, the joint formulation, not per-column lasso then symmetrised);
+:math:`\eta` and the diagonal are not penalised (genscore's ``lambda_ratio=Inf``).
+
+**Caps.** :math:`c_j` is ``cap`` times the root mean square of column :math:`j`'s observed
+entries, so the estimator is equivariant under rescaling a column (genscore applies a fixed
+cap to data it first rescales; the default ``cap=1`` was chosen on tuning networks separate
+from the benchmark's, see docs/benchmarks.md). An optional ``diagonal_multiplier``
+:math:`\delta \ge 1` multiplies the diagonal of each :math:`\Gamma_j`'s :math:`K` block
+(genscore's remedy when :math:`n < d`).
+
+**Exact solver.** FISTA on the joint problem, all columns at once as one batched
+:math:`(d, p, p)` product: gradient :math:`G_{\cdot j} = 2(\Gamma_j\theta_j - g_j)`,
+symmetrised on the :math:`K` block; step :math:`1/(2\max_j\lambda_{\max}(\Gamma_j))` (a
+Lipschitz constant, so no backtracking is needed); soft-thresholding of the off-diagonal
+entries; gradient restarts (O'Donoghue & Candes). It stops when the optimality (KKT)
+conditions hold to ``tol`` times :math:`\max|g|` (:func:`nonnegative_kkt_violation`). The
+path starts at the exact empty-graph penalty (the largest off-diagonal gradient at the
+diagonal minimiser) and warm-starts each penalty from the previous solution.
+
+**Missing entries: Monte Carlo EM.** The expected complete-data loss is linear in
+:math:`(\Gamma_j, g_j)`, so EM (Uehara, Matsuda & Kim 2020) alternates (E) the expectations of
+:math:`\Gamma_j, g_j` over the current model's conditional of the missing entries given the
+observed ones, a Gaussian truncated to the orthant of the missing block, and (M) the exact
+quadratic problem above on them. The truncated conditional has no closed-form moments, so the
+E-step runs ``num_draws`` Gibbs chains per row, all rows and draws at once
+(:func:`truncated_conditional_gibbs`: exact univariate truncated-normal conditionals by
+inverse CDF, accurate in the tails), ``num_sweeps`` sweeps per E-step. It is therefore a
+**Monte Carlo EM**: the answer carries Monte Carlo error of order
+:math:`1/\sqrt{\text{num\_draws}\cdot n}` in the statistics. Every E-step of the path uses
+common random numbers: the same seed and the same start (exact draws of the diagonal model
+fitted first, whose conditionals are independent truncated normals), with a fixed scan order
+and an inverse CDF continuous in the parameters, so the E-step is one deterministic, continuous
+map of :math:`(K, \eta)` along the whole path; the EM iteration then converges to a fixed point
+(with a discontinuous map, reflected inverse CDFs and scan orders that followed
+:math:`K`'s zeros, its relative change stalled at 2-5% per iteration), and the same Monte Carlo
+perturbation is shared by all penalties, which keeps the path's edge order coherent. The chains
+are stratified across draws (``stratified`` in :func:`truncated_conditional_gibbs`). EM is
+accelerated by SQUAREM (Varadhan & Roland 2008; ``squarem=False`` for plain EM) and stops when
+the relative change of the parameters is below ``em_tol``; ``num_sweeps`` must be enough for
+the chains to forget their start. With no missing entry, EM's fixed point is the exact
+solution (tested). docs/benchmarks.md measures the Monte Carlo error's effect on edge recovery.
+
+References
+
+[1] Yu, Drton & Shojaie, "Generalized score matching for non-negative data", JMLR 20, 2019
+    (R package genscore).
+
+[2] Hyvarinen, "Some extensions of score matching", CSDA 51, 2007.
+
+[3] Lin, Drton & Shojaie, "Estimation of high-dimensional graphical models using regularized
+    score matching", EJS 10, 2016.
+
+[4] Uehara, Matsuda & Kim, "Imputation estimators for unnormalized models with missing data",
+    AISTATS 2020.
+
+[5] Beck & Teboulle, FISTA, SIAM J. Imaging Sci. 2, 2009; O'Donoghue & Candes, "Adaptive
+    restart for accelerated gradient schemes", FoCM 15, 2015.
+
+[6] Varadhan & Roland, "Simple and globally convergent methods for accelerating the
+    convergence of any EM algorithm", Scand. J. Statistics 35, 2008.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..distributions.paper import colour_classes
+from .path import PenaltyPath, as_data_and_mask
+from .quadratic import penalty_grid
+
+__all__ = [
+    "NONNEGATIVE_METHODS",
+    "NonnegativeStatistics",
+    "NonnegativeSolution",
+    "nonnegative_caps",
+    "nonnegative_statistics",
+    "nonnegative_objective",
+    "nonnegative_kkt_violation",
+    "nonnegative_max_penalty",
+    "truncated_conditional_gibbs",
+    "nonnegative_score_matching",
+    "nonnegative_path",
+]
+
+#: ``method`` values of :func:`nonnegative_path`: ``"auto"`` (exact on complete data, EM
+#: otherwise), ``"exact"`` (complete data only), ``"em"`` (Monte Carlo EM even on complete data).
+NONNEGATIVE_METHODS = ("auto", "exact", "em")
+_CHUNK = 4_000_000  # doubles per chunk of the (rows, pairs) products in the statistics
+
+
+@dataclass
+class NonnegativeStatistics:
+    r"""The sufficient statistics of the generalised score-matching loss (module doc).
+
+    :ivar gamma: :math:`\Gamma`, ``(d, p, p)`` with ``p = d`` (centred) or ``d + 1``.
+    :ivar g: :math:`g`, ``(d, p)``.
+    :ivar caps: :math:`c_j`, ``(d,)``.
+    :ivar centred: whether :math:`\eta = 0` is fixed.
+    """
+
+    gamma: Tensor
+    g: Tensor
+    caps: Tensor
+    centred: bool
+
+    @property
+    def dim(self) -> int:
+        """:math:`d`."""
+        return int(self.g.shape[0])
+
+
+@dataclass
+class NonnegativeSolution:
+    r"""One fit of :func:`nonnegative_score_matching`.
+
+    :ivar precision: :math:`K`, ``(d, d)`` symmetric (float64).
+    :ivar eta: :math:`\eta = K\mu`, ``(d,)`` (zeros when centred).
+    :ivar loc: :math:`\mu = K^{-1}\eta` (NaN if :math:`K` is singular).
+    :ivar penalty: :math:`\gamma`.
+    :ivar kkt: largest KKT violation at the solution, on the final statistics.
+    :ivar iterations: FISTA iterations (summed over EM iterations).
+    :ivar em_iterations: EM iterations (0 on complete data).
+    :ivar converged: whether the FISTA and EM tolerances were met.
+    """
+
+    precision: Tensor
+    eta: Tensor
+    loc: Tensor
+    penalty: float
+    kkt: float
+    iterations: int
+    em_iterations: int
+    converged: bool
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics, objective, optimality
+# ------------------------------------------------------------------------------------------------
+def nonnegative_caps(x: Tensor, mask: Tensor | None = None, cap: float = 1.0) -> Tensor:
+    r"""The caps :math:`c_j` of :math:`h_j(x) = \min(x, c_j)`: ``cap`` times the root mean
+    square of the observed entries of column :math:`j`.
+
+    :param x: ``(n, d)`` non-negative (missing entries may hold anything finite).
+    :param mask: boolean ``(n, d)``, True where observed (None: all observed).
+    :param cap: positive multiplier.
+    """
+    if not cap > 0 or not math.isfinite(cap):
+        raise ValueError(f"cap must be a positive finite number, got {cap}")
+    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    rms = ((x * x * m).sum(0) / m.sum(0).clamp(min=1.0)).sqrt()
+    if bool((rms <= 0).any()):
+        cols = torch.nonzero(rms <= 0).flatten().tolist()
+        raise ValueError(f"columns {cols} have only zero observed entries; drop them")
+    return cap * rms
+
+
+def _weights(z: Tensor, caps: Tensor) -> tuple[Tensor, Tensor]:
+    c = caps.to(z)
+    return torch.minimum(z, c), (z < c).to(z.dtype)
+
+
+def nonnegative_statistics(
+    z: Tensor,
+    caps: Tensor,
+    *,
+    centred: bool = False,
+    diagonal_multiplier: float = 1.0,
+) -> NonnegativeStatistics:
+    r""":math:`\Gamma_j` and :math:`g_j` (module doc) as averages over the rows of ``z``.
+
+    :param z: complete non-negative rows ``(..., d)`` (e.g. ``(n, d)`` data or
+        ``(draws, n, d)`` completions; all leading dimensions are averaged).
+    :param caps: :math:`c_j`, ``(d,)`` (:func:`nonnegative_caps`).
+    :param centred: fix :math:`\eta = 0` (then ``p = d``, else ``p = d + 1``).
+    :param diagonal_multiplier: :math:`\delta \ge 1` on the diagonal of the :math:`K` block.
+    :returns: :class:`NonnegativeStatistics`.
+    """
+    if not diagonal_multiplier >= 1.0:
+        raise ValueError(f"diagonal_multiplier must be >= 1, got {diagonal_multiplier}")
+    d = z.shape[-1]
+    rows = z.reshape(-1, d)
+    r = rows.shape[0]
+    h, hp = _weights(rows, caps)
+    za = rows if centred else torch.cat([rows, torch.ones_like(rows[:, :1])], 1)
+    p = za.shape[1]
+    iu = torch.triu_indices(p, p, device=rows.device)
+    upper = torch.zeros(d, iu.shape[1], dtype=rows.dtype, device=rows.device)
+    step = max(1, _CHUNK // iu.shape[1])
+    for lo in range(0, r, step):  # chunks of rows bound the (rows, pairs) temporary
+        zc = za[lo : lo + step]
+        upper += h[lo : lo + step].T @ (zc[:, iu[0]] * zc[:, iu[1]])
+    gamma = torch.zeros(d, p, p, dtype=rows.dtype, device=rows.device)
+    gamma[:, iu[0], iu[1]] = upper
+    gamma[:, iu[1], iu[0]] = upper
+    gamma = gamma / r
+    g = hp.T @ za / r
+    idx = torch.arange(d, device=rows.device)
+    g[idx, idx] += h.mean(0)
+    if diagonal_multiplier != 1.0:
+        gamma[:, idx, idx] *= diagonal_multiplier
+    return NonnegativeStatistics(gamma=gamma, g=g, caps=caps.to(rows), centred=centred)
+
+
+def _theta(precision: Tensor, eta: Tensor | None, stats: NonnegativeStatistics) -> Tensor:
+    """Stack :math:`(K; -\\eta^\\top)`, ``(p, d)``."""
+    k = 0.5 * (precision + precision.mT)
+    if stats.centred:
+        return k.to(stats.g)
+    e = torch.zeros_like(k[0]) if eta is None else eta
+    return torch.cat([k, -e.reshape(1, -1)], 0).to(stats.g)
+
+
+def _gradient(theta: Tensor, stats: NonnegativeStatistics) -> Tensor:
+    """Gradient of the smooth part on (symmetric K, eta-row), ``(p, d)``."""
+    d = stats.dim
+    prod = (stats.gamma @ theta.T.unsqueeze(-1)).squeeze(-1)  # (d, p): Gamma_j theta_j
+    grad = 2.0 * (prod - stats.g).T
+    top = 0.5 * (grad[:d] + grad[:d].T)
+    return top if stats.centred else torch.cat([top, grad[d:]], 0)
+
+
+def _smooth(theta: Tensor, stats: NonnegativeStatistics) -> Tensor:
+    prod = (stats.gamma @ theta.T.unsqueeze(-1)).squeeze(-1)
+    return ((prod - 2.0 * stats.g) * theta.T).sum()
+
+
+def _offdiagonal_l1(k: Tensor) -> Tensor:
+    return k.abs().sum() - k.diagonal().abs().sum()
+
+
+def nonnegative_objective(
+    precision: Tensor,
+    stats: NonnegativeStatistics,
+    penalty: float = 0.0,
+    eta: Tensor | None = None,
+) -> Tensor:
+    r""":math:`L(K, \eta) + \gamma\sum_{i\ne j}|K_{ij}|` (module doc).
+
+    :param precision: :math:`K`, ``(d, d)`` (symmetrised).
+    :param stats: :func:`nonnegative_statistics`.
+    :param penalty: :math:`\gamma \ge 0`.
+    :param eta: :math:`\eta`, ``(d,)``; ignored when ``stats.centred`` (default zeros).
+    """
+    theta = _theta(precision, eta, stats)
+    return _smooth(theta, stats) + penalty * _offdiagonal_l1(theta[: stats.dim])
+
+
+def _kkt(theta: Tensor, stats: NonnegativeStatistics, penalty: float) -> float:
+    d = stats.dim
+    grad = _gradient(theta, stats)
+    k, gk = theta[:d], grad[:d]
+    eye = torch.eye(d, dtype=torch.bool, device=k.device)
+    active = (k != 0) & ~eye
+    violation = torch.where(
+        eye,
+        gk.abs(),
+        torch.where(
+            active, (gk + penalty * torch.sign(k)).abs(), torch.clamp(gk.abs() - penalty, min=0)
+        ),
+    )
+    worst = violation.max()
+    if not stats.centred:
+        worst = torch.maximum(worst, grad[d:].abs().max())
+    return float(worst)
+
+
+def nonnegative_kkt_violation(
+    precision: Tensor,
+    stats: NonnegativeStatistics,
+    penalty: float,
+    eta: Tensor | None = None,
+) -> float:
+    r"""Largest violation of the optimality conditions of the penalised loss at
+    :math:`(K, \eta)`: with :math:`G` the symmetrised gradient, :math:`G_{jj} = 0`,
+    :math:`\partial_\eta = 0`, :math:`G_{ij} + \gamma\,\mathrm{sign}(K_{ij}) = 0` where
+    :math:`K_{ij} \ne 0` and :math:`|G_{ij}| \le \gamma` where :math:`K_{ij} = 0`.
+
+    :param precision: :math:`K`. :param stats: :func:`nonnegative_statistics`.
+    :param penalty: :math:`\gamma`. :param eta: :math:`\eta` (ignored when centred).
+    """
+    return _kkt(_theta(precision, eta, stats), stats, penalty)
+
+
+def _profiled(stats: NonnegativeStatistics) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    r"""Profile :math:`\eta` out exactly (it is unpenalised and enters only column :math:`j`'s
+    quadratic): with :math:`\nu_j = -\eta_j`, the minimiser is
+    :math:`\nu_j = (g_{j,p} - \Gamma_{j,p,:d} k_j)/\Gamma_{j,pp}`, leaving the centred
+    problem with the Schur complements :math:`A_j = \Gamma_{j,KK} - \Gamma_{j,K p}
+    \Gamma_{j,pK}/\Gamma_{j,pp}`, :math:`b_j = g_{j,K} - \Gamma_{j,Kp} g_{j,p}/\Gamma_{j,pp}`
+    (better conditioned: FISTA needs about half the iterations). Returns
+    ``(A, b, slope, intercept)`` with :math:`\nu_j` = ``intercept[j] - slope[j] @ k_j``."""
+    d = stats.dim
+    if stats.centred:
+        return stats.gamma, stats.g, None, None
+    corner = stats.gamma[:, d, d]  # E[h_j] > 0
+    cross = stats.gamma[:, :d, d]  # (d, d)
+    slope = cross / corner.unsqueeze(-1)
+    intercept = stats.g[:, d] / corner
+    a = stats.gamma[:, :d, :d] - cross.unsqueeze(-1) * slope.unsqueeze(-2)
+    b = stats.g[:, :d] - cross * intercept.unsqueeze(-1)
+    return 0.5 * (a + a.mT), b, slope, intercept
+
+
+def _full_theta(k: Tensor, stats: NonnegativeStatistics, slope, intercept) -> Tensor:
+    if stats.centred:
+        return k
+    nu = intercept - (slope * k.T).sum(-1)  # column j of k is k[:, j] = k.T[j]
+    return torch.cat([k, nu.unsqueeze(0)], 0)
+
+
+def _sym_gradient(k: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Symmetrised gradient of the profiled smooth part at symmetric ``k``."""
+    prod = (a @ k.unsqueeze(-1)).squeeze(-1)  # row j: A_j k_j (k symmetric: k[j] = k_j)
+    return prod + prod.T - b - b.T
+
+
+def _diagonal_solution(stats: NonnegativeStatistics) -> Tensor:
+    """The unpenalised minimiser over diagonal K (and eta), as the full ``(p, d)`` theta."""
+    a, b, slope, intercept = _profiled(stats)
+    idx = torch.arange(stats.dim, device=b.device)
+    k = torch.diag(b[idx, idx] / a[idx, idx, idx])
+    return _full_theta(k, stats, slope, intercept)
+
+
+def nonnegative_max_penalty(stats: NonnegativeStatistics) -> float:
+    r"""The smallest :math:`\gamma` whose solution has no edge: the largest off-diagonal entry
+    of the symmetrised gradient at the diagonal minimiser."""
+    d = stats.dim
+    grad = _gradient(_diagonal_solution(stats), stats)[:d].abs()
+    grad.fill_diagonal_(0.0)
+    return float(grad.max())
+
+
+def _fista(
+    stats: NonnegativeStatistics,
+    penalty: float,
+    theta: Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    check_every: int = 5,
+) -> tuple[Tensor, int, bool, float]:
+    r"""FISTA with gradient restarts on the joint problem with :math:`\eta` profiled out
+    (module doc); stops on the KKT tolerance ``tol * max|g|``. Returns
+    ``(theta, iterations, converged, kkt)`` with the full ``(p, d)`` theta."""
+    d = stats.dim
+    a, b, slope, intercept = _profiled(stats)
+    step = 1.0 / (2.0 * float(torch.linalg.eigvalsh(a)[:, -1].max()))
+    target = tol * max(1e-300, float(stats.g.abs().max()))
+    eye = torch.eye(d, dtype=torch.bool, device=b.device)
+    off = (~eye).to(b.dtype)
+    tau = step * penalty
+
+    def done(k: Tensor) -> tuple[bool, float]:
+        kkt = _kkt(_full_theta(k, stats, slope, intercept), stats, penalty)
+        return kkt <= target, kkt
+
+    x = 0.5 * (theta[:d] + theta[:d].T)
+    ok, kkt = done(x)
+    if ok:
+        return _full_theta(x, stats, slope, intercept), 0, True, kkt
+    y, t = x, 1.0
+    k = 0
+    for k in range(1, int(max_iter) + 1):  # noqa: B007
+        z = y - step * _sym_gradient(y, a, b)
+        new = z - z.clamp(-tau, tau) * off  # soft-threshold the off-diagonal entries
+        change = new - x
+        if float(((y - new) * change).sum()) > 0:  # restart: momentum points uphill
+            t, y = 1.0, new
+        else:
+            t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+            y = new + ((t - 1.0) / t_next) * change
+            t = t_next
+        x = new
+        if k % check_every == 0:
+            ok, kkt = done(x)
+            if ok:
+                break
+    else:
+        ok, kkt = done(x)
+    return _full_theta(x, stats, slope, intercept), k, ok, kkt
+
+
+# ------------------------------------------------------------------------------------------------
+# the E-step sampler
+# ------------------------------------------------------------------------------------------------
+def _lower_truncated_normal(lower: Tensor, u: Tensor) -> Tensor:
+    r"""Inverse CDF of :math:`N(0,1)` truncated to :math:`[a, \infty)` at uniforms ``u``:
+    :math:`t = -\Phi^{-1}((1-u)\,\Phi(-a))`, formed in log space from ``log_ndtr`` so the
+    upper tail keeps full relative precision; beyond :math:`\Phi(-a) < e^{-700}`
+    (:math:`a \gtrsim 37`) the first-order exponential tail :math:`t = a - \log(1-u)/a`
+    (Robert 1995). Unlike :func:`~pyro_msm.distributions.paper.truncated_standard_normal`
+    (which reflects intervals lying above zero), the map is increasing in ``u`` and
+    continuous in :math:`a`, which common random numbers need."""
+    log_tail = torch.special.log_ndtr(-lower)
+    log_q = torch.log1p(-u) + log_tail
+    t = -torch.special.ndtri(torch.exp(log_q))
+    deep = log_q < -700.0
+    if bool(deep.any()):
+        t = torch.where(deep, lower - torch.log1p(-u) / lower.clamp(min=1.0), t)
+    return torch.maximum(t, lower)
+
+
+def _uniforms(
+    shape: torch.Size, like: Tensor, generator: torch.Generator | None, stratified: bool
+) -> Tensor:
+    """Uniforms of ``shape``; stratified over the leading (chain) dimension if asked."""
+    u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    if not stratified or len(shape) < 2 or shape[0] < 2:
+        return u
+    m = shape[0]
+    keys = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    strata = keys.argsort(0).to(like.dtype)  # a uniformly random permutation per entry
+    return (strata + u) / m
+
+
+def truncated_conditional_gibbs(
+    z: Tensor,
+    observed: Tensor,
+    precision: Tensor,
+    eta: Tensor | None = None,
+    *,
+    num_sweeps: int = 1,
+    generator: torch.Generator | None = None,
+    fixed_scan: bool = False,
+    stratified: bool = False,
+) -> Tensor:
+    r"""Gibbs sweeps over the missing entries of completed rows under the truncated Gaussian
+    :math:`q(x) \propto \exp(-\tfrac12 x^\top K x + \eta^\top x)\,1[x \ge 0]`, observed
+    entries held fixed: every chain targets the model's conditional of the missing block given
+    the observed one.
+
+    Coordinate :math:`k` is drawn from :math:`N(m_k, 1/K_{kk})` truncated to
+    :math:`[0, \infty)`, :math:`m_k = (\eta_k - \sum_{l\ne k}K_{kl}x_l)/K_{kk}`, by inverse CDF
+    (accurate in the tails);
+    coordinates that do not interact (:math:`K_{kl} = 0`) are drawn together
+    (:func:`~pyro_msm.distributions.paper.colour_classes`), for all rows and chains at once.
+    With ``fixed_scan=True`` every coordinate is drawn on its own in index order whatever
+    :math:`K`'s zeros: the uniforms then enter the same updates for every :math:`K`, so with a
+    fixed seed and start the draws are a continuous function of :math:`(K, \eta)` (common
+    random numbers, what EM's convergence needs).
+
+    :param z: ``(..., n, d)`` current states, non-negative, equal to the data where observed.
+    :param observed: boolean ``(n, d)``, True where observed (never resampled).
+    :param precision: :math:`K` with a positive diagonal.
+    :param eta: :math:`\eta` (default zeros).
+    :param num_sweeps: systematic-scan sweeps.
+    :param generator: random generator on ``z``'s device (seeds the draws).
+    :param fixed_scan: one coordinate at a time in index order (see above).
+    :param stratified: stratify the uniforms across the chains (the leading dimension of
+        ``z``): at every update the :math:`M` chains of a row get one uniform from each of
+        :math:`[m/M, (m+1)/M)`, assigned by a random permutation, so every chain is still an
+        exact Gibbs chain while their average has less variance (the chains are negatively
+        correlated).
+    :returns: the new states (a new tensor).
+    :raises ValueError: if the diagonal of :math:`K` is not positive.
+    :raises FloatingPointError: if a chain leaves the finite numbers (a :math:`K` that is not
+        copositive has no normalisable truncated model; raise the penalty).
+    """
+    x = z.clone()
+    d = x.shape[-1]
+    k = 0.5 * (precision + precision.mT).to(x)
+    diag = k.diagonal()
+    if not bool((diag > 0).all()):
+        raise ValueError("truncated_conditional_gibbs: precision needs a positive diagonal")
+    e = torch.zeros(d, dtype=x.dtype, device=x.device) if eta is None else eta.to(x)
+    missing = ~observed.to(device=x.device, dtype=torch.bool)
+    columns = torch.nonzero(missing.any(0)).flatten()
+    if num_sweeps < 1 or columns.numel() == 0:
+        return x
+    sd = diag.rsqrt()
+    if fixed_scan:  # one coordinate at a time, only the rows where it is missing
+        where = [torch.nonzero(missing[:, j]).flatten() for j in columns.tolist()]
+        for _ in range(int(num_sweeps)):
+            for j, rows in zip(columns.tolist(), where, strict=True):
+                xr = x[..., rows, :]
+                mean = (e[j] - xr @ k[:, j] + xr[..., j] * diag[j]) / diag[j]
+                u = _uniforms(mean.shape, x, generator, stratified)
+                t = _lower_truncated_normal(-mean / sd[j], u)
+                x[..., rows, j] = (mean + sd[j] * t).clamp(min=0.0)
+    else:
+        blocks = [b.to(x.device) for b in colour_classes((k != 0).cpu())]
+        blocks = [b[missing[:, b].any(0)] for b in blocks]
+        blocks = [b for b in blocks if b.numel()]
+        for _ in range(int(num_sweeps)):
+            for idx in blocks:
+                cross = x @ k[:, idx] - x[..., idx] * diag[idx]
+                mean = (e[idx] - cross) / diag[idx]
+                u = _uniforms(mean.shape, x, generator, stratified)
+                t = _lower_truncated_normal(-mean / sd[idx], u)
+                new = (mean + sd[idx] * t).clamp(min=0.0)
+                x[..., idx] = torch.where(missing[:, idx], new, x[..., idx])
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(
+            "truncated_conditional_gibbs: the chains diverged (the fitted K is not copositive, "
+            "so the truncated model is not normalisable); raise the smallest penalty or the "
+            "diagonal_multiplier"
+        )
+    return x
+
+
+# ------------------------------------------------------------------------------------------------
+# the path
+# ------------------------------------------------------------------------------------------------
+def _split(theta: Tensor, d: int, centred: bool) -> tuple[Tensor, Tensor, Tensor]:
+    k = 0.5 * (theta[:d] + theta[:d].T)
+    eta = torch.zeros(d, dtype=k.dtype, device=k.device) if centred else -theta[d]
+    try:
+        loc = torch.linalg.solve(k, eta)
+    except RuntimeError:  # singular K
+        loc = torch.full_like(eta, math.nan)
+    return k, eta, loc
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def nonnegative_path(
+    x: Tensor | np.ndarray,
+    mask: Tensor | np.ndarray | None = None,
+    *,
+    penalties: Sequence[float] | Tensor | None = None,
+    num_penalties: int = 20,
+    penalty_ratio: float = 0.01,
+    cap: float = 1.0,
+    centred: bool = False,
+    diagonal_multiplier: float = 1.0,
+    method: str = "auto",
+    tol: float = 1e-6,
+    max_iter: int = 20000,
+    num_draws: int = 20,
+    num_sweeps: int = 3,
+    em_tol: float = 1e-2,
+    max_em_iter: int = 30,
+    squarem: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+    label: str | None = None,
+) -> PenaltyPath:
+    r"""The L1 path of the truncated Gaussian graphical model on :math:`\mathbb{R}_+^d`
+    (module doc): exact on complete data, Monte Carlo EM with missing entries.
+
+    :param x: ``(n, d)`` non-negative table, NaN where missing (unless ``mask`` is given).
+    :param mask: boolean ``(n, d)``, True where observed, or None.
+    :param penalties: decreasing penalties :math:`\gamma`; default ``num_penalties`` log-spaced
+        from the empty-graph penalty (:func:`nonnegative_max_penalty`; with missing entries, of
+        the statistics after one E-step under the diagonal model) down to ``penalty_ratio``
+        times it.
+    :param cap: :math:`c_j` = ``cap`` times column :math:`j`'s observed root mean square.
+    :param centred: fix :math:`\eta = 0` (the model's mode at the origin).
+    :param diagonal_multiplier: :math:`\delta \ge 1` (module doc).
+    :param method: ``"auto"``, ``"exact"`` or ``"em"`` (:data:`NONNEGATIVE_METHODS`).
+    :param tol: KKT tolerance of each M-step, relative to :math:`\max|g|`.
+    :param max_iter: FISTA iterations per solve at most.
+    :param num_draws: Gibbs chains per row (EM).
+    :param num_sweeps: Gibbs sweeps per E-step (EM), always from the same start.
+    :param em_tol: stop EM when the relative change of :math:`(K, \eta)` (Frobenius) is below.
+    :param max_em_iter: EM iterations (E- and M-step pairs) per penalty at most.
+    :param squarem: accelerate EM by SQUAREM (Varadhan & Roland 2008): two EM steps, an
+        extrapolation along their differences, one stabilising EM step; an extrapolated point
+        outside the model (a non-positive diagonal, diverging chains) falls back to plain EM.
+        The E-step's common random numbers make the EM map deterministic, which SQUAREM needs.
+        If an extrapolation leads outside the model, that penalty restarts from the previous
+        penalty's solution with plain EM.
+    :param seed: seeds the Gibbs draws.
+    :param progress: tqdm bar over penalties.
+    :param label: method label (default ``"nonnegative_sm"`` / ``"nonnegative_em"``).
+    :returns: a :class:`~pyro_msm.graphical.PenaltyPath` (``locs`` = :math:`\mu = K^{-1}\eta`);
+        ``info`` holds ``eta`` ``(k, d)``, ``kkt``, ``iterations``, ``em_iterations``,
+        ``converged`` per penalty, ``caps`` and ``method``.
+    :raises ValueError: for negative observed entries, ``method="exact"`` with missing
+        entries, or bad settings (each names the argument).
+    """
+    from tqdm.auto import tqdm
+
+    if method not in NONNEGATIVE_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {NONNEGATIVE_METHODS}")
+    for name, value, minimum in (
+        ("num_penalties", num_penalties, 1),
+        ("max_iter", max_iter, 1),
+        ("num_draws", num_draws, 1),
+        ("num_sweeps", num_sweeps, 1),
+        ("max_em_iter", max_em_iter, 1),
+    ):
+        _check_int(name, value, minimum)
+    if not tol > 0 or not em_tol > 0:
+        raise ValueError(f"tol and em_tol must be positive, got {tol} and {em_tol}")
+    data, observed = as_data_and_mask(x, mask)
+    data = data.to(torch.float64)
+    if bool((data[observed] < 0).any()):
+        raise ValueError(
+            f"X has {int((data[observed] < 0).sum())} negative observed entries; the model "
+            "lives on the non-negative orthant (shift the columns by their lower bounds)"
+        )
+    n, d = data.shape
+    incomplete = not bool(observed.all())
+    if method == "exact" and incomplete:
+        raise ValueError("method='exact' needs complete data; use method='auto' or 'em'")
+    use_em = method == "em" or (method == "auto" and incomplete)
+    caps = nonnegative_caps(data, observed, cap)
+    start = time.perf_counter()
+
+    def stats_of(z: Tensor) -> NonnegativeStatistics:
+        return nonnegative_statistics(
+            z, caps, centred=centred, diagonal_multiplier=diagonal_multiplier
+        )
+
+    generator = torch.Generator(device=data.device)
+    chains = None
+    if use_em:
+        m = observed.to(data.dtype)
+        means = (data * m).sum(0) / m.sum(0)
+        filled = torch.where(observed, data, means.expand_as(data))
+        chains = filled.expand(num_draws, n, d).clone()
+        theta = _diagonal_solution(stats_of(filled))
+        k0, eta0, _ = _split(theta, d, centred)
+        generator.manual_seed(int(seed))
+        # the diagonal model's conditionals are independent truncated normals: one sweep is exact
+        chains = truncated_conditional_gibbs(chains, observed, k0, eta0, generator=generator)
+        stats = stats_of(chains)
+        theta = _diagonal_solution(stats)
+    else:
+        stats = stats_of(data)
+        theta = _diagonal_solution(stats)
+    if penalties is None:
+        grid = penalty_grid(nonnegative_max_penalty(stats), num_penalties, penalty_ratio)
+    else:
+        grid = torch.as_tensor(penalties, dtype=torch.float64).flatten()
+        if grid.numel() == 0 or not bool((grid >= 0).all()):
+            raise ValueError("penalties must be a non-empty sequence of non-negative numbers")
+
+    precisions, etas, locs = [], [], []
+    kkts, iterations, em_iterations, converged = [], [], [], []
+    losses: list[float] = []
+    bar = tqdm(grid.tolist(), desc="nonnegative", disable=not progress, leave=False)
+    for gamma in bar:
+        its, ok = 0, True
+        if not use_em:
+            theta, its, ok, kkt = _fista(stats, gamma, theta, tol=tol, max_iter=max_iter)
+            em_its = 0
+        else:
+            assert chains is not None
+            assert chains is not None
+            state = {"its": 0, "ok": True, "evals": 0}
+
+            def em_map(current: Tensor, gamma: float = gamma, state: dict = state) -> tuple:
+                """One EM iteration (E-step with common random numbers, exact M-step)."""
+                kk, ee, _ = _split(current, d, centred)
+                generator.manual_seed(int(seed) + 1)  # common random numbers, whole path
+                draws = truncated_conditional_gibbs(
+                    chains,
+                    observed,
+                    kk,
+                    ee,
+                    num_sweeps=num_sweeps,
+                    generator=generator,
+                    fixed_scan=True,
+                    stratified=True,
+                )
+                st = stats_of(draws)
+                new, it, ok_m, kkt_m = _fista(st, gamma, current, tol=tol, max_iter=max_iter)
+                state["its"] += it
+                state["ok"] = state["ok"] and ok_m
+                state["evals"] += 1
+                return new, st, kkt_m
+
+            def rel(a: Tensor, b: Tensor) -> float:
+                return float((a - b).norm()) / max(float(b.norm()), 1e-300)
+
+            em_ok, accelerate = False, squarem
+            t0 = safe = theta  # the previous penalty's solution (or the diagonal start)
+            while state["evals"] < max_em_iter and not em_ok:
+                try:
+                    t1, stats, kkt = em_map(t0)
+                    theta = t1
+                    if rel(t1, t0) <= em_tol:
+                        em_ok = True
+                        break
+                    t2, stats, kkt = em_map(t1)
+                    theta = t2
+                    if rel(t2, t1) <= em_tol:
+                        em_ok = True
+                        break
+                    if not accelerate or state["evals"] >= max_em_iter:
+                        t0 = t2
+                        continue
+                    r = t1 - t0
+                    v = t2 - t1 - r
+                    alpha = min(-float(r.norm()) / max(float(v.norm()), 1e-300), -1.0)
+                    # SQUAREM (Varadhan & Roland 2008), stabilised by one EM step
+                    t3, stats, kkt = em_map(t0 - 2.0 * alpha * r + alpha * alpha * v)
+                    t0 = theta = t3
+                except (ValueError, FloatingPointError):
+                    if not accelerate:
+                        raise
+                    # an extrapolation, or an M-step on its draws, left the model (a
+                    # non-positive diagonal, diverging chains): plain EM for this penalty
+                    # from the previous penalty's solution, whose E-step is known to work
+                    accelerate = False
+                    t0 = theta = safe
+            its, em_its = state["its"], state["evals"]
+            ok = bool(state["ok"])
+            ok = ok and em_ok
+        kk, ee, loc = _split(theta, d, centred)
+        precisions.append(kk)
+        etas.append(ee)
+        locs.append(loc)
+        kkts.append(kkt)
+        iterations.append(its)
+        em_iterations.append(em_its)
+        converged.append(ok)
+        losses.append(float(_smooth(theta, stats)))
+    return PenaltyPath(
+        method=label or ("nonnegative_em" if use_em else "nonnegative_sm"),
+        penalties=grid.clone(),
+        precisions=torch.stack(precisions),
+        locs=torch.stack(locs),
+        losses=losses,
+        seconds=time.perf_counter() - start,
+        info={
+            "eta": torch.stack(etas),
+            "kkt": kkts,
+            "iterations": iterations,
+            "em_iterations": em_iterations,
+            "converged": converged,
+            "caps": caps,
+            "method": "em" if use_em else "exact",
+            "centred": centred,
+        },
+    )
+
+
+def nonnegative_score_matching(
+    x: Tensor | np.ndarray,
+    mask: Tensor | np.ndarray | None = None,
+    penalty: float = 0.0,
+    **kwargs,
+) -> NonnegativeSolution:
+    r"""One penalty of :func:`nonnegative_path` (exact on complete data, Monte Carlo EM with
+    missing entries, from the diagonal model).
+
+    :param x: ``(n, d)`` non-negative table, NaN where missing (unless ``mask`` is given).
+    :param mask: boolean ``(n, d)``, True where observed, or None.
+    :param penalty: :math:`\gamma \ge 0`.
+    :param kwargs: the other options of :func:`nonnegative_path` (not ``penalties``).
+    :returns: a :class:`NonnegativeSolution`.
+    """
+    if "penalties" in kwargs:
+        raise TypeError("nonnegative_score_matching takes one penalty; use nonnegative_path")
+    if not penalty >= 0:
+        raise ValueError(f"penalty must be non-negative, got {penalty}")
+    path = nonnegative_path(x, mask, penalties=[float(penalty)], **kwargs)
+    return NonnegativeSolution(
+        precision=path.precisions[0],
+        eta=path.info["eta"][0],
+        loc=path.locs[0],
+        penalty=float(penalty),
+        kkt=path.info["kkt"][0],
+        iterations=path.info["iterations"][0],
+        em_iterations=path.info["em_iterations"][0],
+        converged=path.info["converged"][0],
+    )

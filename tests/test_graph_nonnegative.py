@@ -1,0 +1,308 @@
+"""The truncated Gaussian graphical model on the non-negative orthant
+(:mod:`pyro_msm.graphical.nonnegative`): the statistics form of the generalised score-matching
+loss against a direct evaluation, its gradient against finite differences, the exact solver
+against the closed-form minimiser and its optimality conditions, recovery of a known truth, the
+Gibbs E-step against truncated-normal closed forms, and EM's fixed point on complete data."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pyro.distributions import constraints
+
+import pyro_msm.graphical.nonnegative as nn
+from pyro_msm.distributions import TruncatedGaussianEnergy
+from pyro_msm.graphical import PenaltyPath, precision_from_graph
+from pyro_msm.graphical.generators import chain_graph
+from pyro_msm.missingness import mcar_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+ORTHANT = constraints.independent(constraints.nonnegative, 1)
+
+
+def _random_model(d, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64) * 0.3
+    k = a @ a.T + torch.eye(d, dtype=torch.float64)
+    eta = torch.randn(d, generator=g, dtype=torch.float64) * 0.5
+    return k, eta
+
+
+def _rows(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64).abs() * 1.3
+
+
+def _direct_loss(x, caps, k, eta):
+    """Mean over rows of sum_j h_j a_j^2 + 2 h_j d_j a_j + 2 h_j' a_j, a = grad log q by
+    autograd, d_j a_j = -K_jj (METHOD.md's per-row scale)."""
+    z = x.clone().requires_grad_(True)
+    log_q = (-0.5 * (z @ k * z).sum(-1) + z @ eta).sum()
+    (a,) = torch.autograd.grad(log_q, z)
+    h = torch.minimum(x, caps)
+    hp = (x < caps).to(x.dtype)
+    per_row = (h * a**2 + 2 * h * (-k.diagonal()) + 2 * hp * a).sum(-1)
+    return per_row.mean()
+
+
+def _truncated_data(d, n, seed):
+    adjacency = chain_graph(d)
+    precision = precision_from_graph(adjacency, condition_number=5.0, seed=seed)
+    truth = TruncatedGaussianEnergy(torch.zeros(d, dtype=torch.float64), precision, ORTHANT)
+    return adjacency, precision, truth.simulate(n, seed=seed)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_statistics_form_equals_direct_generalised_score_matching_loss(centred):
+    d = 4
+    x = _rows(60, d, 0)
+    caps = nn.nonnegative_caps(x, cap=0.8)
+    assert bool(((x > caps) & (x < caps)).sum() == 0) and bool((x > caps).any())
+    k, eta = _random_model(d, 1)
+    stats = nn.nonnegative_statistics(x, caps, centred=centred)
+    eta_used = torch.zeros(d, dtype=torch.float64) if centred else eta
+    direct = _direct_loss(x, caps, k, eta_used)
+    torch.testing.assert_close(nn.nonnegative_objective(k, stats, 0.0, eta), direct)
+    penalised = nn.nonnegative_objective(k, stats, 0.3, eta)
+    off = k.abs().sum() - k.diagonal().abs().sum()
+    torch.testing.assert_close(penalised, direct + 0.3 * off)
+    # the statistics average over every leading dimension (draws x rows)
+    stacked = nn.nonnegative_statistics(torch.stack([x, x]), caps, centred=centred)
+    torch.testing.assert_close(stacked.gamma, stats.gamma)
+
+
+def test_gradient_matches_finite_differences():
+    d = 4
+    x = _rows(50, d, 2)
+    stats = nn.nonnegative_statistics(x, nn.nonnegative_caps(x))
+    k, eta = _random_model(d, 3)
+    theta = nn._theta(k, eta, stats)
+    grad = nn._gradient(theta, stats)
+    eps = 1e-6
+    for i, j in [(0, 0), (0, 2), (1, 3), (3, 3)]:
+        e = torch.zeros(d, d, dtype=torch.float64)
+        e[i, j] = e[j, i] = 1.0
+        fd = (
+            nn.nonnegative_objective(k + eps * e, stats, 0.0, eta)
+            - nn.nonnegative_objective(k - eps * e, stats, 0.0, eta)
+        ) / (2 * eps)
+        expected = grad[i, j] * (1 if i == j else 2)  # <G_sym, E>
+        assert abs(float(fd - expected)) < 1e-6 * max(1.0, abs(float(expected)))
+    for j in range(d):  # eta enters theta's last row as -eta
+        e = torch.zeros(d, dtype=torch.float64)
+        e[j] = 1.0
+        fd = (
+            nn.nonnegative_objective(k, stats, 0.0, eta + eps * e)
+            - nn.nonnegative_objective(k, stats, 0.0, eta - eps * e)
+        ) / (2 * eps)
+        assert abs(float(fd + grad[d, j])) < 1e-6 * max(1.0, abs(float(grad[d, j])))
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_unpenalised_solution_is_the_closed_form_minimiser(centred):
+    d = 4
+    x = _rows(200, d, 4)
+    sol = nn.nonnegative_score_matching(x, penalty=0.0, tol=1e-11, centred=centred)
+    assert sol.converged and sol.em_iterations == 0
+    # the objective is quadratic in v = (upper triangle of K, eta): solve H v = -grad(0)
+    stats = nn.nonnegative_statistics(x, nn.nonnegative_caps(x), centred=centred)
+    iu = torch.triu_indices(d, d)
+    m = iu.shape[1] + (0 if centred else d)
+
+    def f(v):
+        k = torch.zeros(d, d, dtype=torch.float64)
+        k = k.index_put((iu[0], iu[1]), v[: iu.shape[1]])
+        k = k + k.T - torch.diag(k.diagonal())
+        eta = None if centred else v[iu.shape[1] :]
+        return nn.nonnegative_objective(k, stats, 0.0, eta)
+
+    zero = torch.zeros(m, dtype=torch.float64)
+    hess = torch.autograd.functional.hessian(f, zero)
+    grad0 = torch.autograd.functional.jacobian(f, zero)
+    v = torch.linalg.solve(hess, -grad0)
+    torch.testing.assert_close(sol.precision[iu[0], iu[1]], v[: iu.shape[1]], atol=1e-8, rtol=0)
+    if not centred:
+        torch.testing.assert_close(sol.eta, v[iu.shape[1] :], atol=1e-8, rtol=0)
+        torch.testing.assert_close(sol.loc, torch.linalg.solve(sol.precision, sol.eta))
+
+
+def test_exact_path_satisfies_the_optimality_conditions():
+    x = _rows(300, 6, 5)
+    path = nn.nonnegative_path(x, num_penalties=8, tol=1e-8)
+    assert isinstance(path, PenaltyPath) and len(path) == 8
+    assert path.info["method"] == "exact" and all(path.info["converged"])
+    stats = nn.nonnegative_statistics(x, path.info["caps"])
+    scale = float(stats.g.abs().max())
+    for gamma, k, eta in zip(path.penalties, path.precisions, path.info["eta"], strict=True):
+        violation = nn.nonnegative_kkt_violation(k, stats, float(gamma), eta)
+        assert violation <= 1e-8 * scale
+        # a perturbed solution violates them
+        bumped = k + 1e-3 * torch.ones_like(k)
+        assert nn.nonnegative_kkt_violation(bumped, stats, float(gamma), eta) > 1e-5 * scale
+    off = ~torch.eye(6, dtype=torch.bool)
+    first = path.precisions[0]
+    assert bool((first[off] == 0).all())  # the grid starts at the empty graph ...
+    below = nn.nonnegative_score_matching(x, penalty=0.97 * float(path.penalties[0]))
+    assert int((below.precision[off] != 0).sum()) >= 2  # ... and it is the smallest such
+    assert path.precisions[-1][off].ne(0).sum() > first[off].ne(0).sum()
+
+
+def test_recovers_a_known_truncated_graph_as_n_grows():
+    d = 5
+    adjacency, precision, x = _truncated_data(d, 8000, seed=0)
+    assert bool((x >= 0).all())
+    errors = []
+    for n in (250, 8000):
+        sol = nn.nonnegative_score_matching(x[:n], penalty=0.0, centred=True)
+        errors.append(float((sol.precision - precision).norm() / precision.norm()))
+    assert errors[1] < 0.1 and errors[1] < 0.5 * errors[0], errors
+    # the non-centred model also recovers the truth's mean (zero): eta ~ 0
+    sol = nn.nonnegative_score_matching(x, penalty=0.0)
+    assert float((sol.precision - precision).norm() / precision.norm()) < 0.12
+    assert float(sol.eta.abs().max()) < 0.3  # eta is the hardest parameter near the boundary
+    # along a penalty path the truth's edges enter first
+    path = nn.nonnegative_path(x, num_penalties=15)
+    from pyro_msm.graphical import path_auc
+
+    assert path_auc(adjacency, path.precisions) > 0.95
+
+
+def test_lower_truncated_normal_inverse_cdf_is_accurate_in_the_tails():
+    u = (torch.arange(1, 20000, dtype=torch.float64) - 0.5) / 20000
+    for a in (-3.0, 0.0, 2.0, 8.0, 45.0):
+        t = nn._lower_truncated_normal(torch.full_like(u, a), u)
+        assert bool((t >= a).all()) and bool((t.diff() >= 0).all())
+        # quadrature of the mean over u against the closed form a-free: phi(a) / (1 - Phi(a))
+        log_mills = (
+            -0.5 * a * a
+            - 0.5 * math.log(2 * math.pi)
+            - float(torch.special.log_ndtr(torch.tensor(-a, dtype=torch.float64)))
+        )
+        expected = math.exp(log_mills)
+        assert abs(float(t.mean()) - expected) < 2e-3 * max(1.0, expected), a
+
+
+def test_gibbs_e_step_matches_truncated_normal_moments_in_one_dimension():
+    n, m = 4000, 8
+    observed = torch.zeros(n, 1, dtype=torch.bool)
+    for mean, sd in ((0.7, 1.0), (-1.5, 0.5)):
+        k = torch.tensor([[1 / sd**2]], dtype=torch.float64)
+        eta = torch.tensor([mean / sd**2], dtype=torch.float64)
+        z = torch.ones(m, n, 1, dtype=torch.float64)
+        g = torch.Generator().manual_seed(0)
+        draws = nn.truncated_conditional_gibbs(
+            z, observed, k, eta, generator=g, fixed_scan=True, stratified=True
+        )
+        alpha = -mean / sd
+        lam = math.exp(-0.5 * alpha**2) / math.sqrt(2 * math.pi) / (0.5 * math.erfc(alpha / 2**0.5))
+        expected_mean = mean + sd * lam
+        expected_var = sd**2 * (1 + alpha * lam - lam**2)
+        se = math.sqrt(expected_var / (n * m))
+        assert bool((draws >= 0).all())
+        assert abs(float(draws.mean()) - expected_mean) < 4 * se
+        assert abs(float(draws.var()) / expected_var - 1) < 0.05
+
+
+def test_gibbs_conditional_of_a_missing_coordinate_given_an_observed_one():
+    # d = 2, x_1 observed, x_2 missing: x_2 | x_1 ~ N((eta_2 - K_21 x_1) / K_22, 1/K_22) on x >= 0
+    n, m = 300, 64
+    k = torch.tensor([[1.5, 0.6], [0.6, 2.0]], dtype=torch.float64)
+    eta = torch.tensor([0.2, 0.4], dtype=torch.float64)
+    x1 = torch.linspace(0.0, 3.0, n, dtype=torch.float64)
+    z = torch.stack([x1, torch.full_like(x1, 0.5)], -1).expand(m, n, 2).clone()
+    observed = torch.zeros(n, 2, dtype=torch.bool)
+    observed[:, 0] = True
+    g = torch.Generator().manual_seed(1)
+    draws = nn.truncated_conditional_gibbs(z, observed, k, eta, num_sweeps=2, generator=g)
+    assert torch.equal(draws[..., 0], z[..., 0])  # observed entries never move
+    mu = (eta[1] - k[1, 0] * x1) / k[1, 1]
+    sd = k[1, 1].rsqrt()
+    alpha = -mu / sd
+    lam = torch.exp(-0.5 * alpha**2 - torch.special.log_ndtr(-alpha)) / math.sqrt(2 * math.pi)
+    expected = mu + sd * lam
+    se = sd / math.sqrt(m * n)
+    assert abs(float((draws[..., 1].mean(0) - expected).mean())) < 4 * se
+    assert float((draws[..., 1].mean(0) - expected).abs().max()) < 6 * sd / math.sqrt(m)
+
+
+def test_em_on_complete_data_is_the_exact_solution():
+    x = _rows(300, 5, 6)
+    exact = nn.nonnegative_path(x, num_penalties=6, tol=1e-9)
+    em = nn.nonnegative_path(x, num_penalties=6, tol=1e-9, method="em")
+    assert em.info["method"] == "em" and exact.info["method"] == "exact"
+    torch.testing.assert_close(em.penalties, exact.penalties)
+    torch.testing.assert_close(em.precisions, exact.precisions, atol=1e-8, rtol=0)
+    torch.testing.assert_close(em.info["eta"], exact.info["eta"], atol=1e-8, rtol=0)
+    assert max(em.info["em_iterations"]) <= 2  # a fixed point after one M-step
+
+
+def test_em_with_missing_entries_recovers_the_truth():
+    d = 5
+    _, precision, x = _truncated_data(d, 3000, seed=1)
+    mask = mcar_mask(x.shape, 0.3, seed=2)
+    xm = torch.where(mask, x, torch.nan)
+    sol = nn.nonnegative_score_matching(xm, penalty=0.0, centred=True, max_em_iter=50)
+    assert sol.converged and sol.em_iterations >= 2
+    complete = nn.nonnegative_score_matching(x, penalty=0.0, centred=True)
+    err_em = float((sol.precision - precision).norm() / precision.norm())
+    err_complete = float((complete.precision - precision).norm() / precision.norm())
+    # complete-case rows only (about 17% of them) do worse than EM on all rows
+    rows = mask.all(1)
+    cc = nn.nonnegative_score_matching(x[rows], penalty=0.0, centred=True)
+    err_cc = float((cc.precision - precision).norm() / precision.norm())
+    assert err_em < 0.15 and err_em < err_cc, (err_em, err_complete, err_cc)
+
+
+def test_bad_input_is_refused_with_a_remedy():
+    x = _rows(20, 3, 7)
+    with pytest.raises(ValueError, match="negative observed"):
+        nn.nonnegative_path(-x)
+    xm = x.clone()
+    xm[0, 0] = math.nan
+    with pytest.raises(ValueError, match="complete data"):
+        nn.nonnegative_path(xm, method="exact")
+    with pytest.raises(ValueError, match="unknown method"):
+        nn.nonnegative_path(x, method="gibbs")
+    with pytest.raises(ValueError, match="cap"):
+        nn.nonnegative_path(x, cap=0.0)
+    with pytest.raises(ValueError, match="num_draws"):
+        nn.nonnegative_path(xm, num_draws=0)
+    with pytest.raises(TypeError, match="one penalty"):
+        nn.nonnegative_score_matching(x, penalties=[1.0])
+
+
+def test_benchmark_smoke_run():
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "graph_nonnegative.py"), "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "nonnegative_em" in done.stdout and "path-AUC" in done.stdout
+
+
+def test_squarem_reaches_the_same_em_fixed_point_in_fewer_iterations():
+    _, _, x = _truncated_data(4, 400, seed=3)
+    xm = torch.where(mcar_mask(x.shape, 0.4, seed=4), x, torch.nan)
+    kwargs = dict(penalty=0.01, em_tol=1e-7, max_em_iter=400, tol=1e-9, num_draws=8)
+    fast = nn.nonnegative_score_matching(xm, squarem=True, **kwargs)
+    plain = nn.nonnegative_score_matching(xm, squarem=False, **kwargs)
+    assert fast.converged and plain.converged
+    # both are fixed points of the same deterministic (common-random-number) EM map to 1e-7;
+    # the Monte Carlo map has nearby fixed points (measured 7e-4 apart here), far inside the
+    # Monte Carlo error of the statistics, so agreement is asked to 1e-2
+    torch.testing.assert_close(fast.precision, plain.precision, atol=1e-2, rtol=0)
+    torch.testing.assert_close(fast.eta, plain.eta, atol=1e-2, rtol=0)
+    assert fast.em_iterations < plain.em_iterations
