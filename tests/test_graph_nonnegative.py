@@ -306,3 +306,20 @@ def test_squarem_reaches_the_same_em_fixed_point_in_fewer_iterations():
     torch.testing.assert_close(fast.precision, plain.precision, atol=1e-2, rtol=0)
     torch.testing.assert_close(fast.eta, plain.eta, atol=1e-2, rtol=0)
     assert fast.em_iterations < plain.em_iterations
+
+
+@pytest.mark.parametrize("support", ["nonnegative", constraints.positive])
+def test_estimator_routes_the_orthant_to_the_exact_nonnegative_solver(support):
+    from pyro_msm.graphical import GraphicalScoreMatching, path_auc
+
+    adjacency, _, x = _truncated_data(8, 1500, seed=3)
+    est = GraphicalScoreMatching(support=support, num_penalties=8, progress=False).fit(x)
+    assert est.solver_ == "nonnegative"
+    # the path equals the function's own, and the selection is its eBIC of the path's losses
+    direct = nn.nonnegative_path(x, num_penalties=8)
+    torch.testing.assert_close(est.precisions_, direct.precisions)
+    scores = est.criterion_
+    assert int(torch.argmin(scores)) == est.penalty_index_
+    assert path_auc(adjacency, est.precisions_) > 0.9
+    with pytest.raises(ValueError, match="support='nonnegative'"):
+        GraphicalScoreMatching(solver="nonnegative").fit(x)

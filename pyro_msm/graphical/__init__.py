@@ -78,6 +78,7 @@ from .quadratic import (
 from .selection import (
     cross_validate,
     ebic,
+    ebic_from_losses,
     ebic_score_matching,
     observed_log_likelihood,
     select_ebic,
@@ -101,6 +102,7 @@ __all__ = [
     "exact_penalties",
     "refit_support",
     "subgradient_violation",
+    "ebic_from_losses",
     "ebic_score_matching",
     "support_refits",
     "cross_validate",

@@ -12,24 +12,55 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.distributions import constraints
 
 from ..infer import ESTIMATORS
 from ..tables import as_table, is_dataframe
 from .exact import em_path, exact_penalties, marginal_path, refit_support
 from .metrics import DEFAULT_EDGE_THRESHOLD, edges_from_precision
+from .nonnegative import nonnegative_path
 from .path import PROX_RULES, PenaltyPath, as_data_and_mask, score_matching_path
 from .quadratic import max_penalty, penalty_grid, quadratic_path, sample_covariance
-from .selection import cross_validate, ebic, ebic_score_matching, support_refits
+from .selection import (
+    cross_validate,
+    ebic,
+    ebic_from_losses,
+    ebic_score_matching,
+    support_refits,
+)
 
 __all__ = ["GraphicalScoreMatching", "SOLVERS", "SELECTIONS", "GridEdgeWarning"]
 
 #: Solvers of :class:`GraphicalScoreMatching`.
-SOLVERS = ("auto", "em", "marginal", "quadratic", "iterative")
+SOLVERS = ("auto", "em", "marginal", "quadratic", "nonnegative", "iterative")
 #: Selection rules of :class:`GraphicalScoreMatching`.
 SELECTIONS = ("ebic", "ebic_sm", "cv")
 
 #: Default path length of the exact solvers (the iterative solver keeps the paper's 100).
 EXACT_NUM_PENALTIES = 20
+
+
+def _is_orthant(support: Any) -> bool:
+    """Whether ``support`` names the non-negative orthant (``"nonnegative"``, or the constraints
+    ``positive`` / ``nonnegative`` / ``greater_than(0)``, possibly made independent)."""
+    if isinstance(support, str):
+        if support not in ("nonnegative", "positive"):
+            raise ValueError(
+                f"unknown support {support!r}: use 'nonnegative' or a domain object"
+            )
+        return True
+    base = support
+    while isinstance(base, constraints.independent):
+        base = base.base_constraint
+    if base in (constraints.positive, constraints.nonnegative):
+        return True
+    bound = getattr(base, "lower_bound", None)
+    upper = getattr(base, "upper_bound", None)
+    return (
+        isinstance(base, (constraints.greater_than, constraints.greater_than_eq))
+        and upper is None
+        and bool(torch.all(torch.as_tensor(bound) == 0))
+    )
 
 
 class GridEdgeWarning(UserWarning):
@@ -72,12 +103,19 @@ class GraphicalScoreMatching:
       iteration differentiates through one factorisation per missingness pattern).
     - ``"quadratic"``: the exact complete-data path (:func:`~pyro_msm.graphical.quadratic_path`);
       needs a table with nothing missing.
+    - ``"nonnegative"``: the truncated Gaussian graphical model on :math:`\mathbb{R}_+^d` by
+      generalised score matching (:func:`~pyro_msm.graphical.nonnegative_path`): exact on
+      complete data, Monte Carlo EM with missing entries; chosen by ``"auto"`` for
+      ``support="nonnegative"`` (or ``constraints.positive`` / ``nonnegative``). Its selection
+      is genscore's eBIC of the generalised loss (:func:`~pyro_msm.graphical.ebic_from_losses`)
+      whatever ``selection`` says.
     - ``"iterative"``: :func:`~pyro_msm.graphical.score_matching_path`, proximal Adam on
       minibatches with any ``estimator`` of :class:`~pyro_msm.infer.MissingScoreMatching`
       (``guide`` for the guided ones); for energies without closed forms (``support``).
     - ``"auto"`` (default): ``"quadratic"`` on complete data, ``"em"`` with missing entries
       (the most accurate fast solver in ``benchmarks/graph_engine.py``, docs/benchmarks.md),
-      ``"iterative"`` when a ``support`` is given. On complete data all of them minimise the
+      ``"nonnegative"`` for the non-negative orthant, ``"iterative"`` for any other
+      ``support``. On complete data all of them minimise the
       same objective.
 
     **Selection** (``selection``): ``"ebic"`` (default), the eBIC of the observed-data
@@ -124,7 +162,9 @@ class GraphicalScoreMatching:
         iterative solver, the convergence check of
         :func:`~pyro_msm.graphical.score_matching_path`.
     :param max_iter: iterations per penalty of the exact solvers (None: default).
-    :param support: a domain for truncated data (iterative solver).
+    :param support: a domain for truncated data: ``"nonnegative"`` (or the orthant constraints
+        ``constraints.positive`` / ``constraints.nonnegative``) for the exact non-negative
+        solver, any other domain for the iterative solver.
     :param num_particles: particles per row (iterative solver).
     :param guide_steps: guide updates per model step (iterative solver).
     :param lr: Adam learning rate (iterative solver).
@@ -244,6 +284,14 @@ class GraphicalScoreMatching:
 
     def _solver(self, complete: bool) -> str:
         solver = self.solver
+        orthant = _is_orthant(self.support)
+        if solver == "nonnegative" and not orthant:
+            raise ValueError(
+                "solver='nonnegative' fits data on the non-negative orthant: pass "
+                "support='nonnegative'"
+            )
+        if orthant and solver in ("auto", "nonnegative"):
+            return "nonnegative"
         if solver == "auto":
             if self.support is not None:
                 return "iterative"
@@ -263,8 +311,8 @@ class GraphicalScoreMatching:
     def _grid(self, data: Tensor, observed: Tensor, solver: str) -> Tensor | None:
         if self.penalties is not None:
             return torch.as_tensor(self.penalties, dtype=torch.float64).flatten()
-        if solver == "iterative":
-            return None  # score_matching_path's own default grid
+        if solver in ("iterative", "nonnegative"):
+            return None  # the path's own default grid
         num = EXACT_NUM_PENALTIES if self.num_penalties is None else int(self.num_penalties)
         if solver == "quadratic":
             s = sample_covariance(data.detach().to(torch.float64))
@@ -276,6 +324,13 @@ class GraphicalScoreMatching:
         extra = dict(self.path_kwargs or {})
         if solver == "quadratic":
             return self._quadratic(data, grid)
+        if solver == "nonnegative":
+            num = 20 if self.num_penalties is None else int(self.num_penalties)
+            return nonnegative_path(
+                data, observed, penalties=grid, num_penalties=num,
+                penalty_ratio=self.penalty_ratio, seed=self.seed, progress=progress is True,
+                **extra,
+            )  # fmt: skip
         if solver in ("em", "marginal"):
             if self.tol is not None:
                 extra.setdefault("tol", self.tol)
@@ -377,7 +432,12 @@ class GraphicalScoreMatching:
     def _select(
         self, data: Tensor, observed: Tensor, solver: str, path: PenaltyPath
     ) -> tuple[int, Tensor]:
-        if self.selection == "ebic":
+        if solver == "nonnegative":
+            scores = ebic_from_losses(
+                path.losses, path.precisions, int(data.shape[0]), beta=self.ebic_beta,
+                threshold=self.threshold,
+            )  # fmt: skip
+        elif self.selection == "ebic":
             precisions = path.precisions
             if self.ebic_refit:
                 precisions = support_refits(
@@ -410,7 +470,7 @@ class GraphicalScoreMatching:
     ) -> tuple[Tensor, Tensor]:
         support = edges_from_precision(precision, self.threshold)
         method = "marginal" if solver == "marginal" else "em"
-        if solver == "iterative" and self.support is not None:
+        if solver in ("iterative", "nonnegative") and self.support is not None:
             raise ValueError("refit=True needs a Gaussian model on R^d (no support=)")
         sol = refit_support(data, observed, support, solver=method, init=(loc, precision))
         return sol.loc, sol.precision

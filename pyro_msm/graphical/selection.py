@@ -62,7 +62,7 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -82,6 +82,7 @@ __all__ = [
     "select_ebic",
     "support_refits",
     "ebic_score_matching",
+    "ebic_from_losses",
     "cross_validate",
 ]
 
@@ -243,7 +244,43 @@ def ebic_score_matching(
             continue
         q = q * sd[:, None] * sd[None, :]
         loss = float(grouped_marginal_loss(stats, loc.to(torch.float64) / sd, q))
-        scores.append(n * loss + edges * math.log(n) + 2.0 * beta * _log_binomial(pairs, edges))
+        scores.append(_score_matching_criterion(n, loss, edges, pairs, beta))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def _score_matching_criterion(n: int, loss: float, edges: int, pairs: int, beta: float) -> float:
+    """genscore's eBIC: ``n`` times the (full-scale) score-matching loss plus the edge terms."""
+    return n * loss + edges * math.log(n) + 2.0 * beta * _log_binomial(pairs, edges)
+
+
+def ebic_from_losses(
+    losses: Sequence[float] | Tensor,
+    precisions: Tensor,
+    num_rows: int,
+    *,
+    beta: float = 0.5,
+    threshold: float = DEFAULT_EDGE_THRESHOLD,
+) -> Tensor:
+    """genscore's eBIC (as :func:`ebic_score_matching`) from the mean score-matching losses a
+    path already recorded, for models without a Gaussian marginal: e.g. the generalised loss
+    of :func:`~pyro_msm.graphical.nonnegative_path` (``path.losses``).
+
+    :param losses: ``(k,)`` mean per-row losses (full scale). :param precisions: ``(k, d, d)``.
+    :param num_rows: ``n``. :param beta: eBIC parameter in ``[0, 1]``.
+    :returns: ``(k,)`` float64 scores (``inf`` for a non-finite loss).
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    d = int(precisions.shape[-1])
+    pairs = d * (d - 1) // 2
+    scores = []
+    values = torch.as_tensor(losses, dtype=torch.float64).tolist()
+    for loss, p in zip(values, precisions, strict=True):
+        edges = int(upper_pairs(edges_from_precision(p.to(torch.float64), threshold)).sum())
+        finite = math.isfinite(loss)
+        scores.append(
+            _score_matching_criterion(num_rows, loss, edges, pairs, beta) if finite else math.inf
+        )
     return torch.tensor(scores, dtype=torch.float64)
 
 
