@@ -5,6 +5,8 @@
   ``k``-th chunk.
 - :class:`TableStream` is the same as a :class:`torch.utils.data.IterableDataset` of minibatches
   for subsampled SVI steps (``pyro.plate(..., size=num_rows, subsample=...)`` scales them).
+- :class:`StreamedTable` and :func:`streamed_em_path` fit a sparse Gaussian graph by EM score
+  matching with one pass over the file per EM iteration; the E-step's sums are all-reduced.
 - :class:`MomentAccumulator` sums the sufficient statistics of pairwise-available means and
   covariances over chunks and ranks; its result equals
   :func:`pyro_msm.infer.gaussian.pairwise_moments` on the whole table.
@@ -23,10 +25,17 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import distributed
-from .infer.gaussian import nearest_positive_definite
+from .infer.gaussian import expected_statistics, nearest_positive_definite
 from .tables import as_table
 
-__all__ = ["read_chunks", "count_rows", "TableStream", "MomentAccumulator"]
+__all__ = [
+    "read_chunks",
+    "count_rows",
+    "TableStream",
+    "MomentAccumulator",
+    "StreamedTable",
+    "streamed_em_path",
+]
 
 _PARQUET = (".parquet", ".pq")
 
@@ -282,3 +291,121 @@ class MomentAccumulator:
         cov = torch.where(self.pairs > 1, cov, eye)
         cov = nearest_positive_definite(cov, min_eigenvalue)
         return mean.to(dtype), cov.to(dtype)
+
+    def observed_mean_variance(self) -> tuple[Tensor, Tensor]:
+        """Each column's mean and variance over its observed entries (variance normalised by
+        the count), float64."""
+        if self.shift is None:
+            raise RuntimeError("no rows were added")
+        count = self.count.clamp(min=1)
+        centre = self.total / count
+        return self.shift + centre, torch.diagonal(self.cross) / count - centre * centre
+
+
+class StreamedTable:
+    """A CSV or Parquet table read chunk by chunk (:func:`read_chunks`, sharded over ranks),
+    with the reductions the graph estimator needs; every result is all-reduced over ranks, so
+    all ranks get the statistics of the whole table.
+
+    :param path: the file. :param chunk_size: rows per chunk.
+    :param columns: columns to use. :param missing: extra missing markers (CSV).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        chunk_size: int = 65536,
+        columns: Sequence[str] | None = None,
+        missing: Sequence[str] = (),
+    ) -> None:
+        self.path = _check_path(path)
+        self.chunk_size = int(chunk_size)
+        self.columns = columns
+        self.missing = tuple(missing)
+
+    def chunks(self) -> Iterator[Tensor]:
+        """This rank's chunks, float64, NaN = missing."""
+        return read_chunks(
+            self.path,
+            chunk_size=self.chunk_size,
+            columns=self.columns,
+            missing=self.missing,
+            dtype=torch.float64,
+        )
+
+    def moments(self) -> MomentAccumulator:
+        """One pass: the table's :class:`MomentAccumulator`, reduced over ranks."""
+        acc: MomentAccumulator | None = None
+        for chunk in self.chunks():
+            acc = (acc or MomentAccumulator(chunk.shape[1])).update(chunk)
+        if acc is None:
+            raise ValueError(f"{self.path}: no rows on this rank")
+        return acc.all_reduce()
+
+    def expected_statistics(self, loc: Tensor, precision: Tensor) -> tuple[Tensor, Tensor]:
+        """One pass: the E-step of EM for :math:`N(\\mu, P^{-1})` over the whole table
+        (:func:`~pyro_msm.infer.gaussian.expected_statistics` summed over chunks and ranks):
+        the completed rows' mean and expected centred Gram matrix :math:`S`."""
+        d = loc.shape[-1]
+        kw = {"dtype": torch.float64, "device": loc.device}
+        rows = torch.zeros(1, **kw)
+        first = torch.zeros(d, **kw)
+        second = torch.zeros(d, d, **kw)
+        for chunk in self.chunks():
+            chunk = chunk.to(loc.device)
+            mask = ~torch.isnan(chunk)
+            x = torch.where(mask, chunk, torch.zeros((), **kw))
+            _, mean, s = expected_statistics(x, mask, loc, precision)
+            n = chunk.shape[0]
+            rows += n
+            first += n * mean
+            second += n * (s + torch.outer(mean, mean))
+        for stat in (rows, first, second):
+            distributed.all_reduce_sum(stat)
+        mean = first / rows
+        s = second / rows - torch.outer(mean, mean)
+        return mean, 0.5 * (s + s.T)
+
+
+def streamed_em_path(
+    table: StreamedTable,
+    penalties: Sequence[float] | Tensor | None = None,
+    *,
+    num_penalties: int = 30,
+    penalty_ratio: float = 0.01,
+    tol: float = 1e-4,
+    max_iter: int = 500,
+    progress: bool | None = False,
+):
+    """The EM score-matching graph path (:func:`pyro_msm.graphical.em_path`) of a table that is
+    read from disk once per EM iteration and never held in memory (memory: one chunk plus
+    ``d x d`` statistics). Under ``torchrun`` each rank reads its share of the chunks and the
+    E-step's sums are all-reduced, so every rank follows the same path.
+
+    The start and the default grid are those of :func:`~pyro_msm.graphical.em_path`: the
+    diagonal fixed point (observed means and variances) and its empty-graph penalty.
+
+    :param table: a :class:`StreamedTable`.
+    :returns: a :class:`~pyro_msm.graphical.PenaltyPath` (equal to ``em_path`` on the same rows
+        up to floating-point summation order).
+    """
+    from .graphical.exact import em_path_from
+    from .graphical.quadratic import max_penalty, penalty_grid
+
+    acc = table.moments()
+    loc, var = acc.observed_mean_variance()
+    if not bool((var > 0).all()):
+        cols = torch.nonzero(var <= 0).flatten().tolist()
+        raise ValueError(f"columns {cols} are constant on their observed entries; drop them")
+    precision = torch.diag(1.0 / var)
+    if penalties is None:
+        _, s = table.expected_statistics(loc, precision)
+        grid = penalty_grid(max_penalty(s), num_penalties, penalty_ratio)
+    else:
+        grid = torch.as_tensor(penalties, dtype=torch.float64).flatten()
+    complete = bool((acc.count == acc.rows).all())
+    return em_path_from(
+        table.expected_statistics, grid, loc, precision, complete=complete, tol=tol,
+        max_iter=max_iter, progress=progress,
+    )  # fmt: skip

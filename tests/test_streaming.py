@@ -94,8 +94,15 @@ def _rank_moments(rank: int, size: int, port: int, path: str, out: str) -> None:
         for chunk in read_chunks(path, chunk_size=97, dtype=torch.float64):
             acc.update(chunk)
         mean, cov = acc.all_reduce().moments(dtype=torch.float64)
+        from pyro_msm.streaming import StreamedTable
+
+        precision = torch.linalg.inv(cov)
+        e_mean, e_gram = StreamedTable(path, chunk_size=97).expected_statistics(mean, precision)
         if rank == 0:
-            torch.save({"mean": mean, "cov": cov, "rows": acc.rows}, out)
+            torch.save(
+                {"mean": mean, "cov": cov, "rows": acc.rows, "e_mean": e_mean, "e_gram": e_gram},
+                out,
+            )
     finally:
         dist.destroy_process_group()
 
@@ -110,3 +117,32 @@ def test_two_ranks_give_the_single_process_statistics(csv_and_parquet, tmp_path)
     assert got["rows"] == len(df)
     torch.testing.assert_close(got["mean"], ref_mean, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(got["cov"], ref_cov, rtol=1e-9, atol=1e-9)
+    # the EM statistics of the graph estimator, summed over the two ranks' chunks
+    from pyro_msm.infer.gaussian import expected_statistics
+
+    mask = ~torch.isnan(x)
+    _, e_mean, e_gram = expected_statistics(
+        torch.nan_to_num(x), mask, got["mean"], torch.linalg.inv(got["cov"])
+    )
+    torch.testing.assert_close(got["e_mean"], e_mean, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got["e_gram"], e_gram, rtol=1e-9, atol=1e-9)
+
+
+def test_streamed_em_path_equals_the_in_memory_em_path(tmp_path):
+    from pyro_msm.graphical import em_path
+    from pyro_msm.graphical.generators import chain_graph, precision_from_graph
+    from pyro_msm.streaming import StreamedTable, streamed_em_path
+
+    d = 6
+    precision = precision_from_graph(chain_graph(d), condition_number=5.0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    chol = torch.linalg.cholesky(torch.linalg.inv(precision))
+    x = torch.randn(600, d, generator=g, dtype=torch.float64) @ chol.T + 2.0
+    x[torch.rand(600, d, generator=g) < 0.3] = float("nan")
+    path = tmp_path / "table.csv"
+    pd.DataFrame(x.numpy()).to_csv(path, index=False)
+    streamed = streamed_em_path(StreamedTable(path, chunk_size=77), num_penalties=6)
+    memory = em_path(x, num_penalties=6)
+    torch.testing.assert_close(streamed.penalties, memory.penalties, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(streamed.precisions, memory.precisions, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(streamed.locs, memory.locs, rtol=1e-6, atol=1e-8)

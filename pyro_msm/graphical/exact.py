@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,10 @@ __all__ = [
     "marginal_path",
     "em_kkt_violation",
     "em_score_matching",
+    "em_iterations",
     "em_path",
+    "em_path_from",
+    "EStep",
     "refit_support",
 ]
 
@@ -496,11 +499,54 @@ def em_score_matching(
     p, _ = _floor_to_positive_definite(p)
     complete = bool(observed.all())
     patterns = missingness_patterns(observed)
+
+    def estep(loc: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        _, mean, s = expected_statistics(data, observed, loc, p, patterns=patterns)
+        return mean, s
+
+    return em_iterations(
+        estep, loc, p, penalty, complete=complete, tol=tol, max_iter=max_iter,
+        inner_tol=inner_tol, support=keep,
+    )  # fmt: skip
+
+
+#: An E-step: ``(loc, precision) -> (mean, S)``, the completed rows' mean and expected centred
+#: Gram matrix (:func:`~pyro_msm.infer.gaussian.expected_statistics`, or the same summed over
+#: the chunks of a streamed table, :meth:`pyro_msm.streaming.StreamedTable.expected_statistics`).
+EStep = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def em_iterations(
+    estep: EStep,
+    loc: Tensor,
+    precision: Tensor,
+    penalty: float,
+    *,
+    complete: bool = False,
+    tol: float = 1e-5,
+    max_iter: int = 500,
+    inner_tol: float = 1e-9,
+    support: Tensor | None = None,
+) -> ExactSolution:
+    r"""The EM loop of :func:`em_score_matching` for any E-step: E-step, then the quadratic
+    M-step on its Gram matrix (warm-started, with an inner tolerance that tightens as EM
+    converges), until no entry of :math:`(\mu, P)` moves by more than
+    ``tol * max(1, max |P|)``.
+
+    :param estep: ``(loc, precision) -> (mean, S)`` (:data:`EStep`).
+    :param loc: starting mean ``(d,)``. :param precision: starting precision ``(d, d)``,
+        symmetric positive definite (zero off ``support`` if given).
+    :param penalty: :math:`\gamma \ge 0`.
+    :param complete: the table has no missing entry (one iteration suffices).
+    :param support: boolean ``(d, d)`` with the diagonal, or None.
+    :returns: an :class:`ExactSolution`.
+    """
+    p, keep = precision, support
     converged, k, floored, inner = False, 0, 0, 0
     s = None
     inner_now = inner_tol if complete else max(inner_tol, 1e-4)
     for k in range(1, int(max_iter) + 1):  # noqa: B007
-        _, mean, s = expected_statistics(data, observed, loc, p, patterns=patterns)
+        mean, s = estep(loc, p)
         # the M-step need only be as accurate as EM is close to its fixed point
         sol = quadratic_score_matching(s, penalty, init=p, tol=inner_now, support=keep)
         inner += sol.iterations
@@ -531,14 +577,12 @@ def em_path(
     num_penalties: int = 30,
     penalty_ratio: float = 0.01,
     tol: float = 1e-4,
-    max_iter: int = 100,
+    max_iter: int = 500,
     inner_tol: float = 1e-9,
     progress: bool | None = False,
 ) -> PenaltyPath:
     """:func:`em_score_matching` along decreasing penalties (default :func:`exact_penalties`),
-    each warm-started from the previous penalty's fit. ``max_iter`` (100) bounds the EM
-    iterations per penalty: EM converges at the rate of the fraction of missing information,
-    slowly at 80% missing; ``info["converged"]`` says where the cap was hit.
+    each warm-started from the previous penalty's fit.
 
     :returns: a :class:`~pyro_msm.graphical.PenaltyPath` labelled ``"em"``; ``info`` holds
         ``iterations``, ``converged`` and the final E-step Gram matrices ``covariances``
@@ -546,14 +590,50 @@ def em_path(
     """
     data, observed = _float64(x, mask)
     grid = _grid(data, observed, penalties, num_penalties, penalty_ratio)
+    _, loc, precision = empty_graph_penalty(data, observed)
+    patterns = missingness_patterns(observed)
+
+    def estep(loc: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        _, mean, s = expected_statistics(data, observed, loc, p, patterns=patterns)
+        return mean, s
+
+    return em_path_from(
+        estep, grid, loc, precision, complete=bool(observed.all()), tol=tol,
+        max_iter=max_iter, inner_tol=inner_tol, progress=progress,
+    )  # fmt: skip
+
+
+def em_path_from(
+    estep: EStep,
+    penalties: Tensor,
+    loc: Tensor,
+    precision: Tensor,
+    *,
+    complete: bool = False,
+    tol: float = 1e-4,
+    max_iter: int = 500,
+    inner_tol: float = 1e-9,
+    progress: bool | None = False,
+) -> PenaltyPath:
+    """The EM path for any E-step (:data:`EStep`): :func:`em_iterations` at each of the
+    decreasing ``penalties``, warm-started from the previous fit, starting from
+    ``(loc, precision)`` (e.g. :func:`empty_graph_penalty`'s diagonal fixed point). This is how
+    a table that never fits in memory is fitted
+    (:func:`pyro_msm.streaming.streamed_em_path`).
+
+    :returns: a :class:`~pyro_msm.graphical.PenaltyPath` labelled ``"em"`` (see
+        :func:`em_path`).
+    """
+    grid = torch.as_tensor(penalties, dtype=torch.float64).flatten()
     start = time.perf_counter()
-    state = None
+    state = (loc.detach().to(torch.float64), precision.detach().to(torch.float64))
     precisions, locs, grams, iterations, converged = [], [], [], [], []
     bar = _bar(len(grid), "em", progress)
     try:
         for gamma in grid.tolist():
-            sol = em_score_matching(
-                data, observed, gamma, init=state, tol=tol, max_iter=max_iter,
+            p, _ = _floor_to_positive_definite(0.5 * (state[1] + state[1].T))
+            sol = em_iterations(
+                estep, state[0], p, gamma, complete=complete, tol=tol, max_iter=max_iter,
                 inner_tol=inner_tol,
             )  # fmt: skip
             state = (sol.loc, sol.precision)
