@@ -78,6 +78,10 @@ class GaussianEnergy(Energy):
         b = -torch.diagonal(self.precision, dim1=-2, dim2=-1)
         return a, b.expand(a.shape)
 
+    def hessian_vector_product(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The score and :math:`-P v` (the Hessian of ``log q`` is :math:`-P` everywhere)."""
+        return self.score(x), -vecmat(v, self.precision)
+
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Exact samples from :math:`N(\\mu, P^{-1})`."""
         with torch.no_grad():
