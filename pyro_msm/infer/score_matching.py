@@ -10,7 +10,6 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
-import torch.utils.checkpoint
 from pyro.infer import ELBO
 from torch import Tensor
 from torch.distributions import Distribution
@@ -186,10 +185,13 @@ class MissingScoreMatching(ELBO):
     :param guide_steps: guide steps per model step for ``"variational"`` and ``"hybrid"``.
     :param guide_particles: completions per row on guide steps.
     :param chunk_size: the most completed points (particles x rows) whose objective is
-        evaluated at once. Larger tables are cut into row chunks, each under
-        :func:`torch.utils.checkpoint.checkpoint`, so a full-batch step's memory stays bounded
-        while values and gradients are those of one pass. ``"auto"`` (default) allows
+        evaluated at once. Larger tables are cut into row chunks; in an SVI step
+        (:meth:`loss_and_grads`) each chunk is differentiated as soon as it is evaluated and its
+        graph freed, so a full-batch step's memory is bounded by one chunk while the value and
+        the gradients are those of one pass. ``"auto"`` (default) allows
         :data:`AUTO_CHUNK_ENTRIES` entries (points x d); ``None`` never cuts.
+        (:meth:`differentiable_loss` must return one graph, so there chunks bound only the
+        transient memory of the derivatives.)
     :param max_plate_nesting: as in :class:`~pyro.infer.ELBO` (guessed when not given).
 
     Rows with nothing missing get one particle and no proposal (their loss is the classical
@@ -326,12 +328,13 @@ class MissingScoreMatching(ELBO):
         fn: Distribution,
         groups: list[_Group],
         ess: list[Tensor],
+        backward: bool = False,
     ) -> Tensor:
         """The weighted sum over rows of the objective, group by group and chunk by chunk.
 
-        One chunk is evaluated directly; several are each checkpointed (their activations are
-        recomputed in the backward pass), so memory is bounded by one chunk while values and
-        gradients equal one pass. Records the mean ESS of importance-weighted rows in ``ess``.
+        With ``backward`` and more than one chunk, each chunk's value is differentiated at once
+        and its graph freed (the returned total is then detached), so memory is bounded by one
+        chunk while gradients equal one pass. Records the mean ESS of importance-weighted rows in ``ess``.
         """
         objective = self._em_objective if self.estimator == "em" else self.objective
         per_chunk = self._points_per_chunk(site.data.shape[-1])
@@ -342,27 +345,20 @@ class MissingScoreMatching(ELBO):
             rows = len(group.rows) if per_chunk is None else max(1, per_chunk // group.points)
             chunks += [(group, part) for part in group.rows.split(rows)]
 
-        def piece(group: _Group, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            particles = group.draw(rows)
-            values = objective(fn, particles) * site.scale[rows] * particles.row_weight
-            outside = particles.outside
-            dropped = outside.sum() if outside is not None else torch.zeros((), device=rows.device)
-            ess_sum = particles.effective_sample_size.sum() if group.points > 1 else dropped * 0
-            return values.sum(), ess_sum.detach(), dropped.detach()
-
         total: Tensor | float = 0.0
         ess_total, ess_rows, dropped_rows = 0.0, 0, 0.0
         for group, rows in chunks:
-            if len(chunks) > 1:
-                value, ess_sum, dropped = torch.utils.checkpoint.checkpoint(
-                    piece, group, rows, use_reentrant=False
-                )
-            else:
-                value, ess_sum, dropped = piece(group, rows)
+            particles = group.draw(rows)
+            value = (objective(fn, particles) * site.scale[rows] * particles.row_weight).sum()
+            if backward and len(chunks) > 1 and value.requires_grad:
+                value.backward(retain_graph=True)  # the parameters' upstream graph is shared
+                value = value.detach()
             total = total + value
-            if group.points > 1 and self.estimator not in ("variational",):
-                ess_total, ess_rows = ess_total + ess_sum, ess_rows + len(rows)
-            dropped_rows = dropped_rows + dropped
+            if group.points > 1 and self.estimator != "variational":
+                ess_total = ess_total + particles.effective_sample_size.sum()
+                ess_rows += len(rows)
+            if particles.outside is not None:
+                dropped_rows = dropped_rows + particles.outside.sum()
         if ess_rows:
             ess.append(torch.as_tensor(ess_total) / ess_rows)
         if float(dropped_rows) > 0:
@@ -432,11 +428,12 @@ class MissingScoreMatching(ELBO):
         if row_fn is None:  # per-row parameters: every row together, as drawn
             return fn, [_Group(all_rows, r, importance)]
         complete, partial = self._split_rows(mask)
-        prepared = self.proposal.prepare(x, mask, site=site.name, subsampled=subsampled)
         return row_fn, [single(zeroed_particles(x, mask), complete), _Group(partial, r, importance)]
 
     # -- estimators without a guide -------------------------------------------------------------
-    def _direct_loss(self, model, args, kwargs) -> tuple[Tensor, list[Tensor]]:
+    def _direct_loss(
+        self, model, args, kwargs, backward: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
         trace = self._model_trace(model, None, args, kwargs)
         total = 0.0
         ess: list[Tensor] = []
@@ -456,7 +453,7 @@ class MissingScoreMatching(ELBO):
                 total = total + (rows * site.scale * _has_observed(mask).to(x)).sum()
                 continue
             row_fn, groups = self._direct_groups(site, fn, x, noise_scale)
-            total = total + self._objective_total(site, row_fn, groups, ess)
+            total = total + self._objective_total(site, row_fn, groups, ess, backward)
         if ess:
             self.diagnostics["ess"] = float(torch.stack(ess).mean())
         return total, _leaf_params(trace)
@@ -478,7 +475,7 @@ class MissingScoreMatching(ELBO):
             _Group(partial, particles.z.shape[0], lambda c: _slice_particles(particles, c, False)),
         ]
 
-    def _variational_terms(self, model, guide, args, kwargs, model_step: bool):
+    def _variational_terms(self, model, guide, args, kwargs, model_step: bool, backward=False):
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         r = self.num_particles if model_step else self.guide_particles
@@ -508,7 +505,9 @@ class MissingScoreMatching(ELBO):
                     particles.noise_scale = perturbation.cache[site.name][1]
                 self._warn_dropped_rows(site)
                 row_fn, groups = self._guided_groups(site, particles)
-                objective = objective + self._objective_total(site, row_fn, groups, ess)
+                objective = objective + self._objective_total(
+                    site, row_fn, groups, ess, backward
+                )
                 weights = site.scale * _has_observed(mask).to(x.dtype)
                 # the KL's model term carries no gradient to the model: -live + detached cancels
                 kl_rows = log_q - live + detached - detached.detach()
@@ -547,7 +546,7 @@ class MissingScoreMatching(ELBO):
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Compute gradients for one SVI step and return the loss value."""
         if self.estimator not in GUIDED:
-            loss, _ = self._direct_loss(model, args, kwargs)
+            loss, _ = self._direct_loss(model, args, kwargs, backward=True)
             if loss.requires_grad:
                 loss.backward()
             value = float(loss.detach())
@@ -557,7 +556,7 @@ class MissingScoreMatching(ELBO):
         model_step = self._step % cycle == 0
         self._step += 1
         objective, kl, model_params, guide_params = self._variational_terms(
-            model, guide, args, kwargs, model_step
+            model, guide, args, kwargs, model_step, backward=True
         )
         if model_step:
             total = objective + (kl - kl.detach())
