@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -199,7 +200,11 @@ def missing_data_rows(args, device) -> list[tuple[str, float, str]]:
         t = interleaved(steps, args.reps)
         for r in args.particles:
             out.append(
-                (f"IW step r={r} / complete step, d={d}", t[f"iw{r}"] / t["complete"], f"<= {1.5 * r:g}")
+                (
+                    f"IW step r={r} / complete step, d={d}",
+                    t[f"iw{r}"] / t["complete"],
+                    f"<= {1.5 * r:g}",
+                )
             )
         out.append(
             (
@@ -251,7 +256,13 @@ def memory_rows(args, device: str) -> list[tuple[str, float, str]]:
     for n in args.memory_n:
         cmd = [sys.executable, __file__, "--memory-child", str(n), "--device", device]
         cmd += ["--memory-d", str(args.memory_d), "--memory-r", str(args.memory_r)]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        # the child imports the same pyro_msm as this process
+        root = os.path.dirname(os.path.dirname(os.path.abspath(pyro_msm.__file__)))
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        }
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         info = json.loads(result.stdout.strip().splitlines()[-1])
         key = "cuda_peak_mb" if "cuda_peak_mb" in info else "peak_rss_mb"
         label = (

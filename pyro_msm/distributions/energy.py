@@ -99,6 +99,12 @@ class Energy(TorchDistribution):
         of ``x`` and ``v``), or ``None`` to use autodiff."""
         return None
 
+    def row_distribution(self) -> Energy | None:
+        """This energy with batch shape ``()`` if its parameters are the same for every row
+        (so the losses may score any subset of rows with it), else ``None``. Subclasses whose
+        ``expand`` keeps broadcast views of shared parameters override it."""
+        return self if self.batch_shape == torch.Size() else None
+
     # -- sampling ------------------------------------------------------------------------------
     def _reference_tensor(self) -> Tensor:
         """A tensor whose device and dtype samples follow (a parameter, else float32 CPU)."""

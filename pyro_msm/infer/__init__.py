@@ -4,6 +4,7 @@ from .proposals import (
     DistributionProposal,
     GaussianConditionalProposal,
     MomentMatchedProposal,
+    PreparedProposal,
     Proposal,
     WideGaussianProposal,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "IWScoreMatching",
     "VariationalScoreMatching",
     "Proposal",
+    "PreparedProposal",
     "GaussianConditionalProposal",
     "MomentMatchedProposal",
     "WideGaussianProposal",

@@ -14,6 +14,7 @@ from pyro.infer import ELBO
 from torch import Tensor
 from torch.distributions import Distribution
 
+from ..distributions.energy import Energy
 from ..distributions.gaussian import GaussianEnergy
 from .derivatives import _unwrap, log_prob
 from .estimators import (
@@ -312,6 +313,8 @@ class MissingScoreMatching(ELBO):
         """A distribution that scores any subset of rows (the site's, without Pyro's plate
         expansion), or None when its parameters differ by row (then rows are not split)."""
         base = _unwrap(fn)
+        if isinstance(base, Energy):
+            return base.row_distribution()
         return base if base.batch_shape == torch.Size() else None
 
     # -- the per-site objective, over groups of rows and chunks of them ---------------------------
@@ -334,10 +337,12 @@ class MissingScoreMatching(ELBO):
 
         With ``backward`` and more than one chunk, each chunk's value is differentiated at once
         and its graph freed (the returned total is then detached), so memory is bounded by one
-        chunk while gradients equal one pass. Records the mean ESS of importance-weighted rows in ``ess``.
+        chunk while gradients equal one pass. Records the mean ESS of importance-weighted rows
+        in ``ess``.
         """
         objective = self._em_objective if self.estimator == "em" else self.objective
-        per_chunk = self._points_per_chunk(site.data.shape[-1])
+        splittable = fn.batch_shape == torch.Size()  # scores any subset of rows
+        per_chunk = self._points_per_chunk(site.data.shape[-1]) if splittable else None
         chunks = []
         for group in groups:
             if len(group.rows) == 0:
@@ -505,9 +510,7 @@ class MissingScoreMatching(ELBO):
                     particles.noise_scale = perturbation.cache[site.name][1]
                 self._warn_dropped_rows(site)
                 row_fn, groups = self._guided_groups(site, particles)
-                objective = objective + self._objective_total(
-                    site, row_fn, groups, ess, backward
-                )
+                objective = objective + self._objective_total(site, row_fn, groups, ess, backward)
                 weights = site.scale * _has_observed(mask).to(x.dtype)
                 # the KL's model term carries no gradient to the model: -live + detached cancels
                 kl_rows = log_q - live + detached - detached.detach()
