@@ -38,12 +38,14 @@ __all__ = [
     "WideGaussianProposal",
     "DistributionProposal",
     "make_proposal",
+    "FACTOR_CACHE_ENTRIES",
 ]
 
 
 #: Largest number of cached conditional-factor entries (patterns x d x d) a Gaussian proposal
-#: keeps between steps (2^25: 128 MB in float32); above it the factors are recomputed per chunk.
-FACTOR_CACHE_ENTRIES = 2**25
+#: keeps between steps (2^26: 256 MB in float32, enough for n = 1000 distinct patterns at
+#: d = 200); above it the factors are recomputed for each chunk of rows at every step.
+FACTOR_CACHE_ENTRIES = 2**26
 
 
 def _same(a: Tensor | None, b: Tensor) -> bool:
@@ -174,7 +176,7 @@ class _GaussianRows(PreparedProposal):
             )
         self.mean: Tensor | None = None
         if self.factors is not None:  # conditional means of the rows, in bounded chunks
-            step = max(1, FACTOR_CACHE_ENTRIES // (d * d))
+            step = max(1, 2**24 // (d * d))
             rows = torch.arange(x.shape[0], device=x.device)
             self.mean = torch.cat([self._means(c) for c in rows.split(step)]) if len(rows) else x
 

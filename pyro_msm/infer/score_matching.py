@@ -44,7 +44,13 @@ from .sites import (
     guide_log_prob,
 )
 
-__all__ = ["MissingScoreMatching", "IWScoreMatching", "VariationalScoreMatching", "ESTIMATORS"]
+__all__ = [
+    "MissingScoreMatching",
+    "IWScoreMatching",
+    "VariationalScoreMatching",
+    "ESTIMATORS",
+    "AUTO_CHUNK_ENTRIES",
+]
 
 #: Estimators accepted by :class:`MissingScoreMatching`.
 ESTIMATORS = (
