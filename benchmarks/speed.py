@@ -88,7 +88,7 @@ def model_of(net: nn.Module) -> Callable[[torch.Tensor], None]:
     d = net[0].in_features
 
     def model(data: torch.Tensor) -> None:
-        pyro.module("energy", net)
+        pyro.module(f"energy_d{d}", net)
         with pyro.plate("rows", data.shape[0]):
             pyro_msm.observe("x", FunctionEnergy(net, d), obs=data)
 
@@ -138,10 +138,18 @@ def masked(x: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
     return apply_mask(x, mcar_mask(x.shape, rate, seed=seed).to(x.device))
 
 
+def show(rows: list[tuple[str, float, str]]) -> list[tuple[str, float, str]]:
+    """Print rows as they are measured (a long run shows its progress) and return them."""
+    for what, value, goal in rows:
+        print(f"  {what}: {value:.3f} (goal {goal})", flush=True)
+    return rows
+
+
 def complete_data_rows(args, device) -> list[tuple[str, float, str]]:
     """Section 1: ratios to torchebm on complete data."""
     out = []
     for d in args.dims:
+        pyro.clear_param_store()
         torch.manual_seed(d)
         net = mlp(d).to(device)
         x = torch.randn(args.n, d, device=device)
@@ -157,21 +165,27 @@ def complete_data_rows(args, device) -> list[tuple[str, float, str]]:
             default=loss_step(model, no_guide, x, MissingScoreMatching()),
         )
         t = interleaved(steps, args.reps)
-        out += [
-            (f"exact SM, iw r=1 / torchebm exact, d={d}", t["iw1"] / t["ebm_exact"], "<= 1.0"),
-            (f"ExactObjective / torchebm exact, d={d}", t["objective"] / t["ebm_exact"], "<= 1.0"),
-            (f"sliced / torchebm approx, d={d}", t["sliced"] / t["ebm_approx"], "<= 1.0"),
-            (
-                f"denoising / torchebm denoising, d={d}",
-                t["denoising"] / t["ebm_denoising"],
-                "<= 1.2",
-            ),
-            (
-                f"default MissingScoreMatching() / torchebm exact, d={d}",
-                t["default"] / t["ebm_exact"],
-                "<= 1.0",
-            ),
-        ]
+        out += show(
+            [
+                (f"exact SM, iw r=1 / torchebm exact, d={d}", t["iw1"] / t["ebm_exact"], "<= 1.0"),
+                (
+                    f"ExactObjective / torchebm exact, d={d}",
+                    t["objective"] / t["ebm_exact"],
+                    "<= 1.0",
+                ),
+                (f"sliced / torchebm approx, d={d}", t["sliced"] / t["ebm_approx"], "<= 1.0"),
+                (
+                    f"denoising / torchebm denoising, d={d}",
+                    t["denoising"] / t["ebm_denoising"],
+                    "<= 1.2",
+                ),
+                (
+                    f"default MissingScoreMatching() / torchebm exact, d={d}",
+                    t["default"] / t["ebm_exact"],
+                    "<= 1.0",
+                ),
+            ]
+        )
         print(f"  [d={d}: torchebm exact {t['ebm_exact'] * 1e3:.1f} ms]", flush=True)
     return out
 
@@ -180,6 +194,7 @@ def missing_data_rows(args, device) -> list[tuple[str, float, str]]:
     """Sections 2 and 3: IW and variational steps over the complete-data step; sliced d."""
     out = []
     for d in args.missing_dims:
+        pyro.clear_param_store()  # the guide's parameters are named by class, not by size
         torch.manual_seed(d)
         net = mlp(d).to(device)
         full = torch.randn(args.n, d, device=device)
@@ -206,24 +221,27 @@ def missing_data_rows(args, device) -> list[tuple[str, float, str]]:
                     f"<= {1.5 * r:g}",
                 )
             )
-        out.append(
-            (
-                f"variational cycle (r={r_var}, {args.guide_steps} guide steps) / complete step, "
-                f"d={d}",
-                t["variational"] / t["complete"],
-                f"<= {1.5 * r_var:g}",
-            )
+        out += show(
+            [
+                (
+                    f"variational cycle (r={r_var}, {args.guide_steps} guide steps) / "
+                    f"complete step, d={d}",
+                    t["variational"] / t["complete"],
+                    f"<= {1.5 * r_var:g}",
+                )
+            ]
         )
     lo, hi = args.sliced_dims
     steps = {}
     for d in (lo, hi):
+        pyro.clear_param_store()
         torch.manual_seed(d)
         net = mlp(d).to(device)
         x = masked(torch.randn(args.n, d, device=device), 0.3, d)
         loss = MissingScoreMatching("iw", args.sliced_particles, objective="sliced")
         steps[d] = loss_step(model_of(net), no_guide, x, loss)
     t = interleaved(steps, args.reps)
-    out.append((f"sliced with missing data d={hi} / d={lo}", t[hi] / t[lo], "<= 3"))
+    out += show([(f"sliced with missing data d={hi} / d={lo}", t[hi] / t[lo], "<= 3")])
     return out
 
 
@@ -269,7 +287,7 @@ def memory_rows(args, device: str) -> list[tuple[str, float, str]]:
             f"peak memory (MB) of a full-batch IW step, n={n}, d={args.memory_d}, "
             f"r={args.memory_r} ({info['seconds']:.1f} s)"
         )
-        out.append((label, info[key], "< 4096"))
+        out += show([(label, info[key], "< 4096")])
     return out
 
 

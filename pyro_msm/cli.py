@@ -25,7 +25,10 @@ __all__ = ["main", "build_parser"]
 DEMO_DEFAULTS = {"dim": 10, "n": 1000, "missing_rate": 0.3, "steps": 300}
 SMOKE_DEFAULTS = {"dim": 3, "n": 100, "missing_rate": 0.3, "steps": 5}
 #: Measured wall-clock time of ``pyro-msm demo`` with its defaults (see docs/benchmarks.md).
-DEMO_MEASURED = "about 65 s (measured on a 2-core CPU; up to 2 min when the machine is busy)"
+DEMO_MEASURED = (
+    "about 20-30 s on an idle 2-core CPU (measured: 122 s at load average 9, where the former "
+    "schedule of 10 guide steps took 393 s)"
+)
 
 
 def _int_at_least(minimum: int, what: str):
