@@ -366,12 +366,13 @@ class MissingScoreMatching(ELBO):
                 value = value.detach()
             total = total + value
             if group.points > 1 and self.estimator != "variational":
-                ess_total = ess_total + particles.effective_sample_size.sum()
-                ess_rows += len(rows)
+                has_missing = ~particles.scored.all(-1)
+                ess_total = ess_total + particles.effective_sample_size[has_missing].sum()
+                ess_rows = ess_rows + has_missing.sum()
             if particles.outside is not None:
                 dropped_rows = dropped_rows + particles.outside.sum()
-        if ess_rows:
-            ess.append(torch.as_tensor(ess_total) / ess_rows)
+        if isinstance(ess_rows, Tensor) and bool(ess_rows > 0):
+            ess.append(ess_total / ess_rows)
         if float(dropped_rows) > 0:
             self._warn_once(
                 site.name,
@@ -436,9 +437,20 @@ class MissingScoreMatching(ELBO):
             )
             return finish(particles, rows)
 
-        if row_fn is None:  # per-row parameters: every row together, as drawn
-            return fn, [_Group(all_rows, r, importance)]
         complete, partial = self._split_rows(mask)
+        if row_fn is None:  # per-row parameters: every row in one pass, draws for partial rows
+
+            def importance_all(rows: Tensor) -> Particles:
+                nonlocal prepared
+                if prepared is None:
+                    prepared = self.proposal.prepare(x, mask, site=site.name, subsampled=subsampled)
+                draws, log_p = prepared.sample(partial, r)
+                full = x.new_zeros((r,) + x.shape).index_copy(1, partial, draws)
+                log_full = x.new_zeros((r, x.shape[0])).index_copy(1, partial, log_p)
+                particles = weighted_particles(fn, x, mask, full, log_full, frozen=frozen)
+                return finish(particles, rows)
+
+            return fn, [_Group(all_rows, r, importance_all)]
         return row_fn, [single(zeroed_particles(x, mask), complete), _Group(partial, r, importance)]
 
     # -- estimators without a guide -------------------------------------------------------------
