@@ -214,13 +214,8 @@ def missing_data_rows(args, device) -> list[tuple[str, float, str]]:
         )
         t = interleaved(steps, args.reps)
         for r in args.particles:
-            out.append(
-                (
-                    f"IW step r={r} / complete step, d={d}",
-                    t[f"iw{r}"] / t["complete"],
-                    f"<= {1.5 * r:g}",
-                )
-            )
+            label = f"IW step r={r} / complete step, d={d}"
+            out += show([(label, t[f"iw{r}"] / t["complete"], f"<= {1.5 * r:g}")])
         out += show(
             [
                 (
