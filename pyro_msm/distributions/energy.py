@@ -48,9 +48,11 @@ class Energy(TorchDistribution):
 
     - :meth:`score`: :math:`a(x) = \nabla_x \log q(x)`, shape ``batch + (d,)``;
     - :meth:`score_and_diag_jacobian`: :math:`a(x)` and
-      :math:`b_j(x) = \partial a_j / \partial x_j`.
+      :math:`b_j(x) = \partial a_j / \partial x_j`;
+    - :meth:`hessian_vector_product`: :math:`a(x)` and :math:`\nabla_x a(x)\, v` (the sliced
+      objective's only derivative).
 
-    Both return ``None`` in the base class, meaning "use autodiff". :meth:`sample` is a real
+    All three return ``None`` in the base class, meaning "use autodiff". :meth:`sample` is a real
     sampler: subclasses with an exact sampler override it; otherwise it runs the
     Metropolis-adjusted Langevin algorithm (:func:`~pyro_msm.distributions.sampling.mala_sample`)
     with ``num_mcmc_steps`` steps from a standard normal start, with a step size adapted during the
@@ -91,6 +93,17 @@ class Energy(TorchDistribution):
     def score_and_diag_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
         """Closed-form score and the diagonal of its Jacobian, or ``None`` to use autodiff."""
         return None
+
+    def hessian_vector_product(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Closed-form score and Hessian of ``log q`` times ``v`` (both of the broadcast shape
+        of ``x`` and ``v``), or ``None`` to use autodiff."""
+        return None
+
+    def row_distribution(self) -> Energy | None:
+        """This energy with batch shape ``()`` if its parameters are the same for every row
+        (so the losses may score any subset of rows with it), else ``None``. Subclasses whose
+        ``expand`` keeps broadcast views of shared parameters override it."""
+        return self if self.batch_shape == torch.Size() else None
 
     # -- sampling ------------------------------------------------------------------------------
     def _reference_tensor(self) -> Tensor:

@@ -29,6 +29,14 @@ def _cholesky(precision: Tensor, name: str = "precision") -> Tensor:
     return chol.expand(precision.shape)
 
 
+def _shared(t: Tensor, event_dims: int) -> Tensor | None:
+    """``t`` without batch dimensions if every batch entry is the same view (size 1 or stride
+    0), else None."""
+    while t.dim() > event_dims and (t.shape[0] == 1 or t.stride(0) == 0):
+        t = t[0]
+    return t if t.dim() == event_dims else None
+
+
 class GaussianEnergy(Energy):
     r"""Gaussian energy :math:`E(x) = \tfrac12 (x-\mu)^\top P (x-\mu)` with precision :math:`P`.
 
@@ -83,7 +91,11 @@ class GaussianEnergy(Energy):
                 f"GaussianEnergy: precision has shape {tuple(precision.shape)}, "
                 f"expected (..., {d}, {d})"
             )
-        precision = 0.5 * (precision + precision.mT)
+        # symmetrise the distinct matrices only: Pyro's plates expand the precision to
+        # (particles, rows, d, d) views that must stay views (measured: 8 constructions per SVI
+        # step of the demo's variational fit took 1.8 ms each when they materialised)
+        distinct = unexpand(precision)
+        precision = (0.5 * (distinct + distinct.mT)).expand(precision.shape)
         if validate_args is None:
             validate_args = not precision.requires_grad
         if validate_args:
@@ -114,12 +126,25 @@ class GaussianEnergy(Energy):
         b = -torch.diagonal(self.precision, dim1=-2, dim2=-1)
         return a, b.expand(a.shape)
 
+    def hessian_vector_product(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The score and :math:`-P v` (the Hessian of ``log q`` is :math:`-P` everywhere)."""
+        return self.score(x), -vecmat(v, self.precision)
+
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Exact samples from :math:`N(\\mu, P^{-1})`."""
         with torch.no_grad():
             _cholesky(self.precision)
             mvn = MultivariateNormal(self.loc, precision_matrix=self.precision, validate_args=False)
             return mvn.sample(torch.Size(sample_shape))
+
+    def row_distribution(self) -> GaussianEnergy | None:
+        """The unexpanded Gaussian when the mean and precision are shared by all rows."""
+        if not self.batch_shape:
+            return self
+        loc, precision = _shared(self.loc, 1), _shared(self.precision, 2)
+        if loc is None or precision is None:
+            return None
+        return GaussianEnergy(loc, precision)
 
     def expand(self, batch_shape, _instance=None) -> GaussianEnergy:
         batch_shape = torch.Size(batch_shape)

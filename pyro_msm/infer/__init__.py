@@ -6,6 +6,7 @@ from .proposals import (
     DistributionProposal,
     GaussianConditionalProposal,
     MomentMatchedProposal,
+    PreparedProposal,
     Proposal,
     WideGaussianProposal,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "IWScoreMatching",
     "VariationalScoreMatching",
     "Proposal",
+    "PreparedProposal",
     "GaussianConditionalProposal",
     "MomentMatchedProposal",
     "WideGaussianProposal",

@@ -4,6 +4,13 @@ A proposal draws the missing coordinates of every row and returns the log densit
 *missing block* (the factor that enters the importance weight). Choose one by name in
 :class:`~pyro_msm.infer.MissingScoreMatching` (``"moment_matched"``, the default, or ``"wide"``),
 pass a :class:`Proposal`, or pass a Pyro distribution over rows.
+
+Per step, the loss calls :meth:`Proposal.prepare` once per data site and then draws rows in
+chunks from the returned :class:`PreparedProposal`. The moment-matched proposal is fitted once per
+data set (at the first step, or by an explicit :meth:`MomentMatchedProposal.fit`) and kept until
+:meth:`Proposal.refresh`; a Gaussian proposal computes each missingness pattern's conditional
+factor once and, while the table stays the same, keeps the per-row conditional means too, so a
+step only draws.
 """
 
 from __future__ import annotations
@@ -15,16 +22,58 @@ from pyro.distributions import Independent, MultivariateNormal, Normal
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .gaussian import conditional_gaussian, pairwise_moments, restrict, sample_conditional_gaussian
+from .gaussian import (
+    conditional_gaussian,
+    missingness_patterns,
+    pairwise_moments,
+    restrict,
+    sample_conditional_gaussian,
+)
 
 __all__ = [
     "Proposal",
+    "PreparedProposal",
     "GaussianConditionalProposal",
     "MomentMatchedProposal",
     "WideGaussianProposal",
     "DistributionProposal",
     "make_proposal",
+    "FACTOR_CACHE_ENTRIES",
 ]
+
+
+#: Largest number of cached conditional-factor entries (patterns x d x d) a Gaussian proposal
+#: keeps between steps (2^26: 256 MB in float32, enough for n = 1000 distinct patterns at
+#: d = 200); above it the factors are recomputed for each chunk of rows at every step.
+FACTOR_CACHE_ENTRIES = 2**26
+
+
+def _same(a: Tensor | None, b: Tensor) -> bool:
+    """Exact equality of two tensors (shape, dtype, device and values)."""
+    return (
+        a is not None
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.device == b.device
+        and (a is b or bool(torch.equal(a, b)))
+    )
+
+
+class PreparedProposal:
+    """A proposal ready to draw chunks of rows of one table (returned by
+    :meth:`Proposal.prepare`); the default slices the table and calls
+    :meth:`Proposal.sample`.
+
+    :param proposal: the proposal. :param x: ``(n, d)``. :param mask: boolean ``(n, d)``.
+    """
+
+    def __init__(self, proposal: Proposal, x: Tensor, mask: Tensor) -> None:
+        self.proposal, self.x, self.mask = proposal, x, mask
+
+    def sample(self, rows: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
+        """Draws ``(r, len(rows), d)`` and log densities ``(r, len(rows))`` for the rows of the
+        table indexed by ``rows`` (an index tensor)."""
+        return self.proposal.sample(self.x[rows], self.mask[rows], num_particles)
 
 
 class Proposal:
@@ -40,6 +89,19 @@ class Proposal:
             each draw's missing block ``(r, n)``. Neither may carry a gradient.
         """
         raise NotImplementedError
+
+    def prepare(
+        self, x: Tensor, mask: Tensor, *, site: str = "", subsampled: bool = False
+    ) -> PreparedProposal:
+        """Per-step preparation for the table ``x`` of data site ``site`` (its rows are then
+        drawn in chunks). The default does nothing and draws by :meth:`sample`.
+
+        :param subsampled: whether ``x`` is a minibatch of a larger table.
+        """
+        return PreparedProposal(self, x, mask)
+
+    def refresh(self) -> None:
+        """Forget anything fitted or cached (the next step refits); a no-op by default."""
 
 
 class GaussianConditionalProposal(Proposal):
@@ -67,6 +129,7 @@ class GaussianConditionalProposal(Proposal):
         self.loc = loc.detach()
         self.covariance = covariance.detach()
         self.precision = torch.cholesky_inverse(torch.linalg.cholesky(self.covariance))
+        self._rows: _GaussianRows | None = None
 
     @classmethod
     def fit(cls, x: Tensor, mask: Tensor | None = None, **kwargs) -> GaussianConditionalProposal:
@@ -78,34 +141,137 @@ class GaussianConditionalProposal(Proposal):
         return cls(loc, cov, **kwargs)
 
     def sample(self, x: Tensor, mask: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
-        loc = self.loc.to(x)
-        mean, chol = conditional_gaussian(x, mask, loc, self.precision.to(x))
+        rows = torch.arange(x.shape[0], device=x.device)
+        return self.prepare(x, mask).sample(rows, num_particles)
+
+    def prepare(
+        self, x: Tensor, mask: Tensor, *, site: str = "", subsampled: bool = False
+    ) -> PreparedProposal:
+        """The conditionals of every row of ``x``: one Cholesky factor per missingness pattern
+        (:func:`~pyro_msm.infer.gaussian.missingness_patterns`) and the conditional means, both
+        kept while the same table comes back (compared exactly), so repeated steps on one table
+        only draw."""
+        if self._rows is None or not self._rows.matches(x, mask):
+            self._rows = _GaussianRows(self, x, mask)
+        return self._rows
+
+    def refresh(self) -> None:
+        self._rows = None
+
+
+class _GaussianRows(PreparedProposal):
+    """The conditionals of :class:`GaussianConditionalProposal` for the rows of one table."""
+
+    def __init__(self, proposal: GaussianConditionalProposal, x: Tensor, mask: Tensor) -> None:
+        super().__init__(proposal, x.detach(), mask)
+        self.loc = proposal.loc.to(x)
+        self.precision = proposal.precision.to(x)
+        patterns, self.inverse = missingness_patterns(mask)
+        k, d = patterns.shape
+        self.factors: Tensor | None = None
+        if k * d * d <= FACTOR_CACHE_ENTRIES:
+            # the conditional precision's factor depends on the pattern only
+            _, self.factors = conditional_gaussian(
+                self.loc.expand(k, d), patterns, self.loc, self.precision
+            )
+        self.mean: Tensor | None = None
+        if self.factors is not None:  # conditional means of the rows, in bounded chunks
+            step = max(1, 2**24 // (d * d))
+            rows = torch.arange(x.shape[0], device=x.device)
+            self.mean = torch.cat([self._means(c) for c in rows.split(step)]) if len(rows) else x
+
+    def _means(self, rows: Tensor) -> Tensor:
+        x, mask = self.x[rows], self.mask[rows]
+        assert self.factors is not None
+        chol = self.factors[self.inverse[rows]]
+        rhs = ((x - self.loc) * mask.to(x.dtype)) @ self.precision.mT * (~mask).to(x.dtype)
+        shift = torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
+        return torch.where(mask, x, self.loc - shift)
+
+    def matches(self, x: Tensor, mask: Tensor) -> bool:
+        return _same(self.x, x) and _same(self.mask, mask)
+
+    def sample(self, rows: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
+        mask = self.mask[rows]
+        if self.factors is None:  # too many patterns to keep: factor this chunk's rows
+            mean, chol = conditional_gaussian(self.x[rows], mask, self.loc, self.precision)
+        else:
+            assert self.mean is not None
+            mean, chol = self.mean[rows], self.factors[self.inverse[rows]]
+        proposal = self.proposal
+        assert isinstance(proposal, GaussianConditionalProposal)
         return sample_conditional_gaussian(
             mean,
             chol,
             mask,
             num_particles,
-            defensive=self.defensive,
-            defensive_scale=self.defensive_scale,
+            defensive=proposal.defensive,
+            defensive_scale=proposal.defensive_scale,
         )
 
 
 class MomentMatchedProposal(Proposal):
-    """The default: a :class:`GaussianConditionalProposal` moment-matched to each batch.
+    """The default: a :class:`GaussianConditionalProposal` moment-matched to the data set.
 
-    With a subsampled plate the batch is a minibatch; to match moments on the whole table,
-    pass ``GaussianConditionalProposal.fit(table)`` instead. The importance weights correct for
-    whatever Gaussian is used, so this only affects variance, not what is estimated.
+    The Gaussian is fitted once per data set and kept: from the whole table at the first step
+    (or from the first minibatch, with a subsampled plate), or from the table given to
+    :meth:`fit`. On full-batch steps a different table (compared exactly) triggers a refit, so
+    one loss object can be reused on a new data set; :meth:`refresh` (or the loss's
+    ``refresh_proposal()``) refits at the next step on request, and ``refit="step"`` restores the
+    old behaviour of refitting on every step. The importance weights correct for whatever
+    Gaussian is used, so this only affects variance, not what is estimated.
 
+    :param refit: ``"data"`` (default: once per data set) or ``"step"`` (every step).
     :param kwargs: passed to :class:`GaussianConditionalProposal` (``defensive``, ...).
     """
 
-    def __init__(self, **kwargs) -> None:
+    REFITS = ("data", "step")
+
+    def __init__(self, refit: str = "data", **kwargs) -> None:
+        if refit not in self.REFITS:
+            raise ValueError(f"unknown refit {refit!r}; choose one of {self.REFITS}")
+        self.refit = refit
         self.kwargs = kwargs
+        #: per data site: the fitted proposal and the table it was fitted on (None if pinned)
+        self.fitted: dict[str, tuple[GaussianConditionalProposal, Tensor | None]] = {}
+        self._pinned: GaussianConditionalProposal | None = None
+
+    def fit(self, x: Tensor, mask: Tensor | None = None) -> MomentMatchedProposal:
+        """Fit on a whole table (NaN = missing when ``mask`` is None) and use that Gaussian for
+        every site and batch until :meth:`refresh`."""
+        self._pinned = GaussianConditionalProposal.fit(x, mask, **self.kwargs)
+        self.fitted.clear()
+        return self
+
+    def refresh(self) -> None:
+        self._pinned = None
+        self.fitted.clear()
+
+    def proposal_for(
+        self, x: Tensor, mask: Tensor, *, site: str = "", subsampled: bool = False
+    ) -> GaussianConditionalProposal:
+        """The fitted Gaussian for this table of ``site``, fitting it if needed."""
+        if self._pinned is not None:
+            return self._pinned
+        cached = self.fitted.get(site)
+        if self.refit == "data" and cached is not None:
+            proposal, table = cached
+            same_size = proposal.loc.shape[-1] == x.shape[-1]
+            if same_size and (subsampled or _same(table, x)):
+                return proposal
+        proposal = GaussianConditionalProposal.fit(x, mask, **self.kwargs)
+        self.fitted[site] = (proposal, None if subsampled else x.detach())
+        return proposal
+
+    def prepare(
+        self, x: Tensor, mask: Tensor, *, site: str = "", subsampled: bool = False
+    ) -> PreparedProposal:
+        proposal = self.proposal_for(x, mask, site=site, subsampled=subsampled)
+        return proposal.prepare(x, mask, site=site, subsampled=subsampled)
 
     def sample(self, x: Tensor, mask: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
-        proposal = GaussianConditionalProposal.fit(x, mask, **self.kwargs)
-        return proposal.sample(x, mask, num_particles)
+        rows = torch.arange(x.shape[0], device=x.device)
+        return self.prepare(x, mask).sample(rows, num_particles)
 
 
 class DistributionProposal(Proposal):

@@ -10,18 +10,17 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions import ExpandedDistribution
 from pyro.infer import ELBO
 from torch import Tensor
 from torch.distributions import Distribution
 
+from ..distributions.energy import Energy
 from ..distributions.gaussian import GaussianEnergy
-from .derivatives import log_prob
+from .derivatives import _unwrap, log_prob
 from .em import completed_rows_objective
 from .estimators import (
     _has_observed,
     complete_case_particles,
-    importance_particles,
     mean_impute_particles,
     variational_particles,
     weighted_particles,
@@ -36,7 +35,7 @@ from .objectives import (
     Particles,
     make_objective,
 )
-from .proposals import Proposal, make_proposal
+from .proposals import PreparedProposal, Proposal, make_proposal
 from .sites import (
     DataSite,
     FillUnobserved,
@@ -47,7 +46,13 @@ from .sites import (
 )
 from .validation import check_site_shape, positive_int, require_guide_sites, translate_errors
 
-__all__ = ["MissingScoreMatching", "IWScoreMatching", "VariationalScoreMatching", "ESTIMATORS"]
+__all__ = [
+    "MissingScoreMatching",
+    "IWScoreMatching",
+    "VariationalScoreMatching",
+    "ESTIMATORS",
+    "AUTO_CHUNK_ENTRIES",
+]
 
 #: Estimators accepted by :class:`MissingScoreMatching`.
 ESTIMATORS = (
@@ -62,6 +67,47 @@ ESTIMATORS = (
 )
 #: Estimators that draw the missing coordinates from the guide.
 GUIDED = ("variational", "hybrid")
+#: Entries (points x d) per chunk with ``chunk_size="auto"``: at d = 50 and r = 10 that is
+#: 2,000 incomplete rows per chunk.
+AUTO_CHUNK_ENTRIES = 2**20
+
+
+class _Group:
+    """Rows of a data site that get the same number of particles, and how to draw them.
+
+    :ivar rows: index tensor into the site's rows.
+    :ivar points: completed points per row (particles, or 1).
+    :ivar draw: ``rows -> Particles`` for a chunk of ``rows`` (row-local, so chunks can be
+        recomputed under checkpointing).
+    """
+
+    def __init__(self, rows: Tensor, points: int, draw: Callable[[Tensor], Particles]) -> None:
+        self.rows, self.points, self.draw = rows, points, draw
+
+
+def _single_particle(z: Tensor, scored: Tensor, row_weight: Tensor) -> Particles:
+    """One particle of weight one per row."""
+    return Particles(z.unsqueeze(0), torch.ones_like(row_weight).unsqueeze(0), scored, row_weight)
+
+
+def _slice_particles(particles: Particles, rows: Tensor, first: bool) -> Particles:
+    """The particles of some rows (only the first particle, with weight one, if ``first``)."""
+
+    def take(t: Tensor | None, dim: int) -> Tensor | None:
+        return None if t is None else t.index_select(dim, rows)
+
+    z, weights = particles.z[:, rows], particles.weights[:, rows]
+    if first:
+        z, weights = z[:1], torch.ones_like(weights[:1]).detach()
+    return Particles(
+        z,
+        weights,
+        particles.scored[rows],
+        particles.row_weight[rows],
+        clean=take(particles.clean, 0),
+        outside=take(particles.outside, 0),
+        noise_scale=take(particles.noise_scale, 0),
+    )
 
 
 def _particle_plate(fn, num_particles: int, dim: int):
@@ -148,12 +194,25 @@ class MissingScoreMatching(ELBO):
         :mod:`pyro_msm.infer.mechanisms`); it tilts the model's conditional and marginal score.
     :param guide_steps: guide steps per model step for ``"variational"`` and ``"hybrid"``.
     :param guide_particles: completions per row on guide steps.
+    :param chunk_size: the most completed points (particles x rows) whose objective is
+        evaluated at once. Larger tables are cut into row chunks; in an SVI step
+        (:meth:`loss_and_grads`) each chunk is differentiated as soon as it is evaluated and its
+        graph freed, so a full-batch step's memory is bounded by one chunk while the value and
+        the gradients are those of one pass. ``"auto"`` (default) allows
+        :data:`AUTO_CHUNK_ENTRIES` entries (points x d); ``None`` never cuts.
+        (:meth:`differentiable_loss` must return one graph, so there chunks bound only the
+        transient memory of the derivatives.)
     :param max_plate_nesting: as in :class:`~pyro.infer.ELBO` (guessed when not given).
     :param health: the fit-health monitor (:class:`~pyro_msm.infer.health.FitHealth`): warns
         once about degenerate importance weights or a diverging loss, raises
         :class:`~pyro_msm.infer.health.FitHealthError` at the first non-finite loss or gradient.
         True (default) for the documented thresholds, False to switch it off, or a
         ``FitHealth`` with other thresholds.
+
+    Rows with nothing missing get one particle and no proposal (their loss is the classical
+    one, exactly what ``r`` identical particles give), and the default proposal is fitted once
+    per data set (see :class:`~pyro_msm.infer.proposals.MomentMatchedProposal`;
+    :meth:`refresh_proposal` refits it).
 
     References
 
@@ -176,6 +235,7 @@ class MissingScoreMatching(ELBO):
         missingness: Callable[[Tensor, Tensor], Tensor] | None = None,
         guide_steps: int = 10,
         guide_particles: int = 1,
+        chunk_size: int | str | None = "auto",
         max_plate_nesting: float = float("inf"),
         health: bool | FitHealth = True,
     ) -> None:
@@ -194,6 +254,13 @@ class MissingScoreMatching(ELBO):
         num_particles = positive_int("num_particles", num_particles)
         guide_particles = positive_int("guide_particles", guide_particles)
         guide_steps = positive_int("guide_steps", guide_steps, minimum=0)
+        if not (chunk_size is None or chunk_size == "auto"):
+            if isinstance(chunk_size, str) or int(chunk_size) < 1:
+                raise ValueError(
+                    f"chunk_size must be a positive number of points, 'auto' or None, "
+                    f"got {chunk_size!r}"
+                )
+            chunk_size = int(chunk_size)
         super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting)
         self.estimator = estimator
         self.proposal = make_proposal(proposal)
@@ -206,6 +273,7 @@ class MissingScoreMatching(ELBO):
         self.missingness = missingness
         self.guide_steps = int(guide_steps)
         self.guide_particles = int(guide_particles)
+        self.chunk_size = chunk_size
         self.diagnostics: dict[str, Any] = {}
         self._step = 0
         self._last_model_loss = math.nan
@@ -217,8 +285,12 @@ class MissingScoreMatching(ELBO):
             self._warned.add((site, kind))
             warnings.warn(message, UserWarning, stacklevel=4)
 
-    def _row_weights(self, site: DataSite, particles: Particles) -> Tensor:
-        """Row multipliers: subsampling scale times the estimator's row weight; warns once."""
+    def refresh_proposal(self) -> None:
+        """Refit the IW proposal at the next step (it is otherwise fitted once per data set)."""
+        self.proposal.refresh()
+
+    def _warn_dropped_rows(self, site: DataSite) -> None:
+        """Warn once about rows with nothing observed, and rows complete-case analysis drops."""
         empty = int((~site.mask.any(-1)).sum())
         if empty:
             self._warn_once(
@@ -236,6 +308,10 @@ class MissingScoreMatching(ELBO):
                     f"site '{site.name}': complete-case analysis drops {dropped} of "
                     f"{site.mask.shape[0]} rows in this batch (rows with a missing coordinate)",
                 )
+
+    def _row_weights(self, site: DataSite, particles: Particles) -> Tensor:
+        """Row multipliers: subsampling scale times the estimator's row weight; warns once."""
+        self._warn_dropped_rows(site)
         return site.scale * particles.row_weight
 
     def _model_trace(self, model, guide_trace, args, kwargs):
@@ -256,31 +332,157 @@ class MissingScoreMatching(ELBO):
             return site.fn
         return MechanismTilted(site.fn, self.missingness, site.mask)
 
-    def _score_rows(self, site: DataSite, fn: Distribution, particles: Particles) -> Tensor:
-        """Weighted sum over rows of the objective; records ESS and warns about dropped rows."""
-        if particles.outside is not None and bool(particles.outside.any()):
+    def _row_fn(self, fn: Distribution) -> Distribution | None:
+        """A distribution that scores any subset of rows (the site's, without Pyro's plate
+        expansion), or None when its parameters differ by row (then rows are not split)."""
+        base = _unwrap(fn)
+        if isinstance(base, Energy):
+            return base.row_distribution()
+        return base if base.batch_shape == torch.Size() else None
+
+    # -- the per-site objective, over groups of rows and chunks of them ---------------------------
+    def _points_per_chunk(self, d: int) -> int | None:
+        if self.chunk_size is None:
+            return None
+        if self.chunk_size == "auto":
+            return max(1, AUTO_CHUNK_ENTRIES // d)
+        return int(self.chunk_size)
+
+    def _objective_total(
+        self,
+        site: DataSite,
+        fn: Distribution,
+        groups: list[_Group],
+        ess: list[Tensor],
+        backward: bool = False,
+    ) -> Tensor:
+        """The weighted sum over rows of the objective, group by group and chunk by chunk.
+
+        With ``backward`` and more than one chunk, each chunk's value is differentiated at once
+        and its graph freed (the returned total is then detached), so memory is bounded by one
+        chunk while gradients equal one pass. Records the mean ESS of importance-weighted rows
+        in ``ess``.
+        """
+        objective = self._em_objective if self.estimator == "em" else self.objective
+        splittable = fn.batch_shape == torch.Size()  # scores any subset of rows
+        per_chunk = self._points_per_chunk(site.data.shape[-1]) if splittable else None
+        chunks = []
+        for group in groups:
+            if len(group.rows) == 0:
+                continue
+            rows = len(group.rows) if per_chunk is None else max(1, per_chunk // group.points)
+            chunks += [(group, part) for part in group.rows.split(rows)]
+
+        total: Tensor | float = 0.0
+        dropped_rows: Tensor | float = 0.0
+        row_losses: list[Tensor] = []  # for the health monitor's diagnosis of a bad step
+        row_ess: list[Tensor] = []
+        num_particles = 1
+        for group, rows in chunks:
+            particles = group.draw(rows)
+            losses = objective(fn, particles)
+            row_losses.append(losses.detach())
+            value = (losses * site.scale[rows] * particles.row_weight).sum()
+            if backward and len(chunks) > 1 and value.requires_grad:
+                value.backward(retain_graph=True)  # the parameters' upstream graph is shared
+                value = value.detach()
+            total = total + value
+            if group.points > 1 and self.estimator != "variational":
+                has_missing = ~particles.scored.all(-1)
+                row_ess.append(particles.effective_sample_size[has_missing].detach())
+                num_particles = group.points
+            if particles.outside is not None:
+                dropped_rows = dropped_rows + particles.outside.sum()
+        if row_losses:
+            self._site_losses[site.name] = torch.cat(row_losses)
+        if row_ess and sum(e.numel() for e in row_ess):
+            site_ess = torch.cat(row_ess)
+            ess.append(site_ess.mean())
+            self.health.check_ess(site_ess, num_particles, site=site.name)
+        if float(dropped_rows) > 0:
             self._warn_once(
                 site.name,
                 "outside",
-                f"site '{site.name}': for {int(particles.outside.sum())} rows every importance "
+                f"site '{site.name}': for {int(dropped_rows)} rows every importance "
                 "draw fell outside the model's support; they are skipped this step (raise "
                 "num_particles or use a proposal that respects the domain)",
             )
-        objective = self._em_objective if self.estimator == "em" else self.objective
-        rows = objective(fn, particles)
-        self._site_losses[site.name] = rows.detach()
-        return (rows * self._row_weights(site, particles)).sum()
+        if isinstance(total, float):
+            return site.data.new_zeros(())
+        return total
 
-    def _record_ess(self, mask: Tensor, particles: Particles, ess: list[Tensor]) -> None:
-        has_missing = ~mask.all(-1)
-        if bool(has_missing.any()):
-            ess.append(particles.effective_sample_size[has_missing].mean())
-            self.health.check_ess(
-                particles.effective_sample_size[has_missing], particles.weights.shape[0]
+    def _split_rows(self, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Indices of the complete rows and of the rows with a missing and an observed entry."""
+        complete = mask.all(-1)
+        partial = ~complete & mask.any(-1)
+        return complete.nonzero().squeeze(-1), partial.nonzero().squeeze(-1)
+
+    def _direct_groups(
+        self, site: DataSite, fn: Distribution, x: Tensor, noise_scale: Tensor | None
+    ) -> tuple[Distribution, list[_Group]]:
+        """The estimators without a guide: the distribution rows are scored with and the groups
+        of rows with their particles."""
+        mask, clean = site.mask, site.data
+        all_rows = torch.arange(x.shape[0], device=x.device)
+        row_fn = self._row_fn(fn)
+
+        def finish(particles: Particles, rows: Tensor) -> Particles:
+            particles.clean = clean[rows]
+            particles.noise_scale = None if noise_scale is None else noise_scale[rows]
+            return particles
+
+        def single(particles: Particles, rows: Tensor = all_rows) -> _Group:
+            """One particle per row (the estimators' baselines, and complete rows)."""
+            return _Group(rows, 1, lambda c: finish(_slice_particles(particles, c, True), c))
+
+        baselines = {
+            "zeroed": zeroed_particles,
+            "mean_impute": mean_impute_particles,
+            "complete_case": complete_case_particles,
+        }
+        if self.estimator in baselines:
+            particles = baselines[self.estimator](x, mask)
+            return fn if row_fn is None else row_fn, [single(particles)]
+        # importance weighting (and EM's E-step)
+        r, frozen = self.num_particles, self.estimator == "em"
+        subsampled = bool((site.scale != 1).any()) or self.objective.perturbs
+        prepared: PreparedProposal | None = None
+
+        def importance(rows: Tensor) -> Particles:
+            nonlocal prepared
+            if prepared is None:
+                prepared = self.proposal.prepare(x, mask, site=site.name, subsampled=subsampled)
+            draws, log_p = prepared.sample(rows, r)
+            particles = weighted_particles(
+                row_fn if row_fn is not None else fn,
+                x[rows],
+                mask[rows],
+                draws,
+                log_p,
+                frozen=frozen,
             )
+            return finish(particles, rows)
+
+        complete, partial = self._split_rows(mask)
+        if row_fn is None:  # per-row parameters: every row in one pass, draws for partial rows
+
+            def importance_all(rows: Tensor) -> Particles:
+                nonlocal prepared
+                if prepared is None:
+                    prepared = self.proposal.prepare(x, mask, site=site.name, subsampled=subsampled)
+                draws, log_p = prepared.sample(partial, r)
+                full = x.new_zeros((r,) + x.shape).index_copy(1, partial, draws)
+                log_full = x.new_zeros((r, x.shape[0])).index_copy(1, partial, log_p)
+                particles = weighted_particles(fn, x, mask, full, log_full, frozen=frozen)
+                return finish(particles, rows)
+
+            return fn, [_Group(all_rows, r, importance_all)]
+        return row_fn, [single(zeroed_particles(x, mask), complete), _Group(partial, r, importance)]
 
     # -- estimators without a guide -------------------------------------------------------------
-    def _direct_loss(self, model, args, kwargs) -> tuple[Tensor, list[Tensor]]:
+    def _direct_loss(
+        self, model, args, kwargs, backward: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
         trace = self._model_trace(model, None, args, kwargs)
         total = 0.0
         ess: list[Tensor] = []
@@ -289,38 +491,41 @@ class MissingScoreMatching(ELBO):
             self.health.check_data(site.name, site.data, mask)
             x, noise_scale = self.objective.perturb(site.data, mask)
             fn = self._site_fn(site)
+            self._warn_dropped_rows(site)
             if self.estimator == "closed_form":
-                base = site.fn
-                while isinstance(base, ExpandedDistribution):
-                    base = base.base_dist
+                base = _unwrap(site.fn)
                 if not isinstance(base, GaussianEnergy):
                     raise TypeError(
                         f"site '{site.name}': estimator 'closed_form' needs a GaussianEnergy, "
                         f"got {type(base).__name__}"
                     )
                 rows = marginal_score_matching_loss(x, mask, base.loc, base.precision)
-                particles = zeroed_particles(x, mask)
-                total = total + (rows * self._row_weights(site, particles)).sum()
+                total = total + (rows * site.scale * _has_observed(mask).to(x)).sum()
                 continue
-            if self.estimator in ("iw", "em"):
-                particles = importance_particles(
-                    fn, x, mask, self.proposal, self.num_particles, frozen=self.estimator == "em"
-                )
-                self._record_ess(mask, particles, ess)
-            elif self.estimator == "zeroed":
-                particles = zeroed_particles(x, mask)
-            elif self.estimator == "mean_impute":
-                particles = mean_impute_particles(x, mask)
-            else:
-                particles = complete_case_particles(x, mask)
-            particles.clean, particles.noise_scale = site.data, noise_scale
-            total = total + self._score_rows(site, fn, particles)
+            row_fn, groups = self._direct_groups(site, fn, x, noise_scale)
+            total = total + self._objective_total(site, row_fn, groups, ess, backward)
         if ess:
             self.diagnostics["ess"] = float(torch.stack(ess).mean())
         return total, _leaf_params(trace)
 
     # -- estimators with a guide: variational and hybrid --------------------------------------
-    def _variational_terms(self, model, guide, args, kwargs, model_step: bool):
+    def _guided_groups(
+        self, site: DataSite, particles: Particles
+    ) -> tuple[Distribution, list[_Group]]:
+        """Groups of rows for particles drawn from the guide: complete rows keep their first
+        particle only (the others are identical)."""
+        row_fn = self._row_fn(site.fn)
+        if row_fn is None:
+            rows = torch.arange(site.mask.shape[0], device=site.mask.device)
+            r = particles.z.shape[0]
+            return site.fn, [_Group(rows, r, lambda c: _slice_particles(particles, c, False))]
+        complete, partial = self._split_rows(site.mask)
+        return row_fn, [
+            _Group(complete, 1, lambda c: _slice_particles(particles, c, True)),
+            _Group(partial, particles.z.shape[0], lambda c: _slice_particles(particles, c, False)),
+        ]
+
+    def _variational_terms(self, model, guide, args, kwargs, model_step: bool, backward=False):
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         r = self.num_particles if model_step else self.guide_particles
@@ -345,13 +550,14 @@ class MissingScoreMatching(ELBO):
                 detached = log_prob(site.fn, draws.detach())  # gradient to the model only
                 if self.estimator == "hybrid":
                     particles = weighted_particles(site.fn, x, mask, draws, log_q.detach())
-                    self._record_ess(mask, particles, ess)
                 else:
                     particles = variational_particles(site.fn, x, mask, draws, detached)
                 particles.clean = site.clean
                 if perturbation is not None:
                     particles.noise_scale = perturbation.cache[site.name][1]
-                objective = objective + self._score_rows(site, site.fn, particles)
+                self._warn_dropped_rows(site)
+                row_fn, groups = self._guided_groups(site, particles)
+                objective = objective + self._objective_total(site, row_fn, groups, ess, backward)
                 weights = site.scale * _has_observed(mask).to(x.dtype)
                 # the KL's model term carries no gradient to the model: -live + detached cancels
                 kl_rows = log_q - live + detached - detached.detach()
@@ -395,7 +601,7 @@ class MissingScoreMatching(ELBO):
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Compute gradients for one SVI step and return the loss value."""
         if self.estimator not in GUIDED:
-            loss, params = self._direct_loss(model, args, kwargs)
+            loss, params = self._direct_loss(model, args, kwargs, backward=True)
             value = float(loss.detach())
             self.health.check_step(value, params, site_losses=self._site_losses)
             if loss.requires_grad:
@@ -407,7 +613,7 @@ class MissingScoreMatching(ELBO):
         model_step = self._step % cycle == 0
         self._step += 1
         objective, kl, model_params, guide_params = self._variational_terms(
-            model, guide, args, kwargs, model_step
+            model, guide, args, kwargs, model_step, backward=True
         )
         if model_step:
             total = objective + (kl - kl.detach())

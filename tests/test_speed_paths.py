@@ -1,0 +1,286 @@
+"""The fast paths of the losses compute the same mathematics: row chunks, the cached IW proposal,
+one particle for complete rows, the rowwise Jacobian diagonal and the closed-form HVP."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from builders import mcar
+
+import pyro_msm
+from pyro_msm.distributions import EnergyMLP, FunctionEnergy, GaussianEnergy, MLPEnergy
+from pyro_msm.guides import AmortizedNormal, no_guide
+from pyro_msm.infer import (
+    GaussianConditionalProposal,
+    MissingScoreMatching,
+    MomentMatchedProposal,
+    PreparedProposal,
+    Proposal,
+)
+from pyro_msm.infer.derivatives import hessian_vector_product, score_and_diag_jacobian
+from pyro_msm.infer.gaussian import conditional_gaussian
+
+D64 = torch.float64
+
+
+class RowDraws(Proposal):
+    """Draws that are a fixed function of each row's content (so the same row gets the same
+    draws whatever chunk or sub-table it is in), with a made-up log density."""
+
+    def sample(self, x, mask, num_particles):
+        k = torch.arange(1, num_particles + 1, dtype=x.dtype).reshape(-1, 1, 1)
+        draws = torch.sin(k * (x.sum(-1, keepdim=True) + torch.arange(x.shape[-1], dtype=x.dtype)))
+        return draws, -0.5 * (draws * draws * (~mask)).sum(-1)
+
+
+def mlp_model(net):
+    def model(x):
+        pyro.module("energy", net)
+        with pyro.plate("rows", x.shape[0]):
+            pyro_msm.observe("x", MLPEnergy(net), obs=x)
+
+    return model
+
+
+def gaussian_model(loc, precision):
+    def model(x):
+        with pyro.plate("rows", x.shape[0]):
+            pyro_msm.observe("x", GaussianEnergy(loc, precision), obs=x)
+
+    return model
+
+
+def step(loss, model, guide, x, params):
+    for p in params:
+        p.grad = None
+    value = loss.loss_and_grads(model, guide, x)
+    return value, [p.grad.clone() for p in params]
+
+
+@pytest.fixture
+def table():
+    torch.manual_seed(0)
+    return mcar(torch.randn(60, 6, dtype=D64), 0.3, keep_one=False)
+
+
+@pytest.mark.parametrize(
+    "estimator, objective",
+    [
+        ("iw", "exact"),
+        ("em", "exact"),
+        ("iw", "denoising"),
+        ("iw", "truncated"),
+        ("zeroed", "exact"),
+        ("mean_impute", "exact"),
+    ],
+)
+def test_chunked_loss_and_gradients_equal_one_pass(table, estimator, objective):
+    net = EnergyMLP(6, (8, 8)).double()
+    params = list(net.parameters())[:-1]  # the output bias has no effect on the score
+    out = []
+    for chunk_size in (None, 17):
+        pyro.clear_param_store()
+        torch.manual_seed(1)
+        loss = MissingScoreMatching(
+            estimator, 4, objective=objective, proposal=RowDraws(), chunk_size=chunk_size
+        )
+        out.append(step(loss, mlp_model(net), no_guide, table, params))
+    (v0, g0), (v1, g1) = out
+    assert v1 == pytest.approx(v0, rel=1e-12, abs=1e-12)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_variational_model_step_equals_one_pass(table):
+    loc, precision = torch.zeros(6, dtype=D64), torch.eye(6, dtype=D64) * 1.5
+
+    def model(x):
+        mu = pyro.param("mu", loc.clone())
+        with pyro.plate("rows", x.shape[0]):
+            pyro_msm.observe("x", GaussianEnergy(mu, precision), obs=x)
+
+    out = []
+    for chunk_size in (None, 23):
+        pyro.clear_param_store()
+        torch.manual_seed(2)
+        guide = AmortizedNormal(model, hidden_dims=(8,)).double()
+        loss = MissingScoreMatching("variational", 5, chunk_size=chunk_size)
+        value = loss.loss_and_grads(model, guide, table)
+        out.append((value, pyro.param("mu").unconstrained().grad.clone()))
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-12)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-10, atol=1e-12)
+
+
+def test_cached_proposal_is_a_fresh_fit_on_the_same_table(table):
+    mask = ~torch.isnan(table)
+    x = torch.nan_to_num(table)
+    proposal = MomentMatchedProposal()
+    prepared = proposal.prepare(x, mask, site="x")
+    fresh = GaussianConditionalProposal.fit(x, mask)
+    fitted, _ = proposal.fitted["x"]
+    torch.testing.assert_close(fitted.loc, fresh.loc, rtol=0, atol=0)
+    torch.testing.assert_close(fitted.covariance, fresh.covariance, rtol=0, atol=0)
+    # per-pattern factors and cached means are each row's conditional
+    mean, chol = conditional_gaussian(x, mask, fresh.loc, fresh.precision)
+    torch.testing.assert_close(prepared.mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(prepared.factors[prepared.inverse], chol, rtol=1e-12, atol=1e-12)
+    # the same table (a new tensor with equal values) reuses the fit and the conditionals
+    assert proposal.prepare(x.clone(), mask.clone(), site="x") is prepared
+    # a new data set refits; a subsampled batch keeps the fit; refresh refits on request
+    other = x + 1.0
+    proposal.prepare(other, mask, site="x")
+    refit, _ = proposal.fitted["x"]
+    torch.testing.assert_close(refit.loc, GaussianConditionalProposal.fit(other, mask).loc)
+    proposal.prepare(x[:10], mask[:10], site="x", subsampled=True)
+    assert proposal.fitted["x"][0] is refit
+    proposal.refresh()
+    assert not proposal.fitted
+    # an explicit fit on a whole table pins the Gaussian for every batch
+    proposal.fit(table)
+    pinned = proposal.proposal_for(x[:5], mask[:5], site="x")
+    torch.testing.assert_close(pinned.loc, fresh.loc, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="refit"):
+        MomentMatchedProposal(refit="never")
+
+
+def test_loss_refits_the_proposal_only_for_a_new_table(table):
+    model = gaussian_model(torch.zeros(6, dtype=D64), torch.eye(6, dtype=D64))
+    loss = MissingScoreMatching("iw", 3)
+    loss.loss(model, no_guide, table)
+    first = loss.proposal.fitted["x"][0]
+    loss.loss(model, no_guide, table.clone())
+    assert loss.proposal.fitted["x"][0] is first
+    loss.loss(model, no_guide, table * 2)
+    assert loss.proposal.fitted["x"][0] is not first
+    loss.refresh_proposal()
+    assert not loss.proposal.fitted
+
+
+def test_complete_rows_contribute_the_classical_loss_with_one_particle(table):
+    torch.manual_seed(3)
+    loc = torch.randn(6, dtype=D64)
+    a = torch.randn(6, 6, dtype=D64)
+    precision = a @ a.T / 6 + torch.eye(6, dtype=D64)
+    model = gaussian_model(loc, precision)
+    mask = ~torch.isnan(table)
+    complete = torch.randn(25, 6, dtype=D64)
+    residual = ((complete - loc) @ precision) ** 2
+    classical = (-2 * torch.diagonal(precision).sum() + residual.sum(-1)).sum()
+    for r in (1, 10):
+        value = MissingScoreMatching("iw", r).loss(model, no_guide, complete)
+        assert value == pytest.approx(float(classical), rel=1e-12)
+    # in a mixed table, complete rows add exactly their classical loss to the IW rows' loss
+    incomplete = table[~mask.all(-1) & mask.any(-1)]
+    mixed = torch.cat([complete, incomplete])
+    loss = MissingScoreMatching("iw", 5, proposal=RowDraws())
+    assert loss.loss(model, no_guide, mixed) == pytest.approx(
+        float(classical) + loss.loss(model, no_guide, incomplete), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("d", [3, 20])
+def test_rowwise_diagonal_equals_reverse_with_parameter_gradients(d):
+    torch.manual_seed(4)
+    net = EnergyMLP(d, (8, 8)).double()
+    fn = MLPEnergy(net).expand((7,))
+    z = torch.randn(3, 7, d, dtype=D64)
+    params = list(net.parameters())[:-1]
+    results = []
+    for method in ("reverse", "rowwise"):
+        a, b = score_and_diag_jacobian(fn, z, method)
+        results.append((a, b, torch.autograd.grad((2 * b + a * a).sum(), params)))
+    (a0, b0, g0), (a1, b1, g1) = results
+    torch.testing.assert_close(a1, a0)
+    torch.testing.assert_close(b1, b0)
+    for x, y in zip(g0, g1, strict=True):
+        torch.testing.assert_close(x, y)
+    # b is the diagonal of the Hessian of log q: a central finite difference of the score
+    h, j = 1e-5, 1
+    shift = torch.zeros(d, dtype=D64)
+    shift[j] = h
+    fd = score_and_diag_jacobian(fn, z + shift)[0] - score_and_diag_jacobian(fn, z - shift)[0]
+    torch.testing.assert_close(b1[..., j], fd[..., j].detach() / (2 * h), rtol=1e-6, atol=1e-8)
+
+
+def test_rowwise_refuses_per_row_parameters():
+    fn = GaussianEnergy(torch.zeros(4, 2), torch.eye(2).expand(4, 2, 2).clone())
+    with pytest.raises(ValueError, match="reverse"):
+        score_and_diag_jacobian(FunctionEnergy(lambda x: x.sum(-1), 2), torch.zeros(2), "nope")
+    from pyro_msm.infer.derivatives import _rowwise_score_and_diag  # noqa: F401
+
+    assert fn.row_distribution() is None
+    with pytest.raises(ValueError, match="batch shape"):
+        from torch.distributions import Independent, Normal
+
+        score_and_diag_jacobian(
+            Independent(Normal(torch.zeros(4, 2), 1.0), 1), torch.zeros(4, 2), "rowwise"
+        )
+
+
+def test_gaussian_hvp_hook_equals_autodiff():
+    torch.manual_seed(5)
+    loc = torch.randn(4, dtype=D64)
+    a = torch.randn(4, 4, dtype=D64)
+    precision = a @ a.T + torch.eye(4, dtype=D64)
+    gaussian = GaussianEnergy(loc, precision)
+    autodiff = FunctionEnergy(gaussian.energy, 4)
+    z, v = torch.randn(2, 5, 4, dtype=D64), torch.randn(2, 5, 4, dtype=D64)
+    a0, hv0 = hessian_vector_product(autodiff, z, v)
+    a1, hv1 = hessian_vector_product(gaussian, z, v)
+    torch.testing.assert_close(a1, a0)
+    torch.testing.assert_close(hv1, hv0)
+    torch.testing.assert_close(hv1, -v @ precision)
+
+
+def test_gaussian_row_distribution_strips_plate_views():
+    loc, precision = torch.zeros(3), torch.eye(3) * 2
+    expanded = GaussianEnergy(loc, precision).expand((5, 7))
+    base = expanded.row_distribution()
+    assert base is not None and base.batch_shape == torch.Size()
+    torch.testing.assert_close(base.precision, precision)
+    assert expanded.precision.stride(0) == 0  # symmetrised without materialising
+
+
+def test_chunk_size_is_checked():
+    with pytest.raises(ValueError, match="chunk_size"):
+        MissingScoreMatching(chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        MissingScoreMatching(chunk_size="big")
+
+
+def test_custom_proposals_draw_through_prepare(table):
+    mask = ~torch.isnan(table)
+    x = torch.nan_to_num(table)
+    prepared = RowDraws().prepare(x, mask)
+    assert isinstance(prepared, PreparedProposal)
+    rows = torch.tensor([3, 7])
+    draws, _ = prepared.sample(rows, 2)
+    torch.testing.assert_close(draws, RowDraws().sample(x, mask, 2)[0][:, rows])
+
+
+def test_speed_benchmark_smoke(capsys):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("speed_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        module.main(["--smoke"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    for what in (
+        "torchebm exact",
+        "IW step r=3",
+        "variational cycle",
+        "sliced with",
+        "peak memory",
+    ):
+        assert what in out
+    ratios = [float(line.split()[-3]) for line in out.splitlines() if "  <= " in line]
+    assert ratios and all(math.isfinite(r) and r > 0 for r in ratios)
