@@ -201,8 +201,11 @@ def test_curvature_penalty_adds_lambda_sum_of_squared_diagonal_jacobian():
     expected = 0.1 * float((mask.double() * precision.diagonal().square()).sum())
     assert penalised - plain == pytest.approx(expected, rel=1e-9)
     sliced = CurvaturePenalty(0.0, objective="sliced")
-    assert MissingScoreMatching("iw", objective=sliced).loss(model, no_guide, x) == pytest.approx(
-        MissingScoreMatching("iw", objective="sliced").loss(model, no_guide, x), rel=0.5
+    pyro.set_rng_seed(5)  # the same proposal draws and projections for both
+    wrapped = MissingScoreMatching("iw", objective=sliced).loss(model, no_guide, x)
+    pyro.set_rng_seed(5)
+    assert wrapped == pytest.approx(
+        MissingScoreMatching("iw", objective="sliced").loss(model, no_guide, x), rel=1e-9
     )
     with pytest.raises(ValueError, match="weight"):
         CurvaturePenalty(-1.0)

@@ -14,6 +14,7 @@ from pyro.infer import ELBO
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .. import distributed
 from ..distributions.energy import Energy
 from ..distributions.gaussian import GaussianEnergy
 from .derivatives import _unwrap, log_prob
@@ -208,6 +209,14 @@ class MissingScoreMatching(ELBO):
         :class:`~pyro_msm.infer.health.FitHealthError` at the first non-finite loss or gradient.
         True (default) for the documented thresholds, False to switch it off, or a
         ``FitHealth`` with other thresholds.
+    :param data_parallel: for :mod:`torch.distributed` data parallelism with the loss's module
+        form wrapped in ``DistributedDataParallel`` (:mod:`pyro_msm.distributed`): every rank
+        is given the same global batch and the same seed, draws the same particles for every
+        row, and evaluates the objective (the expensive derivatives) on its own contiguous
+        shard of the rows only, scaled by the number of ranks, so DDP's gradient average is
+        the gradient of the whole batch and the fit does not depend on the number of ranks
+        beyond floating-point order. Reported values are the whole batch's. A no-op in one
+        process.
 
     Rows with nothing missing get one particle and no proposal (their loss is the classical
     one, exactly what ``r`` identical particles give), and the default proposal is fitted once
@@ -238,6 +247,7 @@ class MissingScoreMatching(ELBO):
         chunk_size: int | str | None = "auto",
         max_plate_nesting: float = float("inf"),
         health: bool | FitHealth = True,
+        data_parallel: bool = False,
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
@@ -269,6 +279,7 @@ class MissingScoreMatching(ELBO):
         if estimator == "em":  # draws for the clean rows; the M-step perturbs completed ones
             self.objective = self._em_objective
         self.health = make_health(health)
+        self.data_parallel = bool(data_parallel)
         self._site_losses: dict[str, Tensor] = {}
         self.missingness = missingness
         self.guide_steps = int(guide_steps)
@@ -340,6 +351,21 @@ class MissingScoreMatching(ELBO):
             return base.row_distribution()
         return base if base.batch_shape == torch.Size() else None
 
+    def _shard(self, num_rows: int) -> tuple[int, int] | None:
+        """This rank's rows ``[start, stop)`` of a site under ``data_parallel`` with several
+        ranks, else None."""
+        if not (self.data_parallel and distributed.is_distributed()):
+            return None
+        return distributed.shard_bounds(num_rows)
+
+    def _global_value(self, value: float, device: torch.device | None = None) -> float:
+        """Under ``data_parallel`` each rank's objective is ``world x`` its rows' share: the
+        mean over ranks is the loss of the whole batch."""
+        if not (self.data_parallel and distributed.is_distributed()):
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=device)
+        return float(distributed.all_reduce_sum(total).item()) / distributed.world().size
+
     # -- the per-site objective, over groups of rows and chunks of them ---------------------------
     def _points_per_chunk(self, d: int) -> int | None:
         if self.chunk_size is None:
@@ -378,11 +404,18 @@ class MissingScoreMatching(ELBO):
         row_losses: list[Tensor] = []  # for the health monitor's diagnosis of a bad step
         row_ess: list[Tensor] = []
         num_particles = 1
+        shard = self._shard(site.data.shape[0])
+        world = 1 if shard is None else distributed.world().size
         for group, rows in chunks:
-            particles = group.draw(rows)
+            particles = group.draw(rows)  # every rank draws every row: the same random numbers
+            if shard is not None:  # ... and scores only its own rows
+                keep = ((rows >= shard[0]) & (rows < shard[1])).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    continue
+                particles, rows = _slice_particles(particles, keep, False), rows[keep]
             losses = objective(fn, particles)
             row_losses.append(losses.detach())
-            value = (losses * site.scale[rows] * particles.row_weight).sum()
+            value = (losses * site.scale[rows] * particles.row_weight).sum() * world
             if backward and len(chunks) > 1 and value.requires_grad:
                 value.backward(retain_graph=True)  # the parameters' upstream graph is shared
                 value = value.detach()
@@ -581,12 +614,14 @@ class MissingScoreMatching(ELBO):
         if self.estimator in GUIDED:
             objective, kl, _, _ = self._variational_terms(model, guide, args, kwargs, True)
             self.diagnostics.update(
-                step="model", kl=float(kl.detach()), loss=float(objective.detach())
+                step="model",
+                kl=float(kl.detach()),
+                loss=self._global_value(float(objective.detach()), objective.device),
             )
             self.health.check_step(float(objective.detach()), site_losses=self._site_losses)
             return objective + (kl - kl.detach())
         loss, params = self._direct_loss(model, args, kwargs)
-        self.diagnostics["loss"] = float(loss.detach())
+        self.diagnostics["loss"] = self._global_value(float(loss.detach()), loss.device)
         self.health.check_step(self.diagnostics["loss"], params, site_losses=self._site_losses)
         return loss
 
@@ -602,7 +637,7 @@ class MissingScoreMatching(ELBO):
         """Compute gradients for one SVI step and return the loss value."""
         if self.estimator not in GUIDED:
             loss, params = self._direct_loss(model, args, kwargs, backward=True)
-            value = float(loss.detach())
+            value = self._global_value(float(loss.detach()), loss.device)
             self.health.check_step(value, params, site_losses=self._site_losses)
             if loss.requires_grad:
                 loss.backward()
@@ -617,7 +652,7 @@ class MissingScoreMatching(ELBO):
         )
         if model_step:
             total = objective + (kl - kl.detach())
-            value = float(objective.detach())
+            value = self._global_value(float(objective.detach()), objective.device)
             params = model_params + guide_params
             self.health.check_step(value, params, site_losses=self._site_losses)
             if total.requires_grad:
