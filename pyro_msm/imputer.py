@@ -3,16 +3,18 @@ r"""A scikit-learn imputer fitted by marginal score matching: :class:`ScoreMatch
 The default model is a Gaussian :math:`N(\mu, P^{-1})` on the standardised table. Its exact
 marginal score-matching loss (:func:`~pyro_msm.infer.gaussian.marginal_score_matching_loss`)
 is minimised full-batch by L-BFGS over :math:`\mu` and a Cholesky factor :math:`P = L L^\top`
-(positive log-diagonal), with a ridge penalty :math:`\lambda \sum_{i \ne j} P_{ij}^2` on the
-off-diagonal precision. As :math:`\lambda \to \infty` the precision becomes diagonal and the
-conditional mean of a missing entry is its column mean, so the penalty interpolates between the
-score-matching fit and mean imputation; ``shrinkage="auto"`` picks :math:`\lambda` by hiding a
-fraction of the observed entries and keeping the value whose conditional means predict them
-best (the grid includes the diagonal model, so the choice is never worse than mean imputation
-on the hidden entries). Gaps are then filled with the conditional mean
-(:func:`~pyro_msm.infer.gaussian.conditional_gaussian`) or a draw from the conditional
-(:func:`~pyro_msm.infer.gaussian.sample_conditional_gaussian`); intervals are exact Gaussian
-quantiles.
+(positive log-diagonal), with a ridge penalty :math:`\lambda \lVert P - D \rVert_F^2` towards
+:math:`D`, the diagonal model's precision (each column's inverse variance). As
+:math:`\lambda \to \infty` the precision becomes :math:`D` and the conditional mean of a missing
+entry is its column mean, so the penalty interpolates between the score-matching fit and mean
+imputation (a penalty on the off-diagonal entries alone let the diagonal grow on collinear
+columns and gave conditional means far worse than the column mean). ``shrinkage="auto"``
+picks :math:`\lambda` by hiding one observed entry in a share of the rows and keeping the value
+whose conditional means predict them best (the grid includes the diagonal model, so the choice
+is never worse than mean imputation on the hidden entries). Gaps are then filled with the
+conditional mean (:func:`~pyro_msm.infer.gaussian.conditional_gaussian`) or a draw from the
+conditional (:func:`~pyro_msm.infer.gaussian.sample_conditional_gaussian`); intervals are exact
+Gaussian quantiles.
 
 Any energy is possible: ``energy`` may be a factory ``d -> torch.nn.Module`` (a network mapping
 ``(..., d)`` rows to energies, e.g. :class:`~pyro_msm.distributions.EnergyMLP`); it is trained
@@ -59,7 +61,7 @@ from .tables import Standardizer, as_table, is_dataframe
 __all__ = ["ScoreMatchingImputer", "gaussian_pattern_loss", "fit_gaussian_marginal"]
 
 #: Default penalty grid of ``shrinkage="auto"`` (``math.inf`` is the diagonal precision).
-SHRINKAGE_GRID = (math.inf, 1.0, 0.3, 0.1, 0.03, 0.0)
+SHRINKAGE_GRID = (math.inf, 1.0, 0.3, 0.1, 0.03, 0.01)
 
 
 # -- the Gaussian engine -----------------------------------------------------------------------
@@ -168,7 +170,8 @@ def fit_gaussian_marginal(
     info: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Minimise the mean exact marginal score-matching loss of :math:`N(\mu, P^{-1})` plus
-    ``shrinkage`` :math:`\times \sum_{i \ne j} P_{ij}^2`, full batch, by L-BFGS (strong Wolfe
+    ``shrinkage`` :math:`\times \lVert P - D \rVert_F^2` (``D`` the diagonal model's
+    precision), full batch, by L-BFGS (strong Wolfe
     line search) over :math:`\mu` and the Cholesky factor of :math:`P`.
 
     :param x: ``(n, d)``, missing entries arbitrary but finite; :param mask: boolean ``(n, d)``.
@@ -192,7 +195,7 @@ def fit_gaussian_marginal(
         init = (loc0, torch.cholesky_inverse(torch.linalg.cholesky(cov0)))
     loc = init[0].detach().clone().requires_grad_(True)
     raw = _raw_from(init[1].detach()).requires_grad_(True)
-    off = 1.0 - torch.eye(d, dtype=x.dtype, device=x.device)
+    target = _diagonal_fit(stats, d, x.dtype, x.device)[1]
     scale = 1.0 / max(stats.num_rows, 1)
     optimizer = torch.optim.LBFGS(
         [loc, raw],
@@ -207,7 +210,7 @@ def fit_gaussian_marginal(
         optimizer.zero_grad()
         precision = _precision_from(raw, d)
         value = scale * gaussian_pattern_loss(x, mask, loc, precision, stats=stats)
-        value = value + shrinkage * ((precision * off) ** 2).sum()
+        value = value + shrinkage * ((precision - target) ** 2).sum()
         if not torch.isfinite(value):
             raise FloatingPointError("the objective is not finite")
         value.backward()
@@ -260,8 +263,8 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
     :param energy: ``"gaussian"`` (default; fast exact fit), ``"mlp"`` (an
         :class:`~pyro_msm.distributions.EnergyMLP`), or a factory ``d -> torch.nn.Module``
         mapping ``(..., d)`` rows to energies.
-    :param shrinkage: off-diagonal ridge :math:`\lambda` of the Gaussian precision (in
-        standardised units), ``"auto"`` (chosen on held-out observed entries from
+    :param shrinkage: ridge :math:`\lambda` pulling the Gaussian precision (in standardised
+        units) towards the diagonal model's, ``"auto"`` (chosen on held-out observed entries from
         ``shrinkage_grid``) or ``math.inf`` (diagonal: mean imputation with calibrated
         intervals).
     :param shrinkage_grid: candidates for ``"auto"`` (default :data:`SHRINKAGE_GRID`).
@@ -384,14 +387,18 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
             grid = sorted(
                 (float(v) for v in (self.shrinkage_grid or SHRINKAGE_GRID)), reverse=True
             )
-            shrinkage = self._select_shrinkage(z, mask, grid, rng)
+            shrinkage, init = self._select_shrinkage(z, mask, grid, rng)
         else:
-            shrinkage = float(self.shrinkage)
+            shrinkage, init = float(self.shrinkage), None
+        if init is None and not math.isinf(shrinkage):
+            # start from the diagonal fit: the inverse of a pairwise covariance can be badly
+            # conditioned (collinear columns) and slows L-BFGS down by orders of magnitude
+            init = fit_gaussian_marginal(z, mask, math.inf)
         stats = _PatternStats(z, mask)
         info: dict[str, Any] = {}
         try:
             loc, precision = fit_gaussian_marginal(
-                z, mask, shrinkage, max_iter=self.max_iter, stats=stats, info=info
+                z, mask, shrinkage, init=init, max_iter=self.max_iter, stats=stats, info=info
             )
         except FloatingPointError as err:
             if math.isinf(shrinkage):
@@ -409,7 +416,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
 
     def _select_shrinkage(
         self, z: Tensor, mask: Tensor, grid: list[float], rng: np.random.RandomState
-    ) -> float:
+    ) -> tuple[float, tuple[Tensor, Tensor] | None]:
         """Hide one observed entry in a ``validation_fraction`` of the rows with two or more,
         fit along the grid from the largest penalty down (warm starts), keep the best RMSE."""
         n, d = mask.shape
@@ -422,10 +429,12 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         hide = torch.zeros_like(mask)
         hide[torch.arange(n)[chosen], column[chosen]] = True
         if int(hide.sum()) < 2 or len(grid) == 1:
-            return grid[-1] if len(grid) == 1 else math.inf
+            return (grid[-1] if len(grid) == 1 else math.inf), None
         train = mask & ~hide
         stats = _PatternStats(z, train)
-        best, best_rmse, init = math.inf, math.inf, None
+        best, best_rmse, init, best_fit = math.inf, math.inf, None, None
+        if not math.isinf(grid[0]):
+            init = fit_gaussian_marginal(z, train, math.inf, stats=stats)
         for value in grid:
             try:
                 loc, precision = fit_gaussian_marginal(
@@ -439,10 +448,10 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
             self.validation_rmse_[value] = rmse
             init = (loc, precision)
             if rmse < best_rmse - 1e-12:
-                best, best_rmse = value, rmse
+                best, best_rmse, best_fit = value, rmse, init
         if self.verbose:
             print(f"ScoreMatchingImputer: shrinkage {best:g} (validation RMSE {best_rmse:.4f})")
-        return best
+        return best, best_fit
 
     def _model(self, d: int):
         import pyro
