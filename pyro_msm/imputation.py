@@ -346,7 +346,9 @@ def impute(
 
     :param model: the Pyro model, with parameters already fitted.
     :param guide: the trained guide, for ``method="guide"``.
-    :param args: positional arguments of the model (and guide).
+    :param args: positional arguments of the model (and guide); a pandas DataFrame passed on to
+        :func:`~pyro_msm.observe` gives the result its column names and index
+        (:attr:`Imputations.labels`).
     :param kwargs: keyword arguments of the model (and guide).
     :param method: ``"guide"``, ``"iw"`` or ``"exact"``. Default: ``"guide"`` when a guide is
         given or ``loss`` is variational or hybrid, otherwise ``"iw"``.
