@@ -138,3 +138,25 @@ def test_save_load_round_trip_and_errors(tmp_path):
     junk.write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="not a file written by"):
         _Thing.load(junk)
+
+
+class _LossWithState:
+    def __init__(self):
+        self.counter = 0
+
+    def state_dict(self):
+        return {"counter": self.counter}
+
+    def load_state_dict(self, state):
+        self.counter = state["counter"] + 0  # a copy, as a real implementation would
+
+
+def test_a_loss_state_dict_is_preferred_over_private_attributes():
+    pyro.clear_param_store()
+    loss = _LossWithState()
+    loss.counter = 7
+    state = checkpoint_state(None, loss)
+    assert state["loss"] == {"state_dict": {"counter": 7}}
+    loss.counter = 0
+    restore_checkpoint(state, loss=loss)
+    assert loss.counter == 7
