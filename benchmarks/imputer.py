@@ -137,6 +137,9 @@ def run(smoke: bool, reps: int, rate: float, draws: int, seed: int) -> pd.DataFr
                     inside = (x >= lower - 1e-12) & (x <= upper + 1e-12)
                     row["coverage90"] = float(inside[hide].mean())
                 rows.append(row)
+        done = pd.DataFrame([r for r in rows if r["table"] == table_name])
+        medians = done.groupby("method")["rmse_sd"].median().round(3).to_dict()
+        print(f"{table_name} {x.shape}: median RMSE (sd units) {medians}", flush=True)
     return pd.DataFrame(rows)
 
 
