@@ -8,6 +8,15 @@ from .primitives import observe
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # the imputer needs scikit-learn (an optional dependency): imported on first use
+    if name == "ScoreMatchingImputer":
+        from .imputer import ScoreMatchingImputer
+
+        return ScoreMatchingImputer
+    raise AttributeError(f"module 'pyro_msm' has no attribute {name!r}")
+
 __all__ = [
     "observe",
     "MissingScoreMatching",
@@ -15,6 +24,7 @@ __all__ = [
     "VariationalScoreMatching",
     "impute",
     "imputation_coverage",
+    "ScoreMatchingImputer",
     "to_inference_data",
     "datasets",
     "distributions",

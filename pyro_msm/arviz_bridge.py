@@ -44,10 +44,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from .imputation import Imputations, impute
+from .imputation import Imputations, draws_from_inference_data, impute
+from .tables import Standardizer
 
 __all__ = ["to_inference_data", "assemble", "draws_from_inference_data", "arviz_major_version"]
 
@@ -79,48 +79,6 @@ def assemble(groups: Mapping[str, Any], attrs: Mapping[str, Any], *, datatree: b
     import arviz
 
     return arviz.InferenceData(attrs=dict(attrs), **dict(groups))
-
-
-def _group(obj: Any, name: str):
-    """A group of an InferenceData or DataTree as an :class:`xarray.Dataset`, or None."""
-    import xarray as xr
-
-    try:
-        node = obj[name]
-    except (KeyError, TypeError):
-        return None
-    return node.to_dataset() if isinstance(node, xr.DataTree) else node
-
-
-def draws_from_inference_data(obj: Any, var_name: str | None = None) -> tuple[Tensor, Tensor]:
-    """Read the imputed tables and the mask back from an object of :func:`to_inference_data`.
-
-    :param obj: the ArviZ object.
-    :param var_name: the imputed variable (default: the posterior variable with a ``feature``
-        dim, when there is exactly one).
-    :returns: draws ``(chains, draws, n, d)`` and the boolean mask ``(n, d)``.
-    :raises ValueError: when the object lacks the groups or variables written by
-        :func:`to_inference_data`.
-    """
-    posterior, constant = _group(obj, "posterior"), _group(obj, "constant_data")
-    if posterior is None or constant is None:
-        raise ValueError(
-            "expected an ArviZ object from pyro_msm.to_inference_data, with 'posterior' and "
-            "'constant_data' groups"
-        )
-    if var_name is None:
-        tables = [v for v in posterior.data_vars if "feature" in posterior[v].dims]
-        if len(tables) != 1:
-            raise ValueError(f"choose the imputed variable with var_name= among {tables}")
-        var_name = str(tables[0])
-    if var_name not in posterior.data_vars or f"{var_name}_mask" not in constant.data_vars:
-        raise ValueError(
-            f"the object has no posterior variable '{var_name}' with a constant_data mask "
-            f"'{var_name}_mask'"
-        )
-    table = posterior[var_name].transpose("chain", "draw", "row", "feature").values
-    mask = constant[f"{var_name}_mask"].transpose("row", "feature").values
-    return torch.as_tensor(table), torch.as_tensor(mask.astype(bool))
 
 
 def _labels(values: Any, size: int, what: str) -> np.ndarray:
@@ -173,6 +131,7 @@ def to_inference_data(
     columns: Sequence[Any] | None = None,
     rows: Sequence[Any] | None = None,
     training: Any = None,
+    standardizer: Standardizer | None = None,
     datatree: bool | None = None,
     **impute_options: Any,
 ):
@@ -194,11 +153,15 @@ def to_inference_data(
     :param guide: the trained guide (for ``method="guide"``).
     :param args: positional arguments of the model and guide.
     :param kwargs: keyword arguments of the model and guide.
-    :param columns: names of the ``d`` features (e.g. ``df.columns``); default ``0..d-1``.
-    :param rows: labels of the ``n`` rows (e.g. ``df.index``); default ``0..n-1``.
+    :param columns: names of the ``d`` features; default: the DataFrame's column names when the
+        model observed a DataFrame (:attr:`Imputations.labels`), else ``0..d-1``.
+    :param rows: labels of the ``n`` rows; default: the DataFrame's index, else ``0..n-1``.
     :param training: training diagnostics: a mapping name -> one value per step (e.g.
         ``{"loss": losses, "ess": ess}``), a list of losses, or an object with ``losses`` (and
         ``ess``) attributes such as :class:`~pyro_msm.experiments.FitResult`.
+    :param standardizer: the :class:`~pyro_msm.tables.Standardizer` the table was standardised
+        with before fitting: the draws and data are converted back to original units
+        (:meth:`Imputations.rescale`) and the object's attributes say so.
     :param datatree: force the ArviZ 1.x (:class:`xarray.DataTree`) or 0.x
         (:class:`arviz.InferenceData`) container; default: follow the installed ArviZ.
     :param impute_options: ``method``, ``loss``, ``num_draws``, ``num_chains``,
@@ -223,6 +186,16 @@ def to_inference_data(
         raise TypeError(
             f"to_inference_data: source must be a model or Imputations, got {type(source).__name__}"
         )
+    if standardizer is not None:
+        imputations = imputations.rescale(standardizer)
+    labels = imputations.labels
+    if labels is not None:
+        if columns is None and labels.columns is not None:
+            columns = labels.columns
+        if rows is None and labels.index is not None and len(labels.index) == len(
+            imputations.mask
+        ):
+            rows = labels.index
     name = imputations.site
     draws = imputations.draws.detach().cpu().numpy()
     chains, num_draws, n, d = draws.shape
@@ -284,6 +257,7 @@ def to_inference_data(
         "site": name,
         "imputation_method": imputations.method,
         "missing_rate": float((~mask).mean()) if mask.size else math.nan,
+        "units": "original" if standardizer is not None else "as fitted",
     }
     loss = impute_options.get("loss")
     if loss is not None and hasattr(loss, "estimator"):

@@ -8,6 +8,9 @@ Subcommands:
 - ``reproduce EXPERIMENT ...``: run experiments of :data:`pyro_msm.experiments.EXPERIMENTS`
   (small by default, ``--full`` for the paper's sizes), write a CSV of every fit and a PNG plot
   per experiment, and print a summary table.
+- ``fit TABLE``: fit a model to your own CSV or Parquet table and write its parameters, graph,
+  imputations (original units, CSV and ArviZ netCDF) and a JSON summary; see
+  ``docs/your_table.md``.
 """
 
 from __future__ import annotations
@@ -169,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     reproduce.set_defaults(handler=_run_reproduce)
+    _add_fit_parser(sub)
     return parser
 
 
@@ -330,6 +334,422 @@ def _run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
                 return 1
             print(f"plot saved to {png_path}")
         print(f"{name}: {time.perf_counter() - start:.1f} s\n", flush=True)
+    return 0
+
+
+# -- pyro-msm fit TABLE ------------------------------------------------------------------------
+
+#: Models of ``pyro-msm fit``.
+FIT_MODELS = ("gaussian", "graph", "mlp")
+#: Files ``pyro-msm fit`` may write into ``--out`` (it refuses to replace them without --force).
+FIT_OUTPUTS = (
+    "summary.json",
+    "parameters.json",
+    "location.csv",
+    "precision.csv",
+    "edges.csv",
+    "adjacency.csv",
+    "energy.pt",
+    "imputer.pkl",
+    "imputed.csv",
+    "imputations.nc",
+)
+
+
+class FitError(Exception):
+    """A user-facing error of ``pyro-msm fit`` (printed without a traceback, exit status 2)."""
+
+
+def _add_fit_parser(sub) -> None:
+    from .infer import ESTIMATORS
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit a model to your own table (CSV or Parquet) and impute its missing entries",
+        description=(
+            "Read TABLE (.csv, .csv.gz, .tsv or .parquet; empty cells, NA and NaN are missing, "
+            "plus any --missing markers), standardise each column on its observed entries, fit "
+            "the model by marginal score matching, and write into --out: summary.json "
+            "(settings and diagnostics), the fitted parameters, the graph (for --model graph), "
+            "imputed.csv (conditional means in the original units) and imputations.nc (draws "
+            "as an ArviZ netCDF, original units). Existing files in --out are never replaced "
+            "without --force, and TABLE itself never."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    fit.add_argument("table", metavar="TABLE", help="the table: CSV, TSV or Parquet")
+    fit.add_argument(
+        "--model",
+        choices=FIT_MODELS,
+        default="gaussian",
+        help=(
+            "gaussian: dense Gaussian (penalty chosen on held-out entries); graph: sparse "
+            "Gaussian graph (L1 path, eBIC); mlp: neural energy (importance weighting)"
+        ),
+    )
+    fit.add_argument(
+        "--estimator",
+        choices=("exact",) + tuple(ESTIMATORS),
+        default=None,
+        help=(
+            "how the marginal score is estimated: exact (Gaussian closed form, the default for "
+            "gaussian), iw (default for mlp), variational (default for graph), ..."
+        ),
+    )
+    fit.add_argument(
+        "--missing",
+        default="",
+        metavar="MARKERS",
+        help="extra comma-separated cell values meaning missing, e.g. '-99,?'",
+    )
+    fit.add_argument(
+        "--columns", default=None, metavar="COLS", help="comma-separated columns to use"
+    )
+    fit.add_argument(
+        "--out", default=None, metavar="DIR", help="output directory (default: TABLE-stem_fit)"
+    )
+    fit.add_argument("--force", action="store_true", help="replace existing output files")
+    fit.add_argument(
+        "--steps",
+        type=_int_at_least(1, "--steps"),
+        default=500,
+        help="optimiser steps for iterative estimators (mlp, and gaussian with iw etc.)",
+    )
+    fit.add_argument("--lr", type=_positive_float, default=0.01, help="Adam learning rate")
+    fit.add_argument(
+        "--num-particles", type=_int_at_least(1, "--num-particles"), default=10,
+        help="particles per row (IW, variational)",
+    )  # fmt: skip
+    fit.add_argument(
+        "--draws", type=_int_at_least(1, "--draws"), default=200,
+        help="imputation draws per chain (2 chains) in imputations.nc",
+    )  # fmt: skip
+    fit.add_argument("--seed", type=int, default=0, help="random seed")
+    fit.add_argument(
+        "--threads", type=_int_at_least(1, "--threads"), default=1, help="torch threads"
+    )
+    fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fit.set_defaults(handler=_run_fit)
+
+
+def _read_table(path: str, markers: list[str]):
+    import os
+
+    import pandas as pd
+
+    if not os.path.exists(path):
+        raise FitError(f"cannot read {path}: no such file")
+    if os.path.isdir(path):
+        raise FitError(f"cannot read {path}: it is a directory, not a table")
+    lower = path.lower()
+    try:
+        if lower.endswith((".parquet", ".pq")):
+            df = pd.read_parquet(path)
+            if markers:
+                df = df.replace({m: float("nan") for m in markers})
+        elif lower.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")):
+            sep = "\t" if ".tsv" in lower else ","
+            df = pd.read_csv(path, sep=sep, na_values=markers or None)
+        else:
+            raise FitError(
+                f"cannot read {path}: unknown file type; use .csv, .csv.gz, .tsv or .parquet"
+            )
+    except FitError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pandas/pyarrow raise many kinds
+        raise FitError(f"cannot read {path} as a table: {type(err).__name__}: {err}") from None
+    if df.shape[0] < 2 or df.shape[1] < 1:
+        raise FitError(f"{path}: the table has {df.shape[0]} rows and {df.shape[1]} columns")
+    return df
+
+
+def _select_columns(df, columns: str | None):
+    import pandas as pd
+
+    if columns:
+        names = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = [c for c in names if c not in df.columns]
+        if unknown:
+            raise FitError(f"--columns: no column(s) {unknown}; the table has {list(df.columns)}")
+        df = df[names]
+    text = [
+        str(c)
+        for c, dtype in df.dtypes.items()
+        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype))
+    ]
+    if text:
+        keep = [str(c) for c in df.columns if str(c) not in text]
+        raise FitError(
+            f"column(s) {text} hold text, not numbers; choose numeric columns with "
+            f"--columns {','.join(keep) or 'NAME,...'} (or mark text placeholders with "
+            "--missing)"
+        )
+    empty = [str(c) for c in df.columns if df[c].isna().all()]
+    if empty:
+        raise FitError(f"column(s) {empty} have no observed value; leave them out with --columns")
+    return df
+
+
+def _prepare_out(args, table_path: str) -> str:
+    import os
+
+    out = args.out or os.path.splitext(os.path.splitext(table_path)[0])[0] + "_fit"
+    os.makedirs(out, exist_ok=True)
+    source = os.path.realpath(table_path)
+    clash = [
+        name for name in FIT_OUTPUTS if os.path.realpath(os.path.join(out, name)) == source
+    ]
+    if clash:
+        raise FitError(f"--out {out}: {clash[0]} would overwrite the input table; pick another")
+    existing = [name for name in FIT_OUTPUTS if os.path.exists(os.path.join(out, name))]
+    if existing and not args.force:
+        raise FitError(
+            f"--out {out} already holds {', '.join(existing)}; pass --force to replace them or "
+            "choose another --out"
+        )
+    return out
+
+
+def _svi_fit(model, guide, z, loss, steps: int, lr: float, progress: bool) -> list[float]:
+    import pyro
+    from pyro.infer import SVI
+    from tqdm.auto import tqdm
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss)
+    losses = []
+    bar = tqdm(range(steps), desc="fit", disable=not progress, file=sys.stderr)
+    for _ in bar:
+        value = svi.step(z) / max(int(z.shape[0]), 1)
+        losses.append(value)
+        if not math.isfinite(value):
+            raise FitError(
+                "the fit diverged (loss is not finite); try a smaller --lr or --model gaussian"
+            )
+        bar.set_postfix(loss=f"{value:.4g}")
+    return losses
+
+
+def _run_fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        return _fit(args)
+    except FitError as err:
+        print(f"pyro-msm fit: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _fit(args: argparse.Namespace) -> int:  # noqa: C901 - one linear recipe
+    import json
+    import os
+
+    import pyro
+    import torch
+
+    from .arviz_bridge import to_inference_data
+    from .imputation import Imputations, impute
+    from .infer.gaussian import conditional_gaussian, sample_conditional_gaussian
+    from .tables import Standardizer, as_table
+
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    markers = [m.strip() for m in args.missing.split(",") if m.strip()]
+    df = _select_columns(_read_table(args.table, markers), args.columns)
+    out = _prepare_out(args, args.table)
+    estimator = args.estimator or {"gaussian": "exact", "graph": "variational", "mlp": "iw"}[
+        args.model
+    ]
+    if estimator == "exact" and args.model == "mlp":
+        raise FitError("--estimator exact is the Gaussian closed form; use iw for --model mlp")
+    x, labels = as_table(df, name=args.table, dtype=torch.float64)
+    mask = ~torch.isnan(x)
+    n, d = x.shape
+    names = list(labels.columns)
+    print(f"pyro-msm fit: {args.table}: {n} rows x {d} columns, "
+          f"{int((~mask).sum())} missing entries ({float((~mask).float().mean()):.1%}), "
+          f"{int(mask.all(-1).sum())} complete rows")  # fmt: skip
+    for j, name in enumerate(names):
+        miss = int((~mask[:, j]).sum())
+        print(f"  {name}: {miss} missing" if miss else f"  {name}: complete")
+    print(f"model {args.model}, estimator {estimator}; standardising each column on its "
+          f"observed entries; writing to {out}", flush=True)  # fmt: skip
+    standardizer = Standardizer.fit(x, mask)
+    z = torch.where(mask, standardizer.transform(x), torch.tensor(math.nan, dtype=x.dtype))
+    z0 = torch.nan_to_num(z)
+    pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
+    diagnostics: dict = {}
+    losses: list[float] = []
+    written: list[str] = []
+    loc = precision = None
+    imputations: Imputations | None = None
+
+    def path(name: str) -> str:
+        written.append(name)
+        return os.path.join(out, name)
+
+    if args.model == "gaussian" and estimator == "exact":
+        from .imputer import ScoreMatchingImputer
+
+        imputer = ScoreMatchingImputer(random_state=args.seed).fit(df)
+        loc, precision = imputer.location_, imputer.precision_
+        diagnostics.update(
+            shrinkage=imputer.shrinkage_,
+            lbfgs_iterations=imputer.n_iter_,
+            validation_rmse={str(k): v for k, v in imputer.validation_rmse_.items()},
+        )
+        print(f"penalty chosen on held-out entries: {imputer.shrinkage_:g} "
+              f"(validation RMSE in sd units: {imputer.validation_rmse_})")  # fmt: skip
+        imputer.save(path("imputer.pkl"))
+    elif args.model == "gaussian":
+        from pyro.distributions import constraints
+
+        from . import MissingScoreMatching, observe
+        from .distributions import GaussianEnergy
+        from .guides import AmortizedNormal
+
+        def model(table):
+            mu = pyro.param("loc", torch.zeros(d, dtype=table.dtype))
+            tril = pyro.param(
+                "tril", torch.eye(d, dtype=table.dtype), constraint=constraints.lower_cholesky
+            )
+            with pyro.plate("rows", table.shape[0]):
+                observe("x", GaussianEnergy(mu, tril @ tril.T), obs=table)
+
+        guided = estimator in ("variational", "hybrid")
+        guide = AmortizedNormal(model) if guided else (lambda table: None)
+        loss = MissingScoreMatching(estimator, num_particles=args.num_particles)
+        losses = _svi_fit(model, guide, z, loss, args.steps, args.lr, not args.no_progress)
+        loc = pyro.param("loc").detach()
+        tril = pyro.param("tril").detach()
+        precision = tril @ tril.T
+        diagnostics.update(final_loss_per_row=losses[-1], ess=loss.diagnostics.get("ess"))
+    elif args.model == "graph":
+        from .graphical import GraphicalScoreMatching
+
+        graph = GraphicalScoreMatching(
+            estimator if estimator != "exact" else "closed_form",
+            num_penalties=20,
+            warmup_steps=min(200, args.steps),
+            steps_per_penalty=max(1, args.steps // 20),
+            num_particles=args.num_particles,
+            lr=args.lr,
+            seed=args.seed,
+            progress=not args.no_progress,
+        ).fit(z)
+        loc, precision = graph.location_.to(x.dtype), graph.precision_.to(x.dtype)
+        edges = [(names[i], names[j], float(precision[i, j])) for i, j in graph.edges_]
+        with open(path("edges.csv"), "w") as handle:
+            handle.write("source,target,precision,partial_correlation\n")
+            for a, b, value in edges:
+                i, j = names.index(a), names.index(b)
+                pc = -value / math.sqrt(float(precision[i, i] * precision[j, j]))
+                handle.write(f"{a},{b},{value:.6g},{pc:.6g}\n")
+        labels.frame(graph.adjacency_.to(torch.int64), columns=names).set_axis(
+            names, axis=0
+        ).to_csv(path("adjacency.csv"))
+        diagnostics.update(penalty=graph.penalty_, num_edges=len(edges), solver=graph.solver_)
+        print(f"graph: {len(edges)} edges at penalty {graph.penalty_:.4g} (eBIC)")
+        for a, b, _ in edges[:20]:
+            print(f"  {a} -- {b}")
+        if len(edges) > 20:
+            print(f"  ... {len(edges) - 20} more in edges.csv")
+    else:  # mlp
+        from . import MissingScoreMatching, observe
+        from .distributions import EnergyMLP, MLPEnergy
+        from .guides import AmortizedNormal
+
+        torch.manual_seed(args.seed)
+        net = EnergyMLP(d, (32, 32)).to(torch.float64)
+
+        def model(table):
+            pyro.module("energy", net)
+            with pyro.plate("rows", table.shape[0]):
+                observe("x", MLPEnergy(net), obs=table)
+
+        guided = estimator in ("variational", "hybrid")
+        guide = AmortizedNormal(model) if guided else (lambda table: None)
+        loss = MissingScoreMatching(estimator, num_particles=args.num_particles)
+        keep = mask.any(-1)
+        losses = _svi_fit(model, guide, z[keep], loss, args.steps, args.lr,
+                          not args.no_progress)  # fmt: skip
+        torch.save(net.state_dict(), path("energy.pt"))
+        diagnostics.update(final_loss_per_row=losses[-1], ess=loss.diagnostics.get("ess"))
+        imputations = impute(
+            model,
+            guide if guided else None,
+            args=(z,),
+            method="guide" if guided else "iw",
+            num_draws=args.draws,
+            num_chains=2,
+            num_particles=max(1000, 100 * args.num_particles),
+            seed=args.seed,
+        )
+        if imputations.ess is not None:
+            has_missing = ~mask.all(-1)
+            ess = imputations.ess[:, has_missing]
+            diagnostics["imputation_ess_median"] = float(ess.median()) if ess.numel() else None
+            diagnostics["imputation_ess_min"] = float(ess.min()) if ess.numel() else None
+            diagnostics["imputation_num_particles"] = imputations.num_particles
+
+    if loc is not None:
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed)
+            mean, chol = conditional_gaussian(z0, mask, loc, precision)
+            draws = torch.stack(
+                [sample_conditional_gaussian(mean, chol, mask, args.draws)[0] for _ in range(2)]
+            )
+        imputations = Imputations("x", torch.where(mask, z0, draws), z0, mask, "exact",
+                                  labels=labels)  # fmt: skip
+        imputations_mean = mean
+        table = torch.stack(
+            [standardizer.inverse(loc), standardizer.loc, standardizer.scale, loc], dim=1
+        )
+        labels.frame(
+            table,
+            columns=["model_mean", "observed_mean", "observed_sd", "model_mean_standard_units"],
+        ).set_axis(names, axis=0).rename_axis("column").to_csv(path("location.csv"))
+        labels.frame(precision, columns=names).set_axis(names, axis=0).to_csv(
+            path("precision.csv")
+        )
+    else:
+        imputations_mean = imputations.mean()
+    imputations.labels = labels
+    completed = torch.where(mask, x, standardizer.inverse(imputations_mean))
+    import pandas as pd
+
+    labels.frame(completed).to_csv(
+        path("imputed.csv"), index=not isinstance(df.index, pd.RangeIndex)
+    )
+    idata = to_inference_data(
+        imputations, standardizer=standardizer, training={"loss": losses} if losses else None
+    )
+    idata.to_netcdf(path("imputations.nc"))
+    parameters = {
+        "columns": names,
+        "standardisation": {
+            "loc": standardizer.loc.tolist(),
+            "scale": standardizer.scale.tolist(),
+            "note": "the model is fitted to z = (x - loc) / scale; x = loc + scale * z",
+        },
+    }
+    if loc is not None:
+        parameters["location_standard_units"] = loc.tolist()
+        parameters["precision_standard_units"] = precision.tolist()
+    with open(path("parameters.json"), "w") as handle:
+        json.dump(parameters, handle, indent=1)
+    summary = {
+        "table": os.path.abspath(args.table),
+        "settings": {k: v for k, v in vars(args).items() if k != "handler"},
+        "estimator": estimator,
+        "rows": n,
+        "columns": names,
+        "missing_per_column": {name: int((~mask[:, j]).sum()) for j, name in enumerate(names)},
+        "diagnostics": diagnostics,
+        "seconds": round(time.perf_counter() - start, 2),
+        "files": sorted(set(written + ["summary.json"])),
+    }
+    with open(os.path.join(out, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=1, default=str)
+    print(f"wrote {', '.join(summary['files'])} to {out} in {summary['seconds']:.1f} s")
     return 0
 
 

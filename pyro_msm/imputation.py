@@ -20,7 +20,14 @@ three ways, each reusing the piece of :mod:`pyro_msm.infer` that the loss uses:
 :func:`imputation_intervals` turns draws into equal-tailed intervals per entry and
 :func:`imputation_coverage` reports how often those intervals contain held-out true values: a
 calibrated imputation covers about ``prob`` of them. :func:`pyro_msm.to_inference_data` puts
-the draws into an ArviZ object.
+the draws into an ArviZ object, and :func:`draws_from_inference_data` reads them back (it lives
+here, not in :mod:`pyro_msm.arviz_bridge`, so that the bridge depends on this module and not the
+other way round).
+
+Tables given as pandas DataFrames (to :func:`~pyro_msm.observe`) keep their column names and
+index: :attr:`Imputations.labels` holds them, :meth:`Imputations.frame` returns a labelled
+DataFrame, and :func:`~pyro_msm.to_inference_data` uses them as coordinates. A model fitted in
+standard units is converted back with :meth:`Imputations.rescale`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from .infer.mechanisms import MechanismTilted
 from .infer.proposals import Proposal, make_proposal
 from .infer.score_matching import _particle_plate
 from .infer.sites import DataSite, FillUnobserved, find_data_sites
+from .primitives import SITE_KEY
+from .tables import Standardizer, TableLabels
 
 __all__ = [
     "METHODS",
@@ -53,6 +62,7 @@ __all__ = [
     "impute",
     "imputation_intervals",
     "imputation_coverage",
+    "draws_from_inference_data",
 ]
 
 #: Ways of drawing imputations understood by :func:`impute`.
@@ -71,6 +81,8 @@ class Imputations:
     :ivar ess: for ``"iw"``, ``(chains, n)`` effective sample size :math:`1/\\sum_k w_k^2` of
         each row's importance weights (``num_particles`` for a row with nothing missing).
     :ivar num_particles: for ``"iw"``, proposal draws per row and chain.
+    :ivar labels: column names and row index of the table (from a DataFrame given to
+        :func:`~pyro_msm.observe`), or None.
     """
 
     site: str
@@ -80,6 +92,7 @@ class Imputations:
     method: str
     ess: Tensor | None = None
     num_particles: int | None = None
+    labels: TableLabels | None = None
 
     @property
     def num_chains(self) -> int:
@@ -98,12 +111,41 @@ class Imputations:
         return torch.where(self.mask, self.data, nan)
 
     def mean(self) -> Tensor:
-        """The mean completed table ``(n, d)`` over chains and draws (a point imputation)."""
-        return self.draws.mean((0, 1))
+        """The mean completed table ``(n, d)`` over chains and draws (a point imputation);
+        observed entries are the data exactly (no round-off from averaging copies)."""
+        return torch.where(self.mask, self.data, self.draws.mean((0, 1)))
 
     def interval(self, prob: float = 0.9) -> tuple[Tensor, Tensor]:
         """Equal-tailed intervals per entry; see :func:`imputation_intervals`."""
         return imputation_intervals(self.draws, prob)
+
+    def frame(self, values: Tensor | None = None):
+        """``values`` (default: :meth:`mean`) as a pandas DataFrame with the table's column
+        names and index (``x0 .. x{d-1}`` and a range index when the table had none)."""
+        labels = self.labels if self.labels is not None else TableLabels()
+        return labels.frame(self.mean() if values is None else values)
+
+    def rescale(self, standardizer: Standardizer) -> Imputations:
+        """The same imputations in original units, for a model fitted to standardised data.
+
+        Every draw (and the data) becomes ``loc + scale * z`` column by column; intervals and
+        means transform the same way because the map is increasing and affine.
+
+        :param standardizer: the :class:`~pyro_msm.tables.Standardizer` used to standardise the
+            table before fitting.
+        :returns: a new :class:`Imputations`.
+        """
+        data = torch.where(self.mask, standardizer.inverse(self.data), self.data)
+        return Imputations(
+            site=self.site,
+            draws=standardizer.inverse(self.draws),
+            data=data,
+            mask=self.mask,
+            method=self.method,
+            ess=self.ess,
+            num_particles=self.num_particles,
+            labels=self.labels,
+        )
 
 
 @dataclass
@@ -174,6 +216,16 @@ def _pick_site(sites: list[DataSite], site: str | None) -> DataSite:
         f"impute: site={site!r} is not a masked data site of the model; its "
         f"pyro_msm.observe sites are {names}"
     )
+
+
+def _site_labels(trace, site: str) -> TableLabels | None:
+    """Labels recorded by :func:`~pyro_msm.observe` for a DataFrame, else None."""
+    node = trace.nodes.get(f"{site}_observed")
+    info = (node or {}).get("infer", {}).get(SITE_KEY)
+    labels = info.get("labels") if isinstance(info, dict) else None
+    if labels is None or (labels.columns is None and labels.index is None):
+        return None
+    return labels
 
 
 def _plate_nesting(trace) -> int:
@@ -294,7 +346,9 @@ def impute(
 
     :param model: the Pyro model, with parameters already fitted.
     :param guide: the trained guide, for ``method="guide"``.
-    :param args: positional arguments of the model (and guide).
+    :param args: positional arguments of the model (and guide); a pandas DataFrame passed on to
+        :func:`~pyro_msm.observe` gives the result its column names and index
+        (:attr:`Imputations.labels`).
     :param kwargs: keyword arguments of the model (and guide).
     :param method: ``"guide"``, ``"iw"`` or ``"exact"``. Default: ``"guide"`` when a guide is
         given or ``loss`` is variational or hybrid, otherwise ``"iw"``.
@@ -372,7 +426,54 @@ def impute(
         method=method,
         ess=torch.stack(ess) if ess else None,
         num_particles=num_particles if method == "iw" else None,
+        labels=_site_labels(trace, data_site.name),
     )
+
+
+# -- reading ArviZ objects back ------------------------------------------------------------------
+
+
+def _group(obj: Any, name: str):
+    """A group of an InferenceData or DataTree as an :class:`xarray.Dataset`, or None."""
+    import xarray as xr
+
+    try:
+        node = obj[name]
+    except (KeyError, TypeError):
+        return None
+    return node.to_dataset() if isinstance(node, xr.DataTree) else node
+
+
+def draws_from_inference_data(obj: Any, var_name: str | None = None) -> tuple[Tensor, Tensor]:
+    """Read the imputed tables and the mask back from an object of
+    :func:`~pyro_msm.to_inference_data`.
+
+    :param obj: the ArviZ object (:class:`arviz.InferenceData` or :class:`xarray.DataTree`).
+    :param var_name: the imputed variable (default: the posterior variable with a ``feature``
+        dim, when there is exactly one).
+    :returns: draws ``(chains, draws, n, d)`` and the boolean mask ``(n, d)``.
+    :raises ValueError: when the object lacks the groups or variables written by
+        :func:`~pyro_msm.to_inference_data`.
+    """
+    posterior, constant = _group(obj, "posterior"), _group(obj, "constant_data")
+    if posterior is None or constant is None:
+        raise ValueError(
+            "expected an ArviZ object from pyro_msm.to_inference_data, with 'posterior' and "
+            "'constant_data' groups"
+        )
+    if var_name is None:
+        tables = [v for v in posterior.data_vars if "feature" in posterior[v].dims]
+        if len(tables) != 1:
+            raise ValueError(f"choose the imputed variable with var_name= among {tables}")
+        var_name = str(tables[0])
+    if var_name not in posterior.data_vars or f"{var_name}_mask" not in constant.data_vars:
+        raise ValueError(
+            f"the object has no posterior variable '{var_name}' with a constant_data mask "
+            f"'{var_name}_mask'"
+        )
+    table = posterior[var_name].transpose("chain", "draw", "row", "feature").values
+    mask = constant[f"{var_name}_mask"].transpose("row", "feature").values
+    return torch.as_tensor(table), torch.as_tensor(mask.astype(bool))
 
 
 # -- intervals and coverage ------------------------------------------------------------------------
@@ -455,8 +556,6 @@ def imputation_coverage(
     elif isinstance(source, (Tensor, np.ndarray)):
         draws, found_mask = _as_tensor(source, "draws"), None
     else:
-        from .arviz_bridge import draws_from_inference_data
-
         draws, found_mask = draws_from_inference_data(source, var_name)
     if mask is None:
         if found_mask is None:

@@ -12,6 +12,8 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.poutine.runtime import effectful
 from torch import Tensor
 
+from .tables import TableLabels, as_table, is_dataframe
+
 __all__ = ["observe", "MissingCoordinates", "SITE_KEY", "PERTURB_TYPE"]
 
 #: Key of ``site["infer"]`` under which :func:`observe` records the data and mask of a site.
@@ -162,11 +164,16 @@ def observe(
         :class:`~pyro_msm.distributions.Energy` or any Pyro distribution whose ``log_prob`` is
         differentiable (its normaliser plays no role).
     :param obs: data, shape ``batch_shape + (d,)``, floating point; NaN marks missing entries when
-        ``obs_mask`` is None. A numpy array is converted to torch's default dtype.
+        ``obs_mask`` is None. A numpy array is converted to torch's default dtype. A pandas
+        DataFrame (numeric columns; NaN, None and ``pd.NA`` mark missing entries) is converted
+        to the dtype of ``fn``'s parameters (else torch's default); its column names and index
+        are recorded on the site, so :func:`~pyro_msm.impute` and
+        :func:`~pyro_msm.to_inference_data` label their results with them.
     :param obs_mask: True where observed: of ``obs``'s shape (coordinate level) or broadcastable
         to its batch shape (row level, Pyro's meaning). Booleans or 0/1 values.
     :returns: the completed rows, shape of ``obs``.
-    :raises TypeError: for a non-tensor or non-floating ``obs`` or a non-boolean mask.
+    :raises TypeError: for a non-tensor or non-floating ``obs``, a DataFrame with a non-numeric
+        column (named in the message), or a non-boolean mask.
     :raises ValueError: for mismatched shapes or devices, or NaN/inf in an observed entry.
     """
     if not isinstance(fn, TorchDistributionMixin):
@@ -175,6 +182,13 @@ def observe(
         raise ValueError(
             f"site '{name}': the data distribution must have event shape (d,), "
             f"got event shape {tuple(fn.event_shape)}"
+        )
+    labels = TableLabels()
+    if is_dataframe(obs):
+        obs, labels = as_table(
+            obs,
+            name=f"site '{name}': obs",
+            dtype=_parameter_dtype(fn) or torch.get_default_dtype(),
         )
     if isinstance(obs, np.ndarray):
         obs = torch.from_numpy(obs)
@@ -221,6 +235,14 @@ def observe(
         f"{name}_observed",
         fn,
         obs=value,
-        infer={SITE_KEY: {"data": data, "clean": clean, "mask": mask, "name": name}},
+        infer={
+            SITE_KEY: {
+                "data": data,
+                "clean": clean,
+                "mask": mask,
+                "name": name,
+                "labels": labels,
+            }
+        },
     )
     return pyro.deterministic(name, value, event_dim=1)

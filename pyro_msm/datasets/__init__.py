@@ -33,6 +33,7 @@ from torch import Tensor
 from .simulated import MECHANISMS, GaussianProblem, random_precision, simulate_gaussian
 
 __all__ = [
+    "table_path",
     "SachsData",
     "TissueData",
     "load_sachs",
@@ -48,6 +49,25 @@ __all__ = [
 SACHS_COLUMNS = (
     "praf", "pmek", "plcg", "PIP2", "PIP3", "p44/42", "pakts473", "PKA", "PKC", "P38", "pjnk",
 )  # fmt: skip
+
+
+def table_path(name: str = "airquality.csv"):
+    """The file system path of a bundled CSV table, for ``pyro-msm fit`` and ``pandas.read_csv``.
+
+    ``"airquality.csv"`` (153 x 6, R's ``airquality``, 44 real missing entries) and
+    ``"bfi.csv.gz"`` (2800 x 28, R's ``psych::bfi``, 731 missing) are plain numeric tables with
+    real gaps; sources and citations are in ``pyro_msm/datasets/data/README.md``.
+
+    :param name: the file name in ``pyro_msm/datasets/data/``.
+    :returns: a :class:`pathlib.Path`.
+    :raises FileNotFoundError: for a name that is not bundled.
+    """
+    import pathlib
+
+    path = pathlib.Path(str(resources.files(__name__).joinpath("data", name)))
+    if not path.is_file():
+        raise FileNotFoundError(f"no bundled table {name!r} in {path.parent}")
+    return path
 
 
 def _open_text(name: str) -> io.TextIOBase:
