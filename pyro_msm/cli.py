@@ -67,6 +67,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _has_matplotlib() -> bool:
+    """Whether matplotlib is installed (plots are written only then)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pyro-msm`` argument parser."""
     from .experiments.gaussian import MECHANISMS
@@ -384,7 +391,8 @@ def _add_fit_parser(sub) -> None:
         default="gaussian",
         help=(
             "gaussian: dense Gaussian (penalty chosen on held-out entries); graph: sparse "
-            "Gaussian graph (L1 path, eBIC); mlp: neural energy (importance weighting)"
+            "Gaussian graph (exact EM score-matching L1 path, eBIC; writes graph.png); "
+            "mlp: neural energy (importance weighting)"
         ),
     )
     fit.add_argument(
@@ -393,7 +401,7 @@ def _add_fit_parser(sub) -> None:
         default=None,
         help=(
             "how the marginal score is estimated: exact (Gaussian closed form, the default for "
-            "gaussian), iw (default for mlp), variational (default for graph), ..."
+            "gaussian), iw (default for mlp), ...; graph fits use the exact EM solver"
         ),
     )
     fit.add_argument(
@@ -625,29 +633,25 @@ def _fit(args: argparse.Namespace) -> int:  # noqa: C901 - one linear recipe
     elif args.model == "graph":
         from .graphical import GraphicalScoreMatching
 
-        graph = GraphicalScoreMatching(
-            estimator if estimator != "exact" else "closed_form",
-            num_penalties=20,
-            warmup_steps=min(200, args.steps),
-            steps_per_penalty=max(1, args.steps // 20),
-            num_particles=args.num_particles,
-            lr=args.lr,
-            seed=args.seed,
-            progress=not args.no_progress,
-        ).fit(z)
+        # the exact EM path on incomplete tables (the quadratic one on complete tables);
+        # --estimator matters only if the exact solvers are bypassed with --model mlp
+        graph = GraphicalScoreMatching(seed=args.seed, progress=not args.no_progress).fit(
+            labels.frame(z, columns=names)
+        )
         loc, precision = graph.location_.to(x.dtype), graph.precision_.to(x.dtype)
-        edges = [(names[i], names[j], float(precision[i, j])) for i, j in graph.edges_]
-        with open(path("edges.csv"), "w") as handle:
-            handle.write("source,target,precision,partial_correlation\n")
-            for a, b, value in edges:
-                i, j = names.index(a), names.index(b)
-                pc = -value / math.sqrt(float(precision[i, i] * precision[j, j]))
-                handle.write(f"{a},{b},{value:.6g},{pc:.6g}\n")
+        table = graph.edge_table()
+        table.drop(columns=["i", "j"]).to_csv(path("edges.csv"), index=False)
+        edges = list(zip(table["source"], table["target"], table["precision"], strict=True))
         labels.frame(graph.adjacency_.to(torch.int64), columns=names).set_axis(
             names, axis=0
         ).to_csv(path("adjacency.csv"))
+        if _has_matplotlib():
+            import matplotlib.pyplot as plt
+
+            plt.close(graph.plot_graph(path=path("graph.png"), title=f"{args.table}: graph"))
+            plt.close(graph.plot_path(path=path("path.png")))
         diagnostics.update(penalty=graph.penalty_, num_edges=len(edges), solver=graph.solver_)
-        print(f"graph: {len(edges)} edges at penalty {graph.penalty_:.4g} (eBIC)")
+        print(f"graph: {len(edges)} edges at penalty {graph.penalty_:.4g} ({graph.solver_}, eBIC)")
         for a, b, _ in edges[:20]:
             print(f"  {a} -- {b}")
         if len(edges) > 20:

@@ -67,7 +67,8 @@ def test_fit_mlp_and_graph_smoke(tmp_path):
     assert main(["fit", str(small), "--model", "graph", "--estimator", "iw", "--out", str(out),
                  *args]) == 0  # fmt: skip
     names = {p.name for p in out.iterdir()}
-    assert {"edges.csv", "adjacency.csv", "precision.csv", "imputed.csv"} <= names
+    expected = {"edges.csv", "adjacency.csv", "precision.csv", "imputed.csv", "graph.png"}
+    assert expected | {"path.png"} <= names
     adjacency = pd.read_csv(out / "adjacency.csv", index_col=0)
     assert list(adjacency.columns) == ["Ozone", "Wind", "Temp"]
     edges = pd.read_csv(out / "edges.csv")

@@ -342,3 +342,14 @@ def test_benchmark_smoke(tmp_path):
     text = out.read_text()
     assert "path_auc" in text and "default" in text and "em_glasso" in text
     assert np.isfinite(float(text.splitlines()[1].split(",")[-1]))
+
+
+def test_fitted_estimator_saves_and_loads(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 4, generator=g, dtype=torch.float64)
+    x[torch.rand(80, 4, generator=g) < 0.2] = float("nan")
+    est = GraphicalScoreMatching(progress=False).fit(x)
+    est.save(tmp_path / "graph.pkl")
+    back = GraphicalScoreMatching.load(tmp_path / "graph.pkl")
+    assert torch.equal(back.precision_, est.precision_) and back.edges_ == est.edges_
+    assert back.get_params() == est.get_params()

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from ..infer import ESTIMATORS
+from ..persistence import SaveLoadMixin
 from ..tables import as_table, is_dataframe
 from .exact import em_path, exact_penalties, marginal_path, refit_support
 from .metrics import DEFAULT_EDGE_THRESHOLD, edges_from_precision
@@ -86,7 +87,7 @@ def _threads(n_jobs: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-class GraphicalScoreMatching:
+class GraphicalScoreMatching(SaveLoadMixin):
     r"""Sparse Gaussian graphical model by L1-penalised (marginal) score matching from a table
     with missing entries.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -295,6 +296,37 @@ class MissingScoreMatching(ELBO):
         if (site, kind) not in self._warned:
             self._warned.add((site, kind))
             warnings.warn(message, UserWarning, stacklevel=4)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed fit needs to continue exactly as an uninterrupted one: the
+        variational schedule's position, the last model-step value, the plate nesting, the
+        diagnostics, the warnings already given, the health monitor's history and the fitted
+        IW proposal (see :func:`pyro_msm.persistence.save_checkpoint`)."""
+        return copy.deepcopy(
+            {
+                "step": self._step,
+                "last_model_loss": self._last_model_loss,
+                "max_plate_nesting": self.max_plate_nesting,
+                "diagnostics": self.diagnostics,
+                "warned": self._warned,
+                "health": self.health,
+                "proposal": self.proposal,
+            }
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s state.
+
+        :raises KeyError: for a state missing an entry.
+        """
+        state = copy.deepcopy(state)
+        self._step = int(state["step"])
+        self._last_model_loss = float(state["last_model_loss"])
+        self.max_plate_nesting = state["max_plate_nesting"]
+        self.diagnostics = dict(state["diagnostics"])
+        self._warned = set(state["warned"])
+        self.health = state["health"]
+        self.proposal = state["proposal"]
 
     def refresh_proposal(self) -> None:
         """Refit the IW proposal at the next step (it is otherwise fitted once per data set)."""
