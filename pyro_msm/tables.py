@@ -113,7 +113,7 @@ def as_table(
             np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)
         ):
             raise TypeError(f"{name} must be numeric, got dtype {x.dtype}")
-        x = torch.as_tensor(x.astype(np.float64) if not np.issubdtype(x.dtype, np.floating) else x)
+        x = torch.tensor(x.astype(np.float64) if not np.issubdtype(x.dtype, np.floating) else x)
         x = x.to(dtype or torch.get_default_dtype())
     if not isinstance(x, Tensor):
         raise TypeError(
