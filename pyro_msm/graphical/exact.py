@@ -498,15 +498,9 @@ def em_score_matching(
         p = p * keep
     p, _ = _floor_to_positive_definite(p)
     complete = bool(observed.all())
-    patterns = missingness_patterns(observed)
-
-    def estep(loc: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        _, mean, s = expected_statistics(data, observed, loc, p, patterns=patterns)
-        return mean, s
-
     return em_iterations(
-        estep, loc, p, penalty, complete=complete, tol=tol, max_iter=max_iter,
-        inner_tol=inner_tol, support=keep,
+        _in_memory_estep(data, observed), loc, p, penalty, complete=complete, tol=tol,
+        max_iter=max_iter, inner_tol=inner_tol, support=keep,
     )  # fmt: skip
 
 
@@ -514,6 +508,17 @@ def em_score_matching(
 #: Gram matrix (:func:`~pyro_msm.infer.gaussian.expected_statistics`, or the same summed over
 #: the chunks of a streamed table, :meth:`pyro_msm.streaming.StreamedTable.expected_statistics`).
 EStep = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _in_memory_estep(data: Tensor, observed: Tensor) -> EStep:
+    """The E-step of a table held in memory (missingness patterns grouped once)."""
+    patterns = missingness_patterns(observed)
+
+    def estep(loc: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        _, mean, s = expected_statistics(data, observed, loc, p, patterns=patterns)
+        return mean, s
+
+    return estep
 
 
 def em_iterations(
@@ -591,15 +596,10 @@ def em_path(
     data, observed = _float64(x, mask)
     grid = _grid(data, observed, penalties, num_penalties, penalty_ratio)
     _, loc, precision = empty_graph_penalty(data, observed)
-    patterns = missingness_patterns(observed)
-
-    def estep(loc: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        _, mean, s = expected_statistics(data, observed, loc, p, patterns=patterns)
-        return mean, s
-
     return em_path_from(
-        estep, grid, loc, precision, complete=bool(observed.all()), tol=tol,
-        max_iter=max_iter, inner_tol=inner_tol, progress=progress,
+        _in_memory_estep(data, observed), grid, loc, precision,
+        complete=bool(observed.all()), tol=tol, max_iter=max_iter, inner_tol=inner_tol,
+        progress=progress,
     )  # fmt: skip
 
 
