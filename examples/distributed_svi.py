@@ -45,6 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--out", help="write a JSON summary here (rank 0)")
+    p.add_argument(
+        "--mode",
+        choices=["shard", "exact"],
+        default="shard",
+        help="shard: each rank draws particles for its own rows only (cheapest; the same fit in "
+        "distribution); exact: every rank gets the global batch and draws every row's "
+        "particles but differentiates only its shard (MissingScoreMatching(data_parallel=True): "
+        "the same fit as one process, up to floating-point order)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes")
     args = p.parse_args(argv)
     if args.smoke:
@@ -77,7 +86,7 @@ def batches(args: argparse.Namespace, here: distributed.World):
     def draw():
         while True:  # every rank draws the same global indices, then takes its shard
             idx = torch.randperm(x.shape[0], generator=g)[: args.batch]
-            yield x[distributed.shard(idx)]
+            yield x[idx] if args.mode == "exact" else x[distributed.shard(idx)]
 
     return draw(), x.shape[0], x
 
@@ -86,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     here = distributed.init_from_environment()
-    torch.manual_seed(args.seed + 1000 * here.rank)  # particles: independent across ranks
+    # particles: independent across ranks when sharding, identical when exact
+    torch.manual_seed(args.seed + (0 if args.mode == "exact" else 1000 * here.rank))
     data, num_rows, _ = batches(args, here)
     first = next(data)
     model = GaussianModel(first.shape[1])
-    loss = MissingScoreMatching(args.estimator, args.particles)(model, lambda *a, **k: None)
+    loss = MissingScoreMatching(
+        args.estimator, args.particles, data_parallel=args.mode == "exact"
+    )(model, lambda *a, **k: None)
     loss(first, num_rows=num_rows)  # build the parameters before wrapping
     net = DistributedDataParallel(loss) if distributed.is_distributed() else loss
     optim = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "dim": int(first.shape[1]),
         "global_batch": args.batch,
         "estimator": args.estimator,
+        "mode": args.mode,
         "particles": args.particles,
         "median_step_s": median,
         "rows_per_s": args.batch / median,

@@ -90,3 +90,20 @@ def test_data_parallel_is_a_no_op_in_one_process():
         loss = MissingScoreMatching("iw", 5, data_parallel=flag)(model, lambda *a, **k: None)
         values.append(loss(x))
     torch.testing.assert_close(values[0], values[1], rtol=0, atol=0)
+
+
+def test_scaling_benchmark_smoke_runs_torchrun_with_one_and_two_ranks():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "scaling.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "speed-up 2 ranks / 1 rank" in done.stdout
