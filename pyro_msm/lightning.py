@@ -68,6 +68,8 @@ class ScoreMatchingModule(L.LightningModule):
         return self.objective(*args, **kwargs)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """The loss of one batch (the model's argument tuple, or a tensor of rows); logs
+        ``loss`` and, for importance weighting, ``ess``."""
         args = batch if isinstance(batch, (tuple, list)) else (batch,)
         loss = self(*args)
         self.log("loss", loss.detach(), prog_bar=True, sync_dist=True)
@@ -76,6 +78,8 @@ class ScoreMatchingModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam with learning rate ``lr`` over the model's and guide's parameters, or the
+        ``optimizer`` factory's optimiser."""
         params = list(self.objective.parameters())
         if self.optimizer_factory is not None:
             return self.optimizer_factory(params)
