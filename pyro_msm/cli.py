@@ -425,6 +425,14 @@ def _add_fit_parser(sub) -> None:
     )
     fit.add_argument("--lr", type=_positive_float, default=0.01, help="Adam learning rate")
     fit.add_argument(
+        "--holdout",
+        type=float,
+        default=0.1,
+        help="share of rows held out for early stopping of --model mlp on their marginal loss "
+        "(pyro_msm.infer.HeldOutMonitor: a flexible energy can exploit the estimator and keep "
+        "lowering its training loss while its fit worsens; docs/errors.md); 0 turns it off",
+    )
+    fit.add_argument(
         "--num-particles", type=_int_at_least(1, "--num-particles"), default=10,
         help="particles per row (IW, variational)",
     )  # fmt: skip
@@ -518,7 +526,11 @@ def _prepare_out(args, table_path: str) -> str:
     return out
 
 
-def _svi_fit(model, guide, z, loss, steps: int, lr: float, progress: bool) -> list[float]:
+def _svi_fit(
+    model, guide, z, loss, steps: int, lr: float, progress: bool, monitor=None
+) -> list[float]:
+    """SVI steps with a progress bar; stops early when ``monitor(step)`` says so (and then
+    restores the monitor's best parameters)."""
     import pyro
     from pyro.infer import SVI
     from tqdm.auto import tqdm
@@ -526,7 +538,9 @@ def _svi_fit(model, guide, z, loss, steps: int, lr: float, progress: bool) -> li
     svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss)
     losses = []
     bar = tqdm(range(steps), desc="fit", disable=not progress, file=sys.stderr)
-    for _ in bar:
+    for step in bar:
+        if monitor is not None and monitor(step):
+            break
         value = svi.step(z) / max(int(z.shape[0]), 1)
         losses.append(value)
         if not math.isfinite(value):
@@ -534,6 +548,8 @@ def _svi_fit(model, guide, z, loss, steps: int, lr: float, progress: bool) -> li
                 "the fit diverged (loss is not finite); try a smaller --lr or --model gaussian"
             )
         bar.set_postfix(loss=f"{value:.4g}")
+    if monitor is not None:
+        monitor.restore()
     return losses
 
 
@@ -673,8 +689,24 @@ def _fit(args: argparse.Namespace) -> int:  # noqa: C901 - one linear recipe
         guide = AmortizedNormal(model) if guided else (lambda table: None)
         loss = MissingScoreMatching(estimator, num_particles=args.num_particles)
         keep = mask.any(-1)
-        losses = _svi_fit(model, guide, z[keep], loss, args.steps, args.lr,
-                          not args.no_progress)  # fmt: skip
+        rows = z[keep]
+        monitor = None
+        if not 0.0 <= args.holdout < 0.5:
+            raise FitError(f"--holdout must be in [0, 0.5), got {args.holdout}")
+        if args.holdout > 0 and rows.shape[0] >= 20:
+            from .infer import HeldOutMonitor
+
+            order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))
+            cut = max(1, int(round(args.holdout * rows.shape[0])))
+            held, rows = rows[order[:cut]], rows[order[cut:]]
+            monitor = HeldOutMonitor(model, held, every=max(1, args.steps // 40))
+        losses = _svi_fit(model, guide, rows, loss, args.steps, args.lr,
+                          not args.no_progress, monitor)  # fmt: skip
+        if monitor is not None:
+            diagnostics.update(
+                held_out_best_step=monitor.best_step, held_out_loss=monitor.best_loss,
+                steps_run=len(losses),
+            )  # fmt: skip
         torch.save(net.state_dict(), path("energy.pt"))
         diagnostics.update(final_loss_per_row=losses[-1], ess=loss.diagnostics.get("ess"))
         imputations = impute(

@@ -63,6 +63,10 @@ def test_fit_mlp_and_graph_smoke(tmp_path):
     assert {"energy.pt", "imputed.csv", "imputations.nc", "summary.json"} <= {
         p.name for p in out.iterdir()
     }
+    # a held-out share of the rows stops a flexible energy early (issue 12's guard)
+    summary = json.loads((out / "summary.json").read_text())
+    text = json.dumps(summary)
+    assert "held_out_best_step" in text and "steps_run" in text
     out = tmp_path / "graph"
     assert main(["fit", str(small), "--model", "graph", "--estimator", "iw", "--out", str(out),
                  *args]) == 0  # fmt: skip
