@@ -146,3 +146,72 @@ def test_streamed_em_path_equals_the_in_memory_em_path(tmp_path):
     torch.testing.assert_close(streamed.penalties, memory.penalties, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(streamed.precisions, memory.precisions, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(streamed.locs, memory.locs, rtol=1e-6, atol=1e-8)
+
+
+#: peak resident memory of a process that streams a 10^6-row table (torch's import included)
+STREAM_MEMORY_BOUND_MB = 1024
+
+_STREAM_SCRIPT = """
+import json, resource, sys
+import torch
+from pyro_msm.streaming import StreamedTable, streamed_em_path
+table = StreamedTable(sys.argv[1], chunk_size=100_000)
+mean, cov = table.moments().moments(dtype=torch.float64)
+path = streamed_em_path(table, penalties=[0.05], max_iter=3)
+json.dump({"mean": mean.tolist(), "cov": cov.tolist(),
+           "precision": path.precisions[0].tolist(), "loc": path.locs[0].tolist(),
+           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+          open(sys.argv[2], "w"))
+"""
+
+
+def test_a_million_row_csv_streams_in_bounded_memory_to_the_in_memory_fit(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pyro_msm.graphical import em_path
+
+    rng = np.random.default_rng(0)
+    n, d = 10**6, 4
+    a = np.array([[1, 0, 0, 0], [0.5, 1, 0, 0], [0, -0.4, 1, 0], [0, 0, 0.3, 1]])
+    csv = tmp_path / "million.csv"
+    for start in range(0, n, 250_000):  # written in blocks; never committed
+        x = rng.normal(size=(250_000, d)) @ a.T
+        x[rng.random(x.shape) < 0.3] = np.nan
+        pd.DataFrame(x, columns=[f"c{j}" for j in range(d)]).to_csv(
+            csv, mode="a", header=start == 0, index=False, float_format="%.6g"
+        )
+    out = tmp_path / "streamed.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _STREAM_SCRIPT, str(csv), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    streamed = json.loads(out.read_text())
+    assert streamed["peak_mb"] < STREAM_MEMORY_BOUND_MB
+    # the same rows in memory: the same moments and the same three EM iterations
+    table = torch.tensor(pd.read_csv(csv).to_numpy())
+    mask = ~torch.isnan(table)
+    ref_mean, ref_cov = pairwise_moments(torch.nan_to_num(table), mask)
+    torch.testing.assert_close(
+        torch.tensor(streamed["mean"], dtype=torch.float64), ref_mean, rtol=1e-9, atol=1e-9
+    )
+    torch.testing.assert_close(
+        torch.tensor(streamed["cov"], dtype=torch.float64), ref_cov, rtol=1e-8, atol=1e-8
+    )
+    memory = em_path(table, penalties=[0.05], max_iter=3)
+    torch.testing.assert_close(
+        torch.tensor(streamed["precision"], dtype=torch.float64),
+        memory.precisions[0],
+        rtol=1e-7,
+        atol=1e-8,
+    )
+    torch.testing.assert_close(
+        torch.tensor(streamed["loc"], dtype=torch.float64), memory.locs[0], rtol=1e-7, atol=1e-8
+    )
