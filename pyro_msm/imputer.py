@@ -49,10 +49,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from .infer.gaussian import (
+    PatternStatistics,
     conditional_gaussian,
-    missingness_patterns,
+    grouped_marginal_loss,
     pairwise_moments,
-    restrict,
+    pattern_statistics,
     sample_conditional_gaussian,
 )
 from .persistence import SaveLoadMixin
@@ -67,32 +68,11 @@ SHRINKAGE_GRID = (math.inf, 1.0, 0.3, 0.1, 0.03, 0.01)
 # -- the Gaussian engine -----------------------------------------------------------------------
 
 
-class _PatternStats:
-    """Sufficient statistics of the marginal loss per missingness pattern.
-
-    :ivar patterns: ``(k, d)`` distinct observed sets; :ivar counts: ``(k,)`` rows each;
-    :ivar sums: ``(k, d)`` sums of the zero-filled rows; :ivar grams: ``(k, d, d)`` their Gram
-    matrices.
-    """
-
-    def __init__(self, x: Tensor, mask: Tensor) -> None:
-        keep = mask.any(-1)
-        x, mask = x[keep], mask[keep]
-        patterns, inverse = missingness_patterns(mask)
-        k = patterns.shape[0]
-        xf = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        self.patterns = patterns
-        self.counts = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(
-            0, inverse, torch.ones_like(inverse, dtype=x.dtype)
-        )
-        self.sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(
-            0, inverse, xf
-        )
-        outer = xf.unsqueeze(-1) * xf.unsqueeze(-2)
-        self.grams = torch.zeros(
-            k, x.shape[1], x.shape[1], dtype=x.dtype, device=x.device
-        ).index_add_(0, inverse, outer)
-        self.num_rows = int(x.shape[0])
+def _pattern_stats(x: Tensor, mask: Tensor) -> PatternStatistics:
+    """Per-pattern sufficient statistics (:func:`~pyro_msm.infer.gaussian.pattern_statistics`)
+    of the rows with an observed entry (the others carry no information)."""
+    keep = mask.any(-1)
+    return pattern_statistics(x[keep], mask[keep])
 
 
 def gaussian_pattern_loss(
@@ -111,21 +91,9 @@ def gaussian_pattern_loss(
     :param stats: precomputed statistics of ``(x, mask)`` (internal; speeds up repeated calls).
     :returns: a scalar.
     """
-    s = _PatternStats(x, mask) if stats is None else stats
-    m = s.patterns.to(loc.dtype)
-    covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
-    chol = torch.linalg.cholesky(restrict(covariance, s.patterns))
-    q = torch.cholesky_inverse(chol) * m.unsqueeze(-1) * m.unsqueeze(-2)
-    mu = loc * m  # (k, d), centring on observed coordinates only
-    centred = (
-        s.grams
-        - s.sums.unsqueeze(-1) * mu.unsqueeze(-2)
-        - mu.unsqueeze(-1) * s.sums.unsqueeze(-2)
-        + s.counts[:, None, None] * mu.unsqueeze(-1) * mu.unsqueeze(-2)
-    )
-    trace_q = torch.diagonal(q, dim1=-2, dim2=-1).sum(-1)
-    quad = ((q @ centred) * q).sum((-2, -1))
-    return (-2 * s.counts * trace_q + quad).sum()
+    s = _pattern_stats(x, mask) if stats is None else stats
+    # one implementation of the grouped loss: infer.gaussian's, which averages over the rows
+    return grouped_marginal_loss(s, loc, precision) * s.num_rows
 
 
 def _precision_from(raw: Tensor, d: int) -> Tensor:
@@ -147,11 +115,11 @@ def _raw_from(precision: Tensor) -> Tensor:
     return tril[rows, cols]
 
 
-def _diagonal_fit(stats: _PatternStats, d: int, dtype, device) -> tuple[Tensor, Tensor]:
+def _diagonal_fit(stats: PatternStatistics, d: int, dtype, device) -> tuple[Tensor, Tensor]:
     """The infinite-penalty solution: per column, the observed mean and 1 / variance."""
     counts = (stats.patterns.to(dtype) * stats.counts[:, None]).sum(0)
     sums = stats.sums.sum(0)
-    squares = torch.diagonal(stats.grams, dim1=-2, dim2=-1).sum(0)
+    squares = torch.diagonal(stats.scatter, dim1=-2, dim2=-1).sum(0)
     loc = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
     var = squares / counts.clamp(min=1) - loc**2
     var = torch.where((counts > 1) & (var > 1e-12), var, torch.ones_like(var))
@@ -185,7 +153,7 @@ def fit_gaussian_marginal(
     :raises FloatingPointError: when the objective is unbounded on this table at this penalty.
     """
     d = x.shape[1]
-    stats = _PatternStats(x, mask) if stats is None else stats
+    stats = _pattern_stats(x, mask) if stats is None else stats
     if math.isinf(shrinkage):
         if info is not None:
             info["iterations"] = 0
@@ -394,7 +362,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
             # start from the diagonal fit: the inverse of a pairwise covariance can be badly
             # conditioned (collinear columns) and slows L-BFGS down by orders of magnitude
             init = fit_gaussian_marginal(z, mask, math.inf)
-        stats = _PatternStats(z, mask)
+        stats = _pattern_stats(z, mask)
         info: dict[str, Any] = {}
         try:
             loc, precision = fit_gaussian_marginal(
@@ -431,7 +399,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         if int(hide.sum()) < 2 or len(grid) == 1:
             return (grid[-1] if len(grid) == 1 else math.inf), None
         train = mask & ~hide
-        stats = _PatternStats(z, train)
+        stats = _pattern_stats(z, train)
         best, best_rmse, init, best_fit = math.inf, math.inf, None, None
         if not math.isinf(grid[0]):
             init = fit_gaussian_marginal(z, train, math.inf, stats=stats)
