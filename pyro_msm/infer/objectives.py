@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .derivatives import diag_jacobian, hessian_vector_product, score, score_and_diag_jacobian
+from .derivatives import diag_jacobian, directional_derivatives, score, score_and_diag_jacobian
 
 __all__ = [
     "Particles",
@@ -140,7 +140,9 @@ class SlicedObjective(Objective):
 
     averaged over ``num_projections`` directions per row (fresh at every call). Its expectation
     over :math:`v` is the exact objective's value for the same particles. It needs one
-    Hessian-vector product per direction, whatever the dimension (Song et al., 2019).
+    Hessian-vector product per direction, whatever the dimension (Song et al., 2019), or, for
+    the sequential networks of :func:`~pyro_msm.infer.derivatives.taylor_network`, one forward
+    Taylor pass per direction (:func:`~pyro_msm.infer.derivatives.directional_derivatives`).
 
     :param num_projections: directions per row.
     :param projection: ``"rademacher"`` (entries :math:`\pm 1`), ``"gaussian"`` or
@@ -172,15 +174,9 @@ class SlicedObjective(Objective):
         return v
 
     def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
-        z = particles.z
-        v = self.directions(particles.scored, z.dtype)  # (m, n, d)
-        m, r = v.shape[0], z.shape[0]
-        zz = z.unsqueeze(0).expand((m,) + z.shape)
-        vv = v.unsqueeze(1).expand((m,) + z.shape)
-        a, hv = hessian_vector_product(fn, zz, vv)  # (m, r, n, d)
-        proj_a = (a * vv).sum(-1).movedim(0, -1)  # (r, n, m)
-        proj_b = (hv * vv).sum(-1).movedim(0, -1)
-        assert proj_a.shape[0] == r
+        v = self.directions(particles.scored, particles.z.dtype)  # (m, n, d)
+        # (r, n, m): the score and its derivative along each row's m directions
+        proj_a, proj_b = directional_derivatives(fn, particles.z, v.movedim(0, -2))
         return moment_loss(particles.weights, proj_a, proj_b).mean(-1)
 
 
