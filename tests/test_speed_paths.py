@@ -284,3 +284,125 @@ def test_speed_benchmark_smoke(capsys):
         assert what in out
     ratios = [float(line.split()[-3]) for line in out.splitlines() if "  <= " in line]
     assert ratios and all(math.isfinite(r) and r > 0 for r in ratios)
+
+
+def _taylor_nets():
+    torch.manual_seed(7)
+    deep = torch.nn.Sequential(
+        torch.nn.Linear(5, 8),
+        torch.nn.Softplus(beta=2.0, threshold=1.0),  # some inputs take the linear branch
+        torch.nn.Linear(8, 8),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 6),
+        torch.nn.SiLU(),
+        torch.nn.Linear(6, 6),
+        torch.nn.Sigmoid(),
+        torch.nn.Linear(6, 1),
+    ).double()
+    no_activation_last = torch.nn.Sequential(
+        torch.nn.Tanh(), torch.nn.Linear(5, 4), torch.nn.Linear(4, 1)
+    ).double()
+    return [
+        FunctionEnergy(deep, 5),
+        FunctionEnergy(no_activation_last, 5),
+        MLPEnergy(EnergyMLP(5, (7, 7), confinement=0.3).double()),
+    ]
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_taylor_pass_equals_reverse_mode_with_parameter_gradients(k):
+    from pyro_msm.infer.derivatives import taylor_network
+
+    fn = _taylor_nets()[k]
+    assert taylor_network(fn) is not None
+    params = list(fn.fn.parameters())
+    z = 2 * torch.randn(3, 4, 5, dtype=D64)
+    out = []
+    for method in ("reverse", "taylor"):
+        a, b = score_and_diag_jacobian(fn, z, method)
+        grads = torch.autograd.grad((2 * b + a * a).sum(), params, allow_unused=True)
+        grads = [g if g is not None else 0 * p for g, p in zip(grads, params, strict=True)]
+        out.append((a, b, grads))
+    (a0, b0, g0), (a1, b1, g1) = out
+    torch.testing.assert_close(a1, a0, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(b1, b0, rtol=1e-10, atol=1e-12)
+    for x, y in zip(g0, g1, strict=True):
+        torch.testing.assert_close(y, x, rtol=1e-10, atol=1e-12)
+    # "auto" takes the Taylor pass for these networks
+    torch.testing.assert_close(score_and_diag_jacobian(fn, z)[1], b1)
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_directional_derivatives_equal_the_hessian_vector_product(k):
+    from pyro_msm.infer.derivatives import directional_derivatives
+
+    fn = _taylor_nets()[k]
+    autodiff = FunctionEnergy(fn.energy, 5)  # the same density, through autodiff
+    z = torch.randn(3, 4, 5, dtype=D64)
+    v = torch.randn(4, 2, 5, dtype=D64)  # two directions per row, shared by the particles
+    along, curv = directional_derivatives(fn, z, v)
+    assert along.shape == curv.shape == (3, 4, 2)
+    a, hv = hessian_vector_product(autodiff, z.unsqueeze(-2).expand(3, 4, 2, 5), v)
+    torch.testing.assert_close(along, (a * v).sum(-1), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(curv, (hv * v).sum(-1), rtol=1e-10, atol=1e-12)
+    # the fallback (no Taylor network) gives the same numbers
+    along0, curv0 = directional_derivatives(autodiff, z, v)
+    torch.testing.assert_close(along0, along, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(curv0, curv, rtol=1e-10, atol=1e-12)
+
+
+def test_taylor_pass_leaves_other_networks_to_autodiff():
+    from pyro_msm.infer.derivatives import taylor_network
+
+    relu = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    two_outputs = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    hooked = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    hooked[0].register_forward_hook(lambda module, inputs, out: out * 2)
+    for net in (relu, two_outputs, hooked):
+        assert taylor_network(FunctionEnergy(net, 3)) is None
+    assert taylor_network(GaussianEnergy(torch.zeros(3), torch.eye(3))) is None
+    with pytest.raises(ValueError, match="taylor"):
+        score_and_diag_jacobian(FunctionEnergy(relu, 3), torch.zeros(2, 3), "taylor")
+    # the hook changes the energy: autodiff sees it
+    a, _ = score_and_diag_jacobian(FunctionEnergy(hooked, 3), torch.ones(2, 3))
+    b, _ = score_and_diag_jacobian(
+        FunctionEnergy(lambda x: hooked[2](hooked[1](2 * hooked[0].forward(x))), 3),
+        torch.ones(2, 3),
+    )
+    torch.testing.assert_close(a, b)
+
+
+def test_sliced_loss_on_a_taylor_network_equals_the_hvp_route(table):
+    """Same random directions, the Taylor pass and the autodiff HVP: the same loss and
+    gradients."""
+    net = EnergyMLP(6, (8, 8)).double()
+    params = list(net.parameters())[:-1]
+    out = []
+    for wrap in (MLPEnergy, lambda n: FunctionEnergy(lambda x: n(x), 6)):
+
+        def model(x, wrap=wrap):
+            pyro.module("energy", net)
+            with pyro.plate("rows", x.shape[0]):
+                pyro_msm.observe("x", wrap(net), obs=x)
+
+        pyro.clear_param_store()
+        torch.manual_seed(3)
+        loss = MissingScoreMatching("iw", 3, objective="sliced", proposal=RowDraws())
+        out.append(step(loss, model, no_guide, table, params))
+    (v0, g0), (v1, g1) = out
+    assert v1 == pytest.approx(v0, rel=1e-10)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_unexpand_returns_the_base_of_a_broadcast_with_its_gradient():
+    from pyro_msm.distributions.energy import unexpand
+
+    base = torch.randn(3, 3, dtype=D64, requires_grad=True)
+    m = base.expand(4, 5, 3, 3)
+    u = unexpand(m)
+    assert u.shape == (3, 3)
+    (g,) = torch.autograd.grad((u * u).sum(), base)
+    torch.testing.assert_close(g, 2 * base.detach())
+    sliced = torch.randn(4, 3, 3)[1:].expand(2, 3, 3, 3)  # a view of a view: indexed away
+    assert unexpand(sliced).shape == (3, 3, 3)

@@ -15,7 +15,20 @@ __all__ = ["Energy", "FunctionEnergy"]
 
 def unexpand(m: Tensor) -> Tensor:
     """``m`` without its leading batch dimensions that are broadcast views (stride 0), keeping
-    at least the last two; ``result.expand(m.shape)`` is ``m`` again."""
+    at least the last two; ``result.expand(m.shape)`` is ``m`` again.
+
+    When ``m`` is exactly ``base.expand(...)`` of its view base, that base is returned: indexing
+    the broadcast dimensions away (``m[0]``) would cost a backward pass that materialises the
+    whole expanded shape (measured: 26 ms of 83 per SVI step of the demo's variational fit)."""
+    base = m._base
+    if (
+        base is not None
+        and 2 <= base.dim() <= m.dim()
+        and m.shape[m.dim() - base.dim() :] == base.shape
+        and m.storage_offset() == base.storage_offset()
+        and m.stride() == base.expand(m.shape).stride()
+    ):
+        m = base
     while m.dim() > 2 and m.shape[0] > 1 and m.stride(0) == 0:
         m = m[0]
     return m

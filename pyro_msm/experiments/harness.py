@@ -114,6 +114,7 @@ def run_svi(
     *,
     steps: int = 400,
     lr: float = 0.02,
+    guide_lr: float | None = None,
     average: float = 0.5,
     seed: int = 0,
     label: str | None = None,
@@ -135,6 +136,8 @@ def run_svi(
         ``{"precision": ...}``; called after each of the averaged model updates.
     :param steps: model updates.
     :param lr: Adam learning rate.
+    :param guide_lr: Adam learning rate of the guide's parameters (those of a
+        :class:`~pyro.nn.PyroModule` guide, by its name), default ``lr``.
     :param average: fraction of the run, at its end, whose iterates are averaged into
         :attr:`Fit.estimate` (Polyak-Ruppert; with a constant learning rate the last iterate of
         a stochastic estimator jitters around its optimum). ``0`` keeps the last iterate.
@@ -157,7 +160,16 @@ def run_svi(
     n = data.shape[0]
     pyro.set_rng_seed(int(seed))
     guided = estimator in GUIDED
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss_fn)
+    optim_args: Any = {"lr": lr}
+    prefix = getattr(guide, "_pyro_name", None)
+    if guide_lr is not None and guided and prefix:
+        if not float(guide_lr) > 0:
+            raise ValueError(f"guide_lr must be positive, got {guide_lr}")
+
+        def optim_args(name: str) -> dict[str, float]:
+            return {"lr": float(guide_lr) if name.startswith(f"{prefix}.") else lr}
+
+    svi = SVI(model, guide, pyro.optim.Adam(optim_args), loss_fn)
     cycle = loss_fn.guide_steps + 1 if guided else 1
     first_averaged = int(steps) - max(1, math.ceil(average * int(steps)))
     sums: dict[str, Tensor] = {}
@@ -233,8 +245,8 @@ def fit_model(
     :param guide_particles: completions per row on guide steps.
     :param make_guide: ``model -> guide`` for the guided estimators (default: the paper's
         :class:`~pyro_msm.guides.AmortizedNormal`).
-    :param kwargs: passed to :func:`run_svi` (``steps``, ``lr``, ``average``, ``seed``,
-        ``label``, ``progress``).
+    :param kwargs: passed to :func:`run_svi` (``steps``, ``lr``, ``guide_lr``, ``average``,
+        ``seed``, ``label``, ``progress``).
     :returns: the :class:`Fit`.
     """
     guide = make_guide(model) if estimator in GUIDED else no_guide

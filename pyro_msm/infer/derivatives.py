@@ -14,10 +14,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 from pyro.distributions import ExpandedDistribution
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution
-
-from torch import nn
 
 from ..distributions.energy import Energy, FunctionEnergy
 from ..distributions.neural import EnergyMLP

@@ -21,6 +21,7 @@ score along a direction and :math:`B` its derivative along the same direction,
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,9 +107,54 @@ class Objective:
         noise scale per row (None without noise)."""
         return x, None
 
+    #: ``torch.compile`` :meth:`loss`: False (default), True, or a dict of
+    #: :func:`torch.compile` options (see :meth:`compiled`)
+    compile: bool | dict = False
+    _compiled: Callable | None = None
+    _compile_failed: bool = False
+
+    def loss(self, fn: Distribution, particles: Particles) -> Tensor:
+        """Per-row losses ``(n,)`` (before ``row_weight``); subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss(fn, particles)")
+
     def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
-        """Per-row losses ``(n,)`` (before ``row_weight``)."""
-        raise NotImplementedError
+        """Per-row losses ``(n,)`` (before ``row_weight``): :meth:`loss`, compiled when
+        :attr:`compile` is set."""
+        if not self.compile or self._compile_failed:
+            return self.loss(fn, particles)
+        if self._compiled is None:
+            options = self.compile if isinstance(self.compile, dict) else {}
+            self._compiled = torch.compile(self.loss, **options)
+        try:
+            return self._compiled(fn, particles)
+        except Exception as err:  # noqa: BLE001 (any compiler failure: fall back to eager)
+            self._compile_failed = True
+            warnings.warn(
+                f"{type(self).__name__}: torch.compile failed ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); running eagerly from now on",
+                UserWarning,
+                stacklevel=2,
+            )
+            return self.loss(fn, particles)
+
+    def compiled(self, options: bool | dict = True) -> Objective:
+        """A copy of this objective whose :meth:`loss` runs under :func:`torch.compile`.
+
+        The first call compiles (tens of seconds on a CPU), later calls with the same shapes
+        reuse the code. If compilation or the compiled call fails, a ``UserWarning`` says so
+        once and the objective runs eagerly from then on. Measured on CPU
+        (``benchmarks/speed.py --compile``): see ``docs/benchmarks.md``.
+
+        :param options: True for :func:`torch.compile`'s defaults, or a dict of its keyword
+            arguments (e.g. ``{"backend": "eager"}``, ``{"mode": "max-autotune"}``); False
+            returns an eager copy.
+        """
+        if not isinstance(options, (bool, dict)):
+            raise TypeError(f"compile must be a bool or a dict of torch.compile options, "
+                            f"got {type(options).__name__}")
+        clone = copy.copy(self)
+        clone.compile, clone._compiled, clone._compile_failed = options, None, False
+        return clone
 
 
 class ExactObjective(Objective):
@@ -118,7 +164,7 @@ class ExactObjective(Objective):
     :math:`\sum_j 2 b_j + a_j^2`. Costs ``d`` Hessian-vector products per point unless the
     model has a closed form."""
 
-    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+    def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         a, b = score_and_diag_jacobian(fn, particles.z)
         per_coordinate = moment_loss(particles.weights, a, b)
         return (per_coordinate * particles.scored.to(a.dtype)).sum(-1)
@@ -126,7 +172,7 @@ class ExactObjective(Objective):
 
 def exact_objective(fn: Distribution, particles: Particles) -> Tensor:
     """:class:`ExactObjective` as a function."""
-    return ExactObjective()(fn, particles)
+    return ExactObjective().loss(fn, particles)
 
 
 PROJECTIONS = ("rademacher", "gaussian", "sphere")
@@ -173,7 +219,7 @@ class SlicedObjective(Objective):
             v = v / norm * m.sum(-1, keepdim=True).sqrt()
         return v
 
-    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+    def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         v = self.directions(particles.scored, particles.z.dtype)  # (m, n, d)
         # (r, n, m): the score and its derivative along each row's m directions
         proj_a, proj_b = directional_derivatives(fn, particles.z, v.movedim(0, -2))
@@ -209,7 +255,7 @@ class DenoisingObjective(Objective):
         noise = torch.randn_like(x) * sigma
         return torch.where(mask, x + noise, x), sigma
 
-    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+    def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         if particles.clean is None or particles.noise_scale is None:
             raise RuntimeError("DenoisingObjective needs particles of perturbed rows")
         sigma = particles.noise_scale
@@ -266,7 +312,7 @@ class TruncatedObjective(Objective):
         self.weight = weight
         self.cap = float(cap)
 
-    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+    def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         from ..distributions.domains import moving_section
 
         a, b = score_and_diag_jacobian(fn, particles.z)
@@ -293,7 +339,7 @@ class ExpectedCompleteDataObjective(Objective):
     :math:`\sum_j \bar E[2 b_j + a_j^2]` over every coordinate: the M-step of the EM algorithm
     of Uehara, Matsuda & Kim (2020), used with weights computed with the model frozen."""
 
-    def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
+    def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         a, b = score_and_diag_jacobian(fn, particles.z)
         return weighted_mean(particles.weights, 2 * b + a * a).sum(-1)
 

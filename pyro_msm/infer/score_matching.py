@@ -218,6 +218,10 @@ class MissingScoreMatching(ELBO):
         the gradient of the whole batch and the fit does not depend on the number of ranks
         beyond floating-point order. Reported values are the whole batch's. A no-op in one
         process.
+    :param compile: run the objective under :func:`torch.compile` (True, or a dict of its
+        options; see :meth:`~pyro_msm.infer.objectives.Objective.compiled`): the first step
+        compiles, a failure warns once and falls back to eager evaluation. Values equal the
+        eager ones up to floating-point order.
 
     Rows with nothing missing get one particle and no proposal (their loss is the classical
     one, exactly what ``r`` identical particles give), and the default proposal is fitted once
@@ -249,10 +253,13 @@ class MissingScoreMatching(ELBO):
         max_plate_nesting: float = float("inf"),
         health: bool | FitHealth = True,
         data_parallel: bool = False,
+        compile: bool | dict = False,
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
         objective = make_objective(objective)
+        if compile is not False:
+            objective = objective.compiled(compile)
         if estimator == "closed_form" and not isinstance(objective, ExactObjective):
             raise ValueError(f"estimator {estimator!r} supports only objective='exact'")
         if missingness is not None and estimator not in ("iw", "em"):
