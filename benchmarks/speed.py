@@ -108,12 +108,13 @@ def loss_step(model, guide, data: torch.Tensor, loss: MissingScoreMatching, cycl
     return run
 
 
-def objective_step(net: nn.Module, x: torch.Tensor) -> Step:
-    """The ``ExactObjective`` alone on complete rows, one particle."""
+def objective_step(net: nn.Module, x: torch.Tensor, compile: bool = False) -> Step:
+    """The ``ExactObjective`` alone on complete rows, one particle (``torch.compile``d with
+    ``compile``)."""
     fn = FunctionEnergy(net, x.shape[-1])
     ones = torch.ones(1, x.shape[0], dtype=x.dtype, device=x.device)
     particles = Particles(x.unsqueeze(0), ones, torch.ones_like(x, dtype=torch.bool), ones[0])
-    objective = ExactObjective()
+    objective = ExactObjective().compiled(compile)
 
     def run() -> None:
         net.zero_grad(set_to_none=True)
@@ -164,7 +165,15 @@ def complete_data_rows(args, device) -> list[tuple[str, float, str]]:
             ),
             default=loss_step(model, no_guide, x, MissingScoreMatching()),
         )
+        if args.compile:
+            start = time.perf_counter()
+            steps["compiled"] = objective_step(net, x, compile=True)
+            steps["compiled"]()  # compiles
+            print(f"  [d={d}: compiled in {time.perf_counter() - start:.1f} s]", flush=True)
         t = interleaved(steps, args.reps)
+        if args.compile:
+            label = f"ExactObjective compiled / eager, d={d}"
+            out += show([(label, t["compiled"] / t["objective"], "< 1 helps")])
         out += show(
             [
                 (f"exact SM, iw r=1 / torchebm exact, d={d}", t["iw1"] / t["ebm_exact"], "<= 1.0"),
@@ -302,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-r", type=int, default=10)
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions (median)")
     parser.add_argument("--sections", nargs="+", default=["complete", "missing", "memory"])
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the torch.compile'd ExactObjective"
+    )
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -406,3 +406,37 @@ def test_unexpand_returns_the_base_of_a_broadcast_with_its_gradient():
     torch.testing.assert_close(g, 2 * base.detach())
     sliced = torch.randn(4, 3, 3)[1:].expand(2, 3, 3, 3)  # a view of a view: indexed away
     assert unexpand(sliced).shape == (3, 3, 3)
+
+
+def test_guide_lr_sets_the_guide_parameters_step_size(table):
+    """Adam moves a parameter by about its learning rate per step whatever the gradient's scale:
+    with ``guide_lr`` a million times smaller than ``lr`` the guide barely moves while the
+    model moves by ``lr``."""
+    from pyro_msm.experiments.harness import run_svi
+
+    def model(x, mask=None):
+        mu = pyro.param("mu", torch.zeros(6, dtype=D64))
+        with pyro.plate("rows", x.shape[0]):
+            pyro_msm.observe("x", GaussianEnergy(mu, torch.eye(6, dtype=D64)), obs=x)
+
+    moved = {}
+    for guide_lr in (None, 1e-7):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        guide = AmortizedNormal(model, hidden_dims=(4,)).double()
+        guide(table)  # creates its parameters
+        before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+        loss = MissingScoreMatching("variational", 2, guide_steps=1)
+        run_svi(
+            model, guide, loss, table, None, lambda: {}, steps=1, lr=0.1, guide_lr=guide_lr
+        )
+        after = dict(pyro.get_param_store().items())
+        moved[guide_lr] = {
+            k: float((after[k].detach() - v).abs().max()) for k, v in before.items()
+        }
+    for name, step in moved[1e-7].items():
+        if name.startswith("AmortizedNormal."):
+            assert step < 1e-5, name
+            assert moved[None][name] > 1e-3, name
+    assert moved[1e-7]["mu"] == pytest.approx(moved[None]["mu"], rel=1e-6)
+    assert moved[None]["mu"] > 0.05
