@@ -204,6 +204,10 @@ class MissingScoreMatching(ELBO):
         :data:`AUTO_CHUNK_ENTRIES` entries (points x d); ``None`` never cuts.
         (:meth:`differentiable_loss` must return one graph, so there chunks bound only the
         transient memory of the derivatives.)
+    :param compile: run the objective under :func:`torch.compile` (True, or a dict of its
+        options; see :meth:`~pyro_msm.infer.objectives.Objective.compiled`): the first step
+        compiles, a failure warns once and falls back to eager evaluation. Values equal the
+        eager ones up to floating-point order.
     :param max_plate_nesting: as in :class:`~pyro.infer.ELBO` (guessed when not given).
     :param health: the fit-health monitor (:class:`~pyro_msm.infer.health.FitHealth`): warns
         once about degenerate importance weights or a diverging loss, raises
@@ -218,10 +222,6 @@ class MissingScoreMatching(ELBO):
         the gradient of the whole batch and the fit does not depend on the number of ranks
         beyond floating-point order. Reported values are the whole batch's. A no-op in one
         process.
-    :param compile: run the objective under :func:`torch.compile` (True, or a dict of its
-        options; see :meth:`~pyro_msm.infer.objectives.Objective.compiled`): the first step
-        compiles, a failure warns once and falls back to eager evaluation. Values equal the
-        eager ones up to floating-point order.
 
     Rows with nothing missing get one particle and no proposal (their loss is the classical
     one, exactly what ``r`` identical particles give), and the default proposal is fitted once
@@ -250,10 +250,10 @@ class MissingScoreMatching(ELBO):
         guide_steps: int = 10,
         guide_particles: int = 1,
         chunk_size: int | str | None = "auto",
+        compile: bool | dict = False,
         max_plate_nesting: float = float("inf"),
         health: bool | FitHealth = True,
         data_parallel: bool = False,
-        compile: bool | dict = False,
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
