@@ -266,6 +266,11 @@ def memory_child(n: int, d: int, r: int, device: str) -> None:
     MissingScoreMatching("iw", r).loss_and_grads(model, no_guide, x)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:  # Linux: this process's own high-water mark (ru_maxrss carries a forking parent's peak)
+        with open("/proc/self/status") as status:
+            peak = next(int(ln.split()[1]) for ln in status if ln.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        pass
     out = {"n": n, "peak_rss_mb": peak, "before_step_mb": base, "seconds": seconds}
     if device.startswith("cuda"):
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
