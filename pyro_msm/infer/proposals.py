@@ -308,13 +308,13 @@ class DistributionProposal(Proposal):
             log_prob = (
                 -0.5 * (white * white).sum(-1)
                 - log_det
-                - 0.5 * math.log(2 * math.pi) * missing.sum(-1)
+                - 0.5 * math.log(2 * math.pi) * missing.sum(-1).to(x.dtype)  # not int -> default
             )
             return draws, log_prob
         base = dist_.base_dist
         while isinstance(base, Independent):
             base = base.base_dist
-        per_coordinate = base.log_prob(draws)
+        per_coordinate = base.log_prob(draws).to(x)  # a 0-d parameter may follow torch's default
         if per_coordinate.shape != draws.shape:
             raise TypeError("the proposal's base distribution must be elementwise over coordinates")
         return draws, (per_coordinate * missing).sum(-1)
