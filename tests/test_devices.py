@@ -141,7 +141,9 @@ def test_proposals_follow_the_data(dtype):
         make_proposal("wide"),
         MomentMatchedProposal().fit(_table(dtype)),
         DistributionProposal(Normal(torch.zeros(3, dtype=dtype), 2.0).to_event(1)),
-        DistributionProposal(MultivariateNormal(torch.zeros(3, dtype=dtype), torch.eye(3, dtype=dtype))),
+        DistributionProposal(
+            MultivariateNormal(torch.zeros(3, dtype=dtype), torch.eye(3, dtype=dtype))
+        ),
     ]
     for proposal in proposals:
         with foreign_defaults(_other(dtype)):
