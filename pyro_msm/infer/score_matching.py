@@ -317,6 +317,7 @@ class MissingScoreMatching(ELBO):
         self.health = make_health(health)
         self.data_parallel = _data_parallel_mode(data_parallel)
         self._schedule_synced = False
+        self._pending_ess: Tensor | None = None
         self._site_losses: dict[str, Tensor] = {}
         self.missingness = missingness
         self.guide_steps = int(guide_steps)
@@ -436,6 +437,19 @@ class MissingScoreMatching(ELBO):
             return
         self._step = int(distributed.broadcast_object(self._step))
         self._schedule_synced = True
+
+    def _read(self, *values: Tensor) -> list[float]:
+        """``values`` as floats, read off the device in one transfer together with the step's
+        mean ESS (stored in ``diagnostics["ess"]``): one synchronisation per step, not one
+        per number."""
+        pending, self._pending_ess = self._pending_ess, None
+        parts = [v.detach().reshape(()) for v in values]
+        if pending is not None:
+            parts.append(pending.to(parts[0].dtype))
+        read = torch.stack(parts).tolist()
+        if pending is not None:
+            self.diagnostics["ess"] = read.pop()
+        return read
 
     def _global_ess(self, site_ess: Tensor | None, like: Tensor) -> Tensor | None:
         """The mean ESS over every rank's importance-weighted rows (None when there are none);
@@ -652,7 +666,7 @@ class MissingScoreMatching(ELBO):
             row_fn, groups = self._direct_groups(site, fn, x, noise_scale)
             total = total + self._objective_total(site, row_fn, groups, ess, backward)
         if ess:
-            self.diagnostics["ess"] = float(torch.stack(ess).mean())
+            self._pending_ess = torch.stack(ess).mean().detach()  # read with the loss
         return total, _leaf_params(trace)
 
     # -- estimators with a guide: variational and hybrid --------------------------------------
@@ -713,7 +727,7 @@ class MissingScoreMatching(ELBO):
                 kl_rows = log_q - live
             kl = kl + (kl_rows.mean(0) * weights).sum()
         if ess:
-            self.diagnostics["ess"] = float(torch.stack(ess).mean())
+            self._pending_ess = torch.stack(ess).mean().detach()  # read with the loss
         return objective, kl, _leaf_params(model_trace), _leaf_params(guide_trace)
 
     # -- the ELBO interface ---------------------------------------------------------------------
@@ -727,15 +741,16 @@ class MissingScoreMatching(ELBO):
         ``"variational"``, model parameters get the surrogate's and guide parameters the KL's)."""
         if self.estimator in GUIDED:
             objective, kl, _, _ = self._variational_terms(model, guide, args, kwargs, True)
+            local, kl_value = self._read(objective, kl)
             self.diagnostics.update(
                 step="model",
-                kl=float(kl.detach()),
-                loss=self._global_value(float(objective.detach()), objective.device),
+                kl=kl_value,
+                loss=self._global_value(local, objective.device),
             )
-            self.health.check_step(float(objective.detach()), site_losses=self._site_losses)
+            self.health.check_step(local, site_losses=self._site_losses)
             return objective + (kl - kl.detach())
         loss, params = self._direct_loss(model, args, kwargs)
-        self.diagnostics["loss"] = self._global_value(float(loss.detach()), loss.device)
+        self.diagnostics["loss"] = self._global_value(self._read(loss)[0], loss.device)
         self.health.check_step(self.diagnostics["loss"], params, site_losses=self._site_losses)
         return loss
 
@@ -751,7 +766,7 @@ class MissingScoreMatching(ELBO):
         """Compute gradients for one SVI step and return the loss value."""
         if self.estimator not in GUIDED:
             loss, params = self._direct_loss(model, args, kwargs, backward=True)
-            value = self._global_value(float(loss.detach()), loss.device)
+            value = self._global_value(self._read(loss)[0], loss.device)
             self.health.check_step(value, params, site_losses=self._site_losses)
             if loss.requires_grad:
                 loss.backward()
@@ -767,7 +782,8 @@ class MissingScoreMatching(ELBO):
         )
         if model_step:
             total = objective + (kl - kl.detach())
-            value = self._global_value(float(objective.detach()), objective.device)
+            local, kl_value = self._read(objective, kl)
+            value = self._global_value(local, objective.device)
             params = model_params + guide_params
             self.health.check_step(value, params, site_losses=self._site_losses)
             if total.requires_grad:
@@ -775,6 +791,7 @@ class MissingScoreMatching(ELBO):
             self.health.check_step(value, params, gradients=True, divergence=False)
             self._last_model_loss = value
         else:
+            (kl_value,) = self._read(kl)
             if guide_params and kl.requires_grad:
                 kl.backward(inputs=guide_params)
             guide_ids = {id(p) for p in guide_params}
@@ -783,7 +800,7 @@ class MissingScoreMatching(ELBO):
                     p.grad = None  # keep Adam from moving model parameters by momentum
         self.diagnostics.update(
             step="model" if model_step else "guide",
-            kl=float(kl.detach()),
+            kl=kl_value,
             loss=self._last_model_loss,
         )
         return self._last_model_loss
