@@ -30,12 +30,17 @@ def _table():
 
 
 def _fit(estimator: str, distributed: bool) -> dict[str, torch.Tensor]:
+    """``estimator`` is ``"iw"``, ``"variational"`` or ``"iw-sliced"`` (IW, sliced objective:
+    its random directions are drawn inside the objective)."""
     pyro.clear_param_store()
     torch.manual_seed(1)
     x = _table()
     model = GaussianModel(3, dtype=torch.float64)
     guide = GaussianConditionalGuide(model) if estimator == "variational" else None
-    loss = MissingScoreMatching(estimator, 5, data_parallel=True, health=False)
+    estimator, _, objective = estimator.partition("-")
+    loss = MissingScoreMatching(
+        estimator, 5, objective=objective or "exact", data_parallel=True, health=False
+    )
     module = loss(model, guide if guide is not None else (lambda *a, **k: None))
     module(x)  # build the guide's parameters before wrapping
     net = DistributedDataParallel(module) if distributed else module
@@ -103,7 +108,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("estimator", ["iw", "variational"])
+@pytest.mark.parametrize("estimator", ["iw", "variational", "iw-sliced"])
 def test_two_ranks_fit_what_one_process_fits(estimator, tmp_path):
     out = str(tmp_path / "params.pt")
     mp.spawn(_rank, args=(2, _free_port(), estimator, out), nprocs=2, join=True)

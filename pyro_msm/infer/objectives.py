@@ -58,6 +58,8 @@ class Particles:
     :ivar clean: for the denoising objective, the observed rows before noise ``(n, d)``.
     :ivar noise_scale: for the denoising objective, ``(n, 1)`` noise scales.
     :ivar outside: boolean ``(n,)``: rows all of whose draws fell outside the support (dropped).
+    :ivar directions: for the sliced objective, directions ``(m, n, d)`` drawn beforehand (so
+        that a subset of rows gets the directions it gets in the whole chunk), or None.
     """
 
     z: Tensor
@@ -67,6 +69,7 @@ class Particles:
     clean: Tensor | None = None
     outside: Tensor | None = None
     noise_scale: Tensor | None = None
+    directions: Tensor | None = None
 
     @property
     def effective_sample_size(self) -> Tensor:
@@ -173,7 +176,9 @@ class SlicedObjective(Objective):
 
     def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
         z = particles.z
-        v = self.directions(particles.scored, z.dtype)  # (m, n, d)
+        v = particles.directions
+        if v is None:
+            v = self.directions(particles.scored, z.dtype)  # (m, n, d)
         m, r = v.shape[0], z.shape[0]
         zz = z.unsqueeze(0).expand((m,) + z.shape)
         vv = v.unsqueeze(1).expand((m,) + z.shape)

@@ -35,6 +35,7 @@ from .objectives import (
     ExactObjective,
     Objective,
     Particles,
+    SlicedObjective,
     make_objective,
 )
 from .proposals import PreparedProposal, Proposal, make_proposal
@@ -125,6 +126,7 @@ def _slice_particles(particles: Particles, rows: Tensor, first: bool) -> Particl
         clean=take(particles.clean, 0),
         outside=take(particles.outside, 0),
         noise_scale=take(particles.noise_scale, 0),
+        directions=take(particles.directions, 1),
     )
 
 
@@ -516,6 +518,10 @@ class MissingScoreMatching(ELBO):
                 keep = ((rows >= shard[0]) & (rows < shard[1])).nonzero().squeeze(-1)
             particles = group.particles(rows, keep)  # ... and draws and scores its own rows
             if keep is not None:
+                if isinstance(objective, SlicedObjective):  # the chunk's directions, mine kept
+                    scored = particles.scored.new_zeros((len(rows),) + particles.scored.shape[1:])
+                    scored[keep] = particles.scored
+                    particles.directions = objective.directions(scored, particles.z.dtype)[:, keep]
                 if keep.numel() == 0:
                     continue
                 rows = rows[keep]
