@@ -13,7 +13,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pyro_msm import MissingScoreMatching
 from pyro_msm.guides import GaussianConditionalGuide
-from pyro_msm.infer.proposals import MomentMatchedProposal
+from pyro_msm.infer.proposals import (
+    MomentMatchedProposal,
+    PreparedProposal,
+    Proposal,
+    WideGaussianProposal,
+)
 from pyro_msm.modules import GaussianModel
 
 STEPS = 50
@@ -198,3 +203,55 @@ def test_scaling_benchmark_smoke_runs_torchrun_with_one_and_two_ranks():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "speed-up 2 ranks / 1 rank" in done.stdout
+
+
+class _OldStyleProposal(Proposal):
+    """A proposal written before the data-parallel keywords of prepare() and sample()."""
+
+    def __init__(self) -> None:
+        self.inner = WideGaussianProposal(3.0)
+
+    def sample(self, x, mask, num_particles):
+        return self.inner.sample(x, mask, num_particles)
+
+    def prepare(self, x, mask, *, site="", subsampled=False):
+        return _OldStylePrepared(self, x, mask)
+
+
+class _OldStylePrepared(PreparedProposal):
+    def sample(self, rows, num_particles):
+        return self.proposal.sample(self.x[rows], self.mask[rows], num_particles)
+
+
+@pytest.mark.parametrize("proposal", ["moment_matched", "old_style"])
+def test_rank_zero_scores_its_rows_as_one_process_does(proposal, monkeypatch):
+    """Replicated data parallelism seen from rank 0 of 2 in one process (the collectives made
+    identities): its per-row losses are a single process's losses of its rows, bit for bit up
+    to rounding, with the default proposal (which factors and draws only rank 0's rows) and with
+    a proposal written before the data-parallel keywords (which draws every row)."""
+    from pyro_msm import distributed
+
+    x = _table()
+    # a precision linking the coordinates, so the observed scores depend on the draws
+    precision = torch.tensor([[2.0, 0.8, 0.3], [0.8, 1.5, -0.6], [0.3, -0.6, 1.2]])
+    model = GaussianModel(3, precision=precision, dtype=torch.float64)
+
+    def losses(rank_zero: bool) -> torch.Tensor:
+        made = _OldStyleProposal() if proposal == "old_style" else proposal
+        loss = MissingScoreMatching("iw", 5, proposal=made, data_parallel=True, health=False)
+        torch.manual_seed(11)
+        with monkeypatch.context() as m:
+            if rank_zero:
+                m.setattr(distributed, "is_distributed", lambda: True)
+                m.setattr(distributed, "world", lambda: distributed.World(0, 2))
+                m.setattr(dist, "all_reduce", lambda tensor, op=None: tensor)
+            loss(model, lambda *a, **k: None)(x)
+        return loss._site_losses["x"], loss._split_rows(~torch.isnan(x))
+
+    one, (complete, partial) = losses(False)
+    mine, _ = losses(True)
+    # rows are scored group by group: the complete rows, then the partial ones
+    order = torch.cat([complete, partial])
+    want = one[order < 60]
+    assert mine.shape == want.shape == (int((order < 60).sum()),)
+    torch.testing.assert_close(mine, want, rtol=1e-12, atol=1e-12)

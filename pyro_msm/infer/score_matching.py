@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -599,11 +600,15 @@ class MissingScoreMatching(ELBO):
         prepared: PreparedProposal | None = None
         complete, partial = self._split_rows(mask)
         # under data parallelism: fit over ranks (sharded) or factor only my rows (replicated);
-        # the options are passed only then, so a Proposal written before them still works
+        # the options go only to a prepare() that takes them (a Proposal written before them
+        # then fits on its own rows, or draws all rows)
         options: dict[str, Any] = {"over_ranks": True} if self._over_ranks() else {}
         shard = self._shard(x.shape[0])
         if shard is not None and row_fn is not None:
             options["rows"] = partial[(partial >= shard[0]) & (partial < shard[1])]
+        if options:
+            accepted = inspect.signature(self.proposal.prepare).parameters
+            options = {k: v for k, v in options.items() if k in accepted}
 
         def importance(rows: Tensor, keep: Tensor | None = None) -> Particles:
             nonlocal prepared
@@ -614,7 +619,11 @@ class MissingScoreMatching(ELBO):
             if keep is None:
                 draws, log_p = prepared.sample(rows, r)
             else:  # replicated data parallelism: my rows of this chunk
-                draws, log_p = prepared.sample(rows, r, keep)
+                if "keep" in inspect.signature(prepared.sample).parameters:
+                    draws, log_p = prepared.sample(rows, r, keep)
+                else:  # a PreparedProposal written before `keep`: draw all, keep mine
+                    draws, log_p = prepared.sample(rows, r)
+                    draws, log_p = draws[:, keep], log_p[:, keep]
                 rows = rows[keep]
             particles = weighted_particles(
                 row_fn if row_fn is not None else fn,
