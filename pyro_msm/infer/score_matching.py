@@ -321,6 +321,7 @@ class MissingScoreMatching(ELBO):
         self.data_parallel = _data_parallel_mode(data_parallel)
         self._schedule_synced = False
         self._pending_ess: Tensor | None = None
+        self._pending_counts: list[tuple[str, int, Tensor]] = []
         self._site_losses: dict[str, Tensor] = {}
         self.missingness = missingness
         self.guide_steps = int(guide_steps)
@@ -373,23 +374,32 @@ class MissingScoreMatching(ELBO):
         self.proposal.refresh()
 
     def _warn_dropped_rows(self, site: DataSite) -> None:
-        """Warn once about rows with nothing observed, and rows complete-case analysis drops."""
-        empty = int((~site.mask.any(-1)).sum())
+        """Warn once about rows with nothing observed, and rows complete-case analysis drops.
+        The counts are read off the device with the step's value (:meth:`_read`), and not
+        computed once both warnings were given."""
+        kinds = ["empty"] + (["complete_case"] if self.estimator == "complete_case" else [])
+        if all((site.name, kind) in self._warned for kind in kinds):
+            return
+        mask = site.mask
+        counts = [(~mask.any(-1)).sum(), (~mask.all(-1) & mask.any(-1)).sum()]
+        self._pending_counts.append((site.name, int(mask.shape[0]), torch.stack(counts)))
+
+    def _warn_counts(self, name: str, rows: int, empty: int, dropped: int) -> None:
+        """The warnings of :meth:`_warn_dropped_rows`, once the counts are read."""
         if empty:
             self._warn_once(
-                site.name,
+                name,
                 "empty",
-                f"site '{site.name}': {empty} of {site.mask.shape[0]} rows in this batch have no "
+                f"site '{name}': {empty} of {rows} rows in this batch have no "
                 "observed coordinate and are skipped (they carry no information)",
             )
         if self.estimator == "complete_case":
-            dropped = int((~site.mask.all(-1) & site.mask.any(-1)).sum())
             if dropped:
                 self._warn_once(
-                    site.name,
+                    name,
                     "complete_case",
-                    f"site '{site.name}': complete-case analysis drops {dropped} of "
-                    f"{site.mask.shape[0]} rows in this batch (rows with a missing coordinate)",
+                    f"site '{name}': complete-case analysis drops {dropped} of "
+                    f"{rows} rows in this batch (rows with a missing coordinate)",
                 )
 
     def _row_weights(self, site: DataSite, particles: Particles) -> Tensor:
@@ -443,13 +453,18 @@ class MissingScoreMatching(ELBO):
 
     def _read(self, *values: Tensor) -> list[float]:
         """``values`` as floats, read off the device in one transfer together with the step's
-        mean ESS (stored in ``diagnostics["ess"]``): one synchronisation per step, not one
-        per number."""
+        mean ESS (stored in ``diagnostics["ess"]``) and the row counts its warnings need: one
+        synchronisation per step, not one per number."""
         pending, self._pending_ess = self._pending_ess, None
+        counts, self._pending_counts = self._pending_counts, []
         parts = [v.detach().reshape(()) for v in values]
         if pending is not None:
             parts.append(pending.to(parts[0].dtype))
+        parts += [c.to(parts[0].dtype) for _, _, pair in counts for c in pair]
         read = torch.stack(parts).tolist()
+        for name, rows, _ in reversed(counts):
+            dropped, empty = read.pop(), read.pop()
+            self._warn_counts(name, rows, round(empty), round(dropped))
         if pending is not None:
             self.diagnostics["ess"] = read.pop()
         return read
