@@ -185,3 +185,42 @@ def test_streamed_statistics_follow_the_data():
     want_loc, want_cov = pairwise_moments(torch.nan_to_num(x), ~torch.isnan(x))
     torch.testing.assert_close(loc, want_loc, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(cov, want_cov, rtol=1e-10, atol=1e-10)
+
+
+READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+@pytest.mark.parametrize("estimator, allowed", [("iw", 2), ("variational", 1), ("em", 2)])
+def test_a_step_reads_the_device_once(estimator, allowed, monkeypatch):
+    """Reads off the device (``.item()``, ``float(t)``, ``bool(t)``, ...) made by the losses
+    (``pyro_msm/infer``) in one SVI step after the first: the step's value, read once with the
+    ESS, KL and row counts, and for IW whether the plate is subsampled. (Pyro's and torch's own,
+    and observe()'s input checks, are not counted.)"""
+    import traceback
+
+    pyro.clear_param_store()
+    x = _table(torch.float32, n=60, d=4)
+    model = GaussianModel(4)
+    guide = GaussianConditionalGuide(model) if estimator == "variational" else no_guide
+    loss = MissingScoreMatching(estimator, 4, guide_steps=0)  # health monitor on (default)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), loss)
+    svi.step(x)
+    reads: list[str] = []
+
+    def counting(name):
+        method = getattr(torch.Tensor, name)
+
+        def wrapped(self, *args, **kwargs):
+            here = [f for f in traceback.extract_stack()[:-1] if "pyro_msm" in f.filename]
+            if here and "infer" in here[-1].filename:
+                reads.append(f"{name} at {here[-1].filename}:{here[-1].lineno}")
+            return method(self, *args, **kwargs)
+
+        return wrapped
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    svi.step(x)
+    monkeypatch.undo()
+    health = [r for r in reads if "health.py" in r]  # the monitor's own checks, opt-out
+    assert len(reads) - len(health) <= allowed, reads
