@@ -54,19 +54,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--mode", choices=["shard", "exact"], default="shard")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="launches per rank count, interleaved (1, 2, 1, 2, ...); medians are reported",
+    )
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
-        args.rows, args.dim, args.batch, args.steps = [2000], 5, 200, 4
+        args.rows, args.dim, args.batch, args.steps, args.repeats = [2000], 5, 200, 4, 1
     print(f"{'n':>9} {'ranks':>5} {'step ms':>8} {'rows/s':>9} {'peak MB (all ranks)':>20}")
     for rows in args.rows:
+        runs: dict[int, list[dict]] = {ranks: [] for ranks in args.ranks}
+        for _ in range(max(1, args.repeats)):
+            for ranks in args.ranks:
+                runs[ranks].append(
+                    run(ranks, rows, args.dim, args.batch, args.steps, args.mode, {})
+                )
         times = {}
-        for ranks in args.ranks:
-            summary = run(ranks, rows, args.dim, args.batch, args.steps, args.mode, {})
-            times[ranks] = summary["median_step_s"]
+        for ranks, summaries in runs.items():
+            steps = sorted(s["median_step_s"] for s in summaries)
+            times[ranks] = steps[len(steps) // 2]
+            peak = max(s["peak_rss_mb_total"] for s in summaries)
+            spread = (
+                f"  (runs: {', '.join(f'{1e3 * t:.1f}' for t in steps)})" if len(steps) > 1 else ""
+            )
             print(
-                f"{rows:>9} {ranks:>5} {1e3 * summary['median_step_s']:>8.1f} "
-                f"{summary['rows_per_s']:>9.0f} {summary['peak_rss_mb_total']:>20.0f}",
+                f"{rows:>9} {ranks:>5} {1e3 * times[ranks]:>8.1f} "
+                f"{args.batch / times[ranks]:>9.0f} {peak:>20.0f}{spread}",
                 flush=True,
             )
         if 1 in times and 2 in times:

@@ -49,10 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--mode",
         choices=["shard", "exact"],
         default="shard",
-        help="shard: each rank draws particles for its own rows only (cheapest; the same fit in "
-        "distribution); exact: every rank gets the global batch and draws every row's "
-        "particles but differentiates only its shard (MissingScoreMatching(data_parallel=True): "
-        "the same fit as one process, up to floating-point order)",
+        help="shard: each rank gets its own rows and draws their particles; the proposal and "
+        "column statistics are fitted on all ranks' rows (MissingScoreMatching("
+        "data_parallel='sharded'): the same fit in distribution); exact: every rank gets the "
+        "global batch and factors, draws and differentiates only its shard, with the random "
+        "numbers one process gives those rows (data_parallel='replicated': the same fit as one "
+        "process, up to floating-point order)",
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes")
     args = p.parse_args(argv)
@@ -100,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     data, num_rows, _ = batches(args, here)
     first = next(data)
     model = GaussianModel(first.shape[1])
-    loss = MissingScoreMatching(
-        args.estimator, args.particles, data_parallel=args.mode == "exact"
-    )(model, lambda *a, **k: None)
+    mode = "replicated" if args.mode == "exact" else "sharded"
+    loss = MissingScoreMatching(args.estimator, args.particles, data_parallel=mode)(
+        model, lambda *a, **k: None
+    )
     loss(first, num_rows=num_rows)  # build the parameters before wrapping
     net = DistributedDataParallel(loss) if distributed.is_distributed() else loss
     optim = torch.optim.Adam(net.parameters(), lr=args.lr)

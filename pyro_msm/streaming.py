@@ -206,24 +206,31 @@ class MomentAccumulator:
     :func:`~pyro_msm.infer.gaussian.pairwise_moments` on the concatenated rows.
 
     :param dim: number of columns.
-    :param device: where the statistics live (the data's device).
+    :param device: where the statistics live (default: the device of the first rows added).
     """
 
     def __init__(self, dim: int, device: torch.device | str | None = None) -> None:
         self.dim = int(dim)
-        kw = {"dtype": torch.float64, "device": device}
         self.shift: Tensor | None = None
+        self.rows = 0
+        self._allocate(device)
+
+    def _allocate(self, device: torch.device | str | None) -> None:
+        kw = {"dtype": torch.float64, "device": device}
         self.count = torch.zeros(self.dim, **kw)  # observed entries per column
         self.total = torch.zeros(self.dim, **kw)  # sum of shifted observed entries
         self.pairs = torch.zeros(self.dim, self.dim, **kw)  # N_jk
         self.cross = torch.zeros(self.dim, self.dim, **kw)  # sum_i m_ij m_ik y_ij y_ik
         self.partial = torch.zeros(self.dim, self.dim, **kw)  # sum_i m_ij m_ik y_ij
-        self.rows = 0
+        self._placed = device is not None
 
     def update(self, x: Tensor, mask: Tensor | None = None) -> MomentAccumulator:
-        """Add rows ``x`` ``(m, d)`` (NaN = missing, or give the boolean ``mask``)."""
+        """Add rows ``x`` ``(m, d)`` (NaN = missing, or give the boolean ``mask``). Without a
+        ``device`` the statistics live on the first rows' device."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected rows of shape (m, {self.dim}), got {tuple(x.shape)}")
+        if not self._placed and self.shift is None:
+            self._allocate(x.device)
         mask = ~torch.isnan(x) if mask is None else mask.to(torch.bool)
         x = x.to(device=self.count.device, dtype=torch.float64)
         mask = mask.to(self.count.device)

@@ -353,7 +353,7 @@ def marginal_score_matching(
 def _grid(data: Tensor, observed: Tensor, penalties: Any, num: int, ratio: float) -> Tensor:
     if penalties is None:
         return exact_penalties(data, observed, num, ratio)
-    grid = torch.as_tensor(penalties, dtype=torch.float64).flatten()
+    grid = torch.as_tensor(penalties, dtype=torch.float64, device=data.device).flatten()
     if grid.numel() == 0 or not bool((grid >= 0).all()):
         raise ValueError("penalties must be a non-empty sequence of non-negative numbers")
     return grid
@@ -624,7 +624,7 @@ def em_path_from(
     :returns: a :class:`~pyro_msm.graphical.PenaltyPath` labelled ``"em"`` (see
         :func:`em_path`).
     """
-    grid = torch.as_tensor(penalties, dtype=torch.float64).flatten()
+    grid = torch.as_tensor(penalties, dtype=torch.float64, device=loc.device).flatten()
     start = time.perf_counter()
     state = (loc.detach().to(torch.float64), precision.detach().to(torch.float64))
     precisions, locs, grams, iterations, converged = [], [], [], [], []

@@ -136,10 +136,11 @@ class AmortizedNormal(MaskedSiteGuide):
             return
         widths = (2 * d if self.condition_on_mask else d,) + self.hidden_dims
         layers: list[nn.Module] = []
+        kw = {"device": data.device, "dtype": data.dtype}  # built there, not moved there
         for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.Linear(w_in, w_out), nn.ReLU()]
-        layers.append(nn.Linear(widths[-1], d))
-        self.net = nn.Sequential(*layers).to(device=data.device, dtype=data.dtype)
+            layers += [nn.Linear(w_in, w_out, **kw), nn.ReLU()]
+        layers.append(nn.Linear(widths[-1], d, **kw))
+        self.net = nn.Sequential(*layers)
         self.scale = PyroParam(
             torch.full((d,), self.init_scale, dtype=data.dtype, device=data.device),
             constraint=constraints.positive,

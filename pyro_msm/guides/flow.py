@@ -362,12 +362,13 @@ class AmortizedFlow(MaskedSiteGuide):
             )
         # a random order for the first layer, reversed from one layer to the next, so every
         # coordinate comes early in some layer and late in another
-        permutation = torch.randperm(d)
+        permutation = torch.randperm(d, device=data.device)
         layers = []
-        for _ in range(self.num_transforms):
-            layers.append(self._make_layer(d, permutation))
-            permutation = permutation.flip(0)
-        self.flows = nn.ModuleList(layers).to(device=data.device, dtype=data.dtype)
+        with torch.device(data.device):  # built on the data's device, not moved there
+            for _ in range(self.num_transforms):
+                layers.append(self._make_layer(d, permutation))
+                permutation = permutation.flip(0)
+        self.flows = nn.ModuleList(layers).to(dtype=data.dtype)
 
     def distribution(self, data: Tensor, observed_mask: Tensor) -> MissingBlockFlow:
         r"""The flow :math:`q_\phi(x_u \mid x_o)` for given rows, as a per-coordinate

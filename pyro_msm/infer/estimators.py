@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .. import distributed
 from ..distributions.domains import in_support
 from .derivatives import log_prob
 from .objectives import Particles
@@ -141,10 +142,14 @@ def zeroed_particles(x: Tensor, mask: Tensor) -> Particles:
     return _single(x, mask, _has_observed(mask).to(x))
 
 
-def mean_impute_particles(x: Tensor, mask: Tensor) -> Particles:
-    """Missing entries replaced by the observed mean of their column; every coordinate scored."""
+def mean_impute_particles(x: Tensor, mask: Tensor, *, over_ranks: bool = False) -> Particles:
+    """Missing entries replaced by the observed mean of their column; every coordinate scored.
+    With ``over_ranks``, the means of all :mod:`torch.distributed` ranks' rows (a collective)."""
     m = mask.to(x.dtype)
-    means = (x * m).sum(0) / m.sum(0).clamp(min=1)
+    sums, counts = (x * m).sum(0), m.sum(0)
+    if over_ranks:
+        sums, counts = distributed.all_reduce_sum(torch.stack([sums, counts]))
+    means = sums / counts.clamp(min=1)
     z = torch.where(mask, x, means.expand_as(x))
     return _single(z, torch.ones_like(mask), _has_observed(mask).to(x))
 

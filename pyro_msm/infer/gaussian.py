@@ -334,6 +334,7 @@ def sample_conditional_gaussian(
     *,
     defensive: float = 0.0,
     defensive_scale: float = 2.0,
+    noise: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Draw from the conditionals of :func:`conditional_gaussian` and score the draws.
 
@@ -344,15 +345,18 @@ def sample_conditional_gaussian(
     ``c = defensive_scale``, whose heavier component bounds importance weights when the Gaussian
     is narrower than the target (defensive importance sampling, Hesterberg 1995).
 
+    :param noise: the scaled standard draws ``(num_samples, n, d)`` of
+        :func:`conditional_gaussian_noise` (default: drawn here), e.g. some rows of the draws
+        made for a larger table, so that a subset of rows gets the numbers it gets in the whole.
     :returns: samples ``(num_samples, n, d)`` (observed coordinates equal ``mean``) and the log
         density of their missing block under the (mixture) proposal ``(num_samples, n)``.
     """
     missing = (~mask).to(mean.dtype)
-    shape = (num_samples,) + mean.shape
-    eps = torch.randn(shape, dtype=mean.dtype, device=mean.device) * missing
-    if defensive > 0:
-        wide = torch.rand(shape[:-1], device=mean.device) < defensive
-        eps = torch.where(wide.unsqueeze(-1), eps * defensive_scale, eps)
+    if noise is None:
+        noise = conditional_gaussian_noise(
+            mask, num_samples, mean.dtype, defensive=defensive, defensive_scale=defensive_scale
+        )
+    eps = noise
     # one triangular solve per row with the draws as right-hand sides (not one per draw and row,
     # which broadcasts chol to (num_samples, n, d, d): 20x slower at r=10, n=1000, d=50)
     y = torch.linalg.solve_triangular(chol.mT, eps.movedim(0, -1), upper=True).movedim(-1, 0)
@@ -367,6 +371,29 @@ def sample_conditional_gaussian(
             log_prob + math.log1p(-defensive), log_wide + math.log(defensive)
         )
     return mean + y, log_prob
+
+
+def conditional_gaussian_noise(
+    mask: Tensor,
+    num_samples: int,
+    dtype: torch.dtype,
+    *,
+    defensive: float = 0.0,
+    defensive_scale: float = 2.0,
+) -> Tensor:
+    """The random numbers of :func:`sample_conditional_gaussian`: standard normal draws
+    ``(num_samples, n, d)`` on the missing coordinates (zero on observed ones), each draw's row
+    scaled by ``defensive_scale`` with probability ``defensive``.
+
+    :param mask: boolean ``(n, d)``, True where observed (its device is used).
+    """
+    missing = (~mask).to(dtype)
+    shape = (num_samples,) + mask.shape
+    eps = torch.randn(shape, dtype=dtype, device=mask.device) * missing
+    if defensive > 0:
+        wide = torch.rand(shape[:-1], device=mask.device) < defensive
+        eps = torch.where(wide.unsqueeze(-1), eps * defensive_scale, eps)
+    return eps
 
 
 def pairwise_moments(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -59,6 +59,8 @@ class Particles:
     :ivar clean: for the denoising objective, the observed rows before noise ``(n, d)``.
     :ivar noise_scale: for the denoising objective, ``(n, 1)`` noise scales.
     :ivar outside: boolean ``(n,)``: rows all of whose draws fell outside the support (dropped).
+    :ivar directions: for the sliced objective, directions ``(m, n, d)`` drawn beforehand (so
+        that a subset of rows gets the directions it gets in the whole chunk), or None.
     """
 
     z: Tensor
@@ -68,6 +70,7 @@ class Particles:
     clean: Tensor | None = None
     outside: Tensor | None = None
     noise_scale: Tensor | None = None
+    directions: Tensor | None = None
 
     @property
     def effective_sample_size(self) -> Tensor:
@@ -220,7 +223,9 @@ class SlicedObjective(Objective):
         return v
 
     def loss(self, fn: Distribution, particles: Particles) -> Tensor:
-        v = self.directions(particles.scored, particles.z.dtype)  # (m, n, d)
+        v = particles.directions
+        if v is None:
+            v = self.directions(particles.scored, particles.z.dtype)  # (m, n, d)
         # (r, n, m): the score and its derivative along each row's m directions
         proj_a, proj_b = directional_derivatives(fn, particles.z, v.movedim(0, -2))
         return moment_loss(particles.weights, proj_a, proj_b).mean(-1)

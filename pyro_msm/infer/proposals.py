@@ -11,6 +11,13 @@ data set (at the first step, or by an explicit :meth:`MomentMatchedProposal.fit`
 :meth:`Proposal.refresh`; a Gaussian proposal computes each missingness pattern's conditional
 factor once and, while the table stays the same, keeps the per-row conditional means too, so a
 step only draws.
+
+Under :mod:`torch.distributed` data parallelism the loss asks for two more things
+(:class:`~pyro_msm.infer.MissingScoreMatching` ``data_parallel``): with ``over_ranks`` the
+table is this rank's shard of the batch and the moment-matched Gaussian is fitted on the union
+of the shards (its sufficient statistics all-reduced), so the proposal does not depend on the
+number of ranks; with ``rows`` (and ``keep`` when drawing) a rank that holds the whole batch
+factors and draws only its own rows, with the random numbers a single process would give them.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from pyro.distributions import Independent, MultivariateNormal, Normal
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .. import distributed
 from .gaussian import (
     conditional_gaussian,
+    conditional_gaussian_noise,
     missingness_patterns,
     pairwise_moments,
     restrict,
@@ -70,10 +79,20 @@ class PreparedProposal:
     def __init__(self, proposal: Proposal, x: Tensor, mask: Tensor) -> None:
         self.proposal, self.x, self.mask = proposal, x, mask
 
-    def sample(self, rows: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, rows: Tensor, num_particles: int, keep: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Draws ``(r, len(rows), d)`` and log densities ``(r, len(rows))`` for the rows of the
-        table indexed by ``rows`` (an index tensor)."""
-        return self.proposal.sample(self.x[rows], self.mask[rows], num_particles)
+        table indexed by ``rows`` (an index tensor).
+
+        :param keep: indices into ``rows``: return only the draws of ``rows[keep]``, made with
+            the random numbers they get when all of ``rows`` are drawn (the default draws all
+            and slices; a Gaussian proposal computes only the kept rows).
+        """
+        draws, log_p = self.proposal.sample(self.x[rows], self.mask[rows], num_particles)
+        if keep is None:
+            return draws, log_p
+        return draws[:, keep], log_p[:, keep]
 
 
 class Proposal:
@@ -91,12 +110,23 @@ class Proposal:
         raise NotImplementedError
 
     def prepare(
-        self, x: Tensor, mask: Tensor, *, site: str = "", subsampled: bool = False
+        self,
+        x: Tensor,
+        mask: Tensor,
+        *,
+        site: str = "",
+        subsampled: bool = False,
+        rows: Tensor | None = None,
+        over_ranks: bool = False,
     ) -> PreparedProposal:
         """Per-step preparation for the table ``x`` of data site ``site`` (its rows are then
         drawn in chunks). The default does nothing and draws by :meth:`sample`.
 
         :param subsampled: whether ``x`` is a minibatch of a larger table.
+        :param rows: the only rows that will be drawn (default: all), e.g. this rank's shard.
+        :param over_ranks: ``x`` is this rank's shard of a batch spread over the ranks of
+            :mod:`torch.distributed`: fit on the union of the shards (collective: every rank
+            calls it).
         """
         return PreparedProposal(self, x, mask)
 
@@ -132,12 +162,26 @@ class GaussianConditionalProposal(Proposal):
         self._rows: _GaussianRows | None = None
 
     @classmethod
-    def fit(cls, x: Tensor, mask: Tensor | None = None, **kwargs) -> GaussianConditionalProposal:
+    def fit(
+        cls, x: Tensor, mask: Tensor | None = None, *, over_ranks: bool = False, **kwargs
+    ) -> GaussianConditionalProposal:
         """Moment-match a Gaussian to incomplete data (pairwise-available entries, projected to
         positive definite). ``mask`` defaults to the non-NaN entries of ``x``; other keyword
-        arguments go to the constructor."""
+        arguments go to the constructor.
+
+        :param over_ranks: ``x`` is this rank's shard: fit the union of all ranks' rows (the
+            sufficient statistics of :class:`~pyro_msm.streaming.MomentAccumulator`,
+            all-reduced; a collective call). Equal to the fit on the concatenated rows up to
+            floating-point order; the plain fit in a single process.
+        """
         mask = ~torch.isnan(x) if mask is None else mask
-        loc, cov = pairwise_moments(torch.nan_to_num(x.detach()), mask)
+        if over_ranks and distributed.is_distributed():
+            from ..streaming import MomentAccumulator  # streaming imports this package
+
+            acc = MomentAccumulator(x.shape[-1], device=x.device).update(x.detach(), mask)
+            loc, cov = acc.all_reduce().moments(dtype=x.dtype)
+        else:
+            loc, cov = pairwise_moments(torch.nan_to_num(x.detach()), mask)
         return cls(loc, cov, **kwargs)
 
     def sample(self, x: Tensor, mask: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
@@ -145,14 +189,22 @@ class GaussianConditionalProposal(Proposal):
         return self.prepare(x, mask).sample(rows, num_particles)
 
     def prepare(
-        self, x: Tensor, mask: Tensor, *, site: str = "", subsampled: bool = False
+        self,
+        x: Tensor,
+        mask: Tensor,
+        *,
+        site: str = "",
+        subsampled: bool = False,
+        rows: Tensor | None = None,
+        over_ranks: bool = False,
     ) -> PreparedProposal:
-        """The conditionals of every row of ``x``: one Cholesky factor per missingness pattern
-        (:func:`~pyro_msm.infer.gaussian.missingness_patterns`) and the conditional means, both
-        kept while the same table comes back (compared exactly), so repeated steps on one table
-        only draw."""
-        if self._rows is None or not self._rows.matches(x, mask):
-            self._rows = _GaussianRows(self, x, mask)
+        """The conditionals of every row of ``x`` (or of ``rows`` only): one Cholesky factor per
+        missingness pattern (:func:`~pyro_msm.infer.gaussian.missingness_patterns`) and the
+        conditional means, both kept while the same table comes back (compared exactly), so
+        repeated steps on one table only draw. A fixed Gaussian has nothing to fit, so
+        ``over_ranks`` changes nothing."""
+        if self._rows is None or not self._rows.matches(x, mask, rows):
+            self._rows = _GaussianRows(self, x, mask, rows)
         return self._rows
 
     def refresh(self) -> None:
@@ -162,52 +214,78 @@ class GaussianConditionalProposal(Proposal):
 class _GaussianRows(PreparedProposal):
     """The conditionals of :class:`GaussianConditionalProposal` for the rows of one table."""
 
-    def __init__(self, proposal: GaussianConditionalProposal, x: Tensor, mask: Tensor) -> None:
+    def __init__(
+        self,
+        proposal: GaussianConditionalProposal,
+        x: Tensor,
+        mask: Tensor,
+        rows: Tensor | None = None,
+    ) -> None:
         super().__init__(proposal, x.detach(), mask)
+        self.rows = rows
         self.loc = proposal.loc.to(x)
         self.precision = proposal.precision.to(x)
         patterns, self.inverse = missingness_patterns(mask)
         k, d = patterns.shape
+        # the patterns whose factors are needed (all, or those of `rows`), and each pattern's
+        # slot among the factors
+        needed = None if rows is None else torch.unique(self.inverse[rows])
+        self.slot: Tensor | None = None
+        if needed is not None:
+            self.slot = torch.full((k,), -1, dtype=torch.long, device=mask.device)
+            self.slot[needed] = torch.arange(len(needed), device=mask.device)
+            patterns = patterns[needed]
         self.factors: Tensor | None = None
-        if k * d * d <= FACTOR_CACHE_ENTRIES:
+        if len(patterns) * d * d <= FACTOR_CACHE_ENTRIES:
             # the conditional precision's factor depends on the pattern only
             _, self.factors = conditional_gaussian(
-                self.loc.expand(k, d), patterns, self.loc, self.precision
+                self.loc.expand(len(patterns), d), patterns, self.loc, self.precision
             )
         self.mean: Tensor | None = None
         if self.factors is not None:  # conditional means of the rows, in bounded chunks
             step = max(1, 2**24 // (d * d))
-            rows = torch.arange(x.shape[0], device=x.device)
-            self.mean = torch.cat([self._means(c) for c in rows.split(step)]) if len(rows) else x
+            wanted = torch.arange(x.shape[0], device=x.device) if rows is None else rows
+            if len(wanted) == 0:
+                self.mean = self.x
+            else:
+                means = torch.cat([self._means(c) for c in wanted.split(step)])
+                self.mean = means if rows is None else self.x.index_copy(0, rows, means)
+
+    def _factors(self, rows: Tensor) -> Tensor:
+        assert self.factors is not None
+        pattern = self.inverse[rows]
+        return self.factors[pattern if self.slot is None else self.slot[pattern]]
 
     def _means(self, rows: Tensor) -> Tensor:
         x, mask = self.x[rows], self.mask[rows]
-        assert self.factors is not None
-        chol = self.factors[self.inverse[rows]]
+        chol = self._factors(rows)
         rhs = ((x - self.loc) * mask.to(x.dtype)) @ self.precision.mT * (~mask).to(x.dtype)
         shift = torch.cholesky_solve(rhs.unsqueeze(-1), chol).squeeze(-1)
         return torch.where(mask, x, self.loc - shift)
 
-    def matches(self, x: Tensor, mask: Tensor) -> bool:
-        return _same(self.x, x) and _same(self.mask, mask)
+    def matches(self, x: Tensor, mask: Tensor, rows: Tensor | None = None) -> bool:
+        same_rows = rows is None if self.rows is None else _same(self.rows, rows)
+        return same_rows and _same(self.x, x) and _same(self.mask, mask)
 
-    def sample(self, rows: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, rows: Tensor, num_particles: int, keep: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        proposal = self.proposal
+        assert isinstance(proposal, GaussianConditionalProposal)
+        options = {"defensive": proposal.defensive, "defensive_scale": proposal.defensive_scale}
+        noise = None
+        if keep is not None:  # the random numbers of all `rows`, the computation of the kept
+            noise = conditional_gaussian_noise(
+                self.mask[rows], num_particles, self.x.dtype, **options
+            )[:, keep]
+            rows = rows[keep]
         mask = self.mask[rows]
         if self.factors is None:  # too many patterns to keep: factor this chunk's rows
             mean, chol = conditional_gaussian(self.x[rows], mask, self.loc, self.precision)
         else:
             assert self.mean is not None
-            mean, chol = self.mean[rows], self.factors[self.inverse[rows]]
-        proposal = self.proposal
-        assert isinstance(proposal, GaussianConditionalProposal)
-        return sample_conditional_gaussian(
-            mean,
-            chol,
-            mask,
-            num_particles,
-            defensive=proposal.defensive,
-            defensive_scale=proposal.defensive_scale,
-        )
+            mean, chol = self.mean[rows], self._factors(rows)
+        return sample_conditional_gaussian(mean, chol, mask, num_particles, noise=noise, **options)
 
 
 class MomentMatchedProposal(Proposal):
@@ -248,9 +326,17 @@ class MomentMatchedProposal(Proposal):
         self.fitted.clear()
 
     def proposal_for(
-        self, x: Tensor, mask: Tensor, *, site: str = "", subsampled: bool = False
+        self,
+        x: Tensor,
+        mask: Tensor,
+        *,
+        site: str = "",
+        subsampled: bool = False,
+        over_ranks: bool = False,
     ) -> GaussianConditionalProposal:
-        """The fitted Gaussian for this table of ``site``, fitting it if needed."""
+        """The fitted Gaussian for this table of ``site``, fitting it if needed (with
+        ``over_ranks``, on the union of the ranks' shards: see
+        :meth:`GaussianConditionalProposal.fit`)."""
         if self._pinned is not None:
             return self._pinned
         cached = self.fitted.get(site)
@@ -259,15 +345,24 @@ class MomentMatchedProposal(Proposal):
             same_size = proposal.loc.shape[-1] == x.shape[-1]
             if same_size and (subsampled or _same(table, x)):
                 return proposal
-        proposal = GaussianConditionalProposal.fit(x, mask, **self.kwargs)
+        proposal = GaussianConditionalProposal.fit(x, mask, over_ranks=over_ranks, **self.kwargs)
         self.fitted[site] = (proposal, None if subsampled else x.detach())
         return proposal
 
     def prepare(
-        self, x: Tensor, mask: Tensor, *, site: str = "", subsampled: bool = False
+        self,
+        x: Tensor,
+        mask: Tensor,
+        *,
+        site: str = "",
+        subsampled: bool = False,
+        rows: Tensor | None = None,
+        over_ranks: bool = False,
     ) -> PreparedProposal:
-        proposal = self.proposal_for(x, mask, site=site, subsampled=subsampled)
-        return proposal.prepare(x, mask, site=site, subsampled=subsampled)
+        proposal = self.proposal_for(
+            x, mask, site=site, subsampled=subsampled, over_ranks=over_ranks
+        )
+        return proposal.prepare(x, mask, site=site, subsampled=subsampled, rows=rows)
 
     def sample(self, x: Tensor, mask: Tensor, num_particles: int) -> tuple[Tensor, Tensor]:
         rows = torch.arange(x.shape[0], device=x.device)
@@ -308,13 +403,13 @@ class DistributionProposal(Proposal):
             log_prob = (
                 -0.5 * (white * white).sum(-1)
                 - log_det
-                - 0.5 * math.log(2 * math.pi) * missing.sum(-1)
+                - 0.5 * math.log(2 * math.pi) * missing.sum(-1).to(x.dtype)  # not int -> default
             )
             return draws, log_prob
         base = dist_.base_dist
         while isinstance(base, Independent):
             base = base.base_dist
-        per_coordinate = base.log_prob(draws)
+        per_coordinate = base.log_prob(draws).to(x)  # a 0-d parameter may follow torch's default
         if per_coordinate.shape != draws.shape:
             raise TypeError("the proposal's base distribution must be elementwise over coordinates")
         return draws, (per_coordinate * missing).sum(-1)

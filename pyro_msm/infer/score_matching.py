@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .objectives import (
     ExactObjective,
     Objective,
     Particles,
+    SlicedObjective,
     make_objective,
 )
 from .proposals import PreparedProposal, Proposal, make_proposal
@@ -83,8 +85,24 @@ class _Group:
         recomputed under checkpointing).
     """
 
-    def __init__(self, rows: Tensor, points: int, draw: Callable[[Tensor], Particles]) -> None:
-        self.rows, self.points, self.draw = rows, points, draw
+    def __init__(
+        self,
+        rows: Tensor,
+        points: int,
+        draw: Callable[[Tensor], Particles],
+        draw_kept: Callable[[Tensor, Tensor], Particles] | None = None,
+    ) -> None:
+        self.rows, self.points, self.draw, self.draw_kept = rows, points, draw, draw_kept
+
+    def particles(self, rows: Tensor, keep: Tensor | None) -> Particles:
+        """The particles of ``rows[keep]`` (all of ``rows`` without ``keep``), drawn with the
+        random numbers that drawing all of ``rows`` consumes (``draw_kept`` computes only the
+        kept rows; otherwise all are drawn and sliced)."""
+        if keep is None:
+            return self.draw(rows)
+        if self.draw_kept is not None:
+            return self.draw_kept(rows, keep)
+        return _slice_particles(self.draw(rows), keep, False)
 
 
 def _single_particle(z: Tensor, scored: Tensor, row_weight: Tensor) -> Particles:
@@ -109,6 +127,21 @@ def _slice_particles(particles: Particles, rows: Tensor, first: bool) -> Particl
         clean=take(particles.clean, 0),
         outside=take(particles.outside, 0),
         noise_scale=take(particles.noise_scale, 0),
+        directions=take(particles.directions, 1),
+    )
+
+
+def _data_parallel_mode(value: bool | str) -> str | bool:
+    """``False``, ``"replicated"`` (also ``True``) or ``"sharded"``."""
+    if value is True or value == "replicated":
+        return "replicated"
+    if value is False or value is None:
+        return False
+    if value == "sharded":
+        return "sharded"
+    raise ValueError(
+        f"data_parallel must be False, True/'replicated' (same batch on every rank) or "
+        f"'sharded' (each rank its own rows), got {value!r}"
     )
 
 
@@ -215,13 +248,18 @@ class MissingScoreMatching(ELBO):
         True (default) for the documented thresholds, False to switch it off, or a
         ``FitHealth`` with other thresholds.
     :param data_parallel: for :mod:`torch.distributed` data parallelism with the loss's module
-        form wrapped in ``DistributedDataParallel`` (:mod:`pyro_msm.distributed`): every rank
-        is given the same global batch and the same seed, draws the same particles for every
-        row, and evaluates the objective (the expensive derivatives) on its own contiguous
-        shard of the rows only, scaled by the number of ranks, so DDP's gradient average is
-        the gradient of the whole batch and the fit does not depend on the number of ranks
-        beyond floating-point order. Reported values are the whole batch's. A no-op in one
-        process.
+        form wrapped in ``DistributedDataParallel`` (:mod:`pyro_msm.distributed`). ``True``
+        (or ``"replicated"``): every rank is given the same global batch and the same seed,
+        and factors, draws and evaluates the objective (the expensive derivatives) for its own
+        contiguous shard of the rows only, with the random numbers a single process gives
+        those rows, scaled by the number of ranks, so DDP's gradient average is the gradient
+        of the whole batch and the fit does not depend on the number of ranks beyond
+        floating-point order. ``"sharded"``: every rank is given its own rows (e.g. its shard
+        of the global batch) and draws its own particles; what is fitted once per data set
+        (the moment-matched IW proposal, the column means of ``"mean_impute"``) is fitted on
+        the union of the ranks' rows (statistics all-reduced), so it does not depend on the
+        number of ranks. In both, reported values and ``diagnostics["ess"]`` are the whole
+        batch's and the variational schedule is rank 0's. A no-op in one process.
 
     Rows with nothing missing get one particle and no proposal (their loss is the classical
     one, exactly what ``r`` identical particles give), and the default proposal is fitted once
@@ -253,7 +291,7 @@ class MissingScoreMatching(ELBO):
         compile: bool | dict = False,
         max_plate_nesting: float = float("inf"),
         health: bool | FitHealth = True,
-        data_parallel: bool = False,
+        data_parallel: bool | str = False,
     ) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
@@ -287,7 +325,10 @@ class MissingScoreMatching(ELBO):
         if estimator == "em":  # draws for the clean rows; the M-step perturbs completed ones
             self.objective = self._em_objective
         self.health = make_health(health)
-        self.data_parallel = bool(data_parallel)
+        self.data_parallel = _data_parallel_mode(data_parallel)
+        self._schedule_synced = False
+        self._pending_ess: Tensor | None = None
+        self._pending_counts: list[tuple[str, int, Tensor]] = []
         self._site_losses: dict[str, Tensor] = {}
         self.missingness = missingness
         self.guide_steps = int(guide_steps)
@@ -340,23 +381,32 @@ class MissingScoreMatching(ELBO):
         self.proposal.refresh()
 
     def _warn_dropped_rows(self, site: DataSite) -> None:
-        """Warn once about rows with nothing observed, and rows complete-case analysis drops."""
-        empty = int((~site.mask.any(-1)).sum())
+        """Warn once about rows with nothing observed, and rows complete-case analysis drops.
+        The counts are read off the device with the step's value (:meth:`_read`), and not
+        computed once both warnings were given."""
+        kinds = ["empty"] + (["complete_case"] if self.estimator == "complete_case" else [])
+        if all((site.name, kind) in self._warned for kind in kinds):
+            return
+        mask = site.mask
+        counts = [(~mask.any(-1)).sum(), (~mask.all(-1) & mask.any(-1)).sum()]
+        self._pending_counts.append((site.name, int(mask.shape[0]), torch.stack(counts)))
+
+    def _warn_counts(self, name: str, rows: int, empty: int, dropped: int) -> None:
+        """The warnings of :meth:`_warn_dropped_rows`, once the counts are read."""
         if empty:
             self._warn_once(
-                site.name,
+                name,
                 "empty",
-                f"site '{site.name}': {empty} of {site.mask.shape[0]} rows in this batch have no "
+                f"site '{name}': {empty} of {rows} rows in this batch have no "
                 "observed coordinate and are skipped (they carry no information)",
             )
         if self.estimator == "complete_case":
-            dropped = int((~site.mask.all(-1) & site.mask.any(-1)).sum())
             if dropped:
                 self._warn_once(
-                    site.name,
+                    name,
                     "complete_case",
-                    f"site '{site.name}': complete-case analysis drops {dropped} of "
-                    f"{site.mask.shape[0]} rows in this batch (rows with a missing coordinate)",
+                    f"site '{name}': complete-case analysis drops {dropped} of "
+                    f"{rows} rows in this batch (rows with a missing coordinate)",
                 )
 
     def _row_weights(self, site: DataSite, particles: Particles) -> Tensor:
@@ -391,11 +441,51 @@ class MissingScoreMatching(ELBO):
         return base if base.batch_shape == torch.Size() else None
 
     def _shard(self, num_rows: int) -> tuple[int, int] | None:
-        """This rank's rows ``[start, stop)`` of a site under ``data_parallel`` with several
-        ranks, else None."""
-        if not (self.data_parallel and distributed.is_distributed()):
+        """This rank's rows ``[start, stop)`` of a site under replicated ``data_parallel`` with
+        several ranks, else None."""
+        if self.data_parallel != "replicated" or not distributed.is_distributed():
             return None
         return distributed.shard_bounds(num_rows)
+
+    def _over_ranks(self) -> bool:
+        """Whether each rank holds its own rows (``data_parallel="sharded"``, several ranks)."""
+        return self.data_parallel == "sharded" and distributed.is_distributed()
+
+    def _sync_schedule(self) -> None:
+        """Under ``data_parallel``, take rank 0's variational schedule position (once)."""
+        if self._schedule_synced or not (self.data_parallel and distributed.is_distributed()):
+            return
+        self._step = int(distributed.broadcast_object(self._step))
+        self._schedule_synced = True
+
+    def _read(self, *values: Tensor) -> list[float]:
+        """``values`` as floats, read off the device in one transfer together with the step's
+        mean ESS (stored in ``diagnostics["ess"]``) and the row counts its warnings need: one
+        synchronisation per step, not one per number."""
+        pending, self._pending_ess = self._pending_ess, None
+        counts, self._pending_counts = self._pending_counts, []
+        parts = [v.detach().reshape(()) for v in values]
+        if pending is not None:
+            parts.append(pending.to(parts[0].dtype))
+        parts += [c.to(parts[0].dtype) for _, _, pair in counts for c in pair]
+        read = torch.stack(parts).tolist()
+        for name, rows, _ in reversed(counts):
+            dropped, empty = read.pop(), read.pop()
+            self._warn_counts(name, rows, round(empty), round(dropped))
+        if pending is not None:
+            self.diagnostics["ess"] = read.pop()
+        return read
+
+    def _global_ess(self, site_ess: Tensor | None, like: Tensor) -> Tensor | None:
+        """The mean ESS over every rank's importance-weighted rows (None when there are none);
+        a collective call under ``data_parallel`` with several ranks."""
+        if not (self.data_parallel and distributed.is_distributed()):
+            return None if site_ess is None or site_ess.numel() == 0 else site_ess.mean()
+        total = like.new_zeros(2, dtype=torch.float64)
+        if site_ess is not None:
+            total = torch.stack([site_ess.sum(), like.new_tensor(site_ess.numel())]).to(total)
+        total = distributed.all_reduce_sum(total)
+        return None if bool(total[1] == 0) else total[0] / total[1]
 
     def _global_value(self, value: float, device: torch.device | None = None) -> float:
         """Under ``data_parallel`` each rank's objective is ``world x`` its rows' share: the
@@ -446,12 +536,18 @@ class MissingScoreMatching(ELBO):
         shard = self._shard(site.data.shape[0])
         world = 1 if shard is None else distributed.world().size
         for group, rows in chunks:
-            particles = group.draw(rows)  # every rank draws every row: the same random numbers
-            if shard is not None:  # ... and scores only its own rows
+            keep = None
+            if shard is not None:  # every rank consumes every row's random numbers ...
                 keep = ((rows >= shard[0]) & (rows < shard[1])).nonzero().squeeze(-1)
+            particles = group.particles(rows, keep)  # ... and draws and scores its own rows
+            if keep is not None:
+                if isinstance(objective, SlicedObjective):  # the chunk's directions, mine kept
+                    scored = particles.scored.new_zeros((len(rows),) + particles.scored.shape[1:])
+                    scored[keep] = particles.scored
+                    particles.directions = objective.directions(scored, particles.z.dtype)[:, keep]
                 if keep.numel() == 0:
                     continue
-                particles, rows = _slice_particles(particles, keep, False), rows[keep]
+                rows = rows[keep]
             losses = objective(fn, particles)
             row_losses.append(losses.detach())
             value = (losses * site.scale[rows] * particles.row_weight).sum() * world
@@ -467,9 +563,11 @@ class MissingScoreMatching(ELBO):
                 dropped_rows = dropped_rows + particles.outside.sum()
         if row_losses:
             self._site_losses[site.name] = torch.cat(row_losses)
-        if row_ess and sum(e.numel() for e in row_ess):
-            site_ess = torch.cat(row_ess)
-            ess.append(site_ess.mean())
+        site_ess = torch.cat(row_ess) if row_ess else None
+        mean_ess = self._global_ess(site_ess, site.data)  # all ranks' rows under data_parallel
+        if mean_ess is not None:
+            ess.append(mean_ess)
+        if site_ess is not None and site_ess.numel():
             self.health.check_ess(site_ess, num_particles, site=site.name)
         if float(dropped_rows) > 0:
             self._warn_once(
@@ -513,18 +611,42 @@ class MissingScoreMatching(ELBO):
             "complete_case": complete_case_particles,
         }
         if self.estimator in baselines:
-            particles = baselines[self.estimator](x, mask)
+            if self.estimator == "mean_impute":  # column means of all ranks' rows if sharded
+                particles = mean_impute_particles(x, mask, over_ranks=self._over_ranks())
+            else:
+                particles = baselines[self.estimator](x, mask)
             return fn if row_fn is None else row_fn, [single(particles)]
         # importance weighting (and EM's E-step)
         r, frozen = self.num_particles, self.estimator == "em"
         subsampled = bool((site.scale != 1).any()) or self.objective.perturbs
         prepared: PreparedProposal | None = None
+        complete, partial = self._split_rows(mask)
+        # under data parallelism: fit over ranks (sharded) or factor only my rows (replicated);
+        # the options go only to a prepare() that takes them (a Proposal written before them
+        # then fits on its own rows, or draws all rows)
+        options: dict[str, Any] = {"over_ranks": True} if self._over_ranks() else {}
+        shard = self._shard(x.shape[0])
+        if shard is not None and row_fn is not None:
+            options["rows"] = partial[(partial >= shard[0]) & (partial < shard[1])]
+        if options:
+            accepted = inspect.signature(self.proposal.prepare).parameters
+            options = {k: v for k, v in options.items() if k in accepted}
 
-        def importance(rows: Tensor) -> Particles:
+        def importance(rows: Tensor, keep: Tensor | None = None) -> Particles:
             nonlocal prepared
             if prepared is None:
-                prepared = self.proposal.prepare(x, mask, site=site.name, subsampled=subsampled)
-            draws, log_p = prepared.sample(rows, r)
+                prepared = self.proposal.prepare(
+                    x, mask, site=site.name, subsampled=subsampled, **options
+                )
+            if keep is None:
+                draws, log_p = prepared.sample(rows, r)
+            else:  # replicated data parallelism: my rows of this chunk
+                if "keep" in inspect.signature(prepared.sample).parameters:
+                    draws, log_p = prepared.sample(rows, r, keep)
+                else:  # a PreparedProposal written before `keep`: draw all, keep mine
+                    draws, log_p = prepared.sample(rows, r)
+                    draws, log_p = draws[:, keep], log_p[:, keep]
+                rows = rows[keep]
             particles = weighted_particles(
                 row_fn if row_fn is not None else fn,
                 x[rows],
@@ -535,13 +657,14 @@ class MissingScoreMatching(ELBO):
             )
             return finish(particles, rows)
 
-        complete, partial = self._split_rows(mask)
         if row_fn is None:  # per-row parameters: every row in one pass, draws for partial rows
 
             def importance_all(rows: Tensor) -> Particles:
                 nonlocal prepared
                 if prepared is None:
-                    prepared = self.proposal.prepare(x, mask, site=site.name, subsampled=subsampled)
+                    prepared = self.proposal.prepare(
+                        x, mask, site=site.name, subsampled=subsampled, **options
+                    )
                 draws, log_p = prepared.sample(partial, r)
                 full = x.new_zeros((r,) + x.shape).index_copy(1, partial, draws)
                 log_full = x.new_zeros((r, x.shape[0])).index_copy(1, partial, log_p)
@@ -549,7 +672,10 @@ class MissingScoreMatching(ELBO):
                 return finish(particles, rows)
 
             return fn, [_Group(all_rows, r, importance_all)]
-        return row_fn, [single(zeroed_particles(x, mask), complete), _Group(partial, r, importance)]
+        return row_fn, [
+            single(zeroed_particles(x, mask), complete),
+            _Group(partial, r, importance, importance),
+        ]
 
     # -- estimators without a guide -------------------------------------------------------------
     def _direct_loss(
@@ -577,7 +703,7 @@ class MissingScoreMatching(ELBO):
             row_fn, groups = self._direct_groups(site, fn, x, noise_scale)
             total = total + self._objective_total(site, row_fn, groups, ess, backward)
         if ess:
-            self.diagnostics["ess"] = float(torch.stack(ess).mean())
+            self._pending_ess = torch.stack(ess).mean().detach()  # read with the loss
         return total, _leaf_params(trace)
 
     # -- estimators with a guide: variational and hybrid --------------------------------------
@@ -638,7 +764,7 @@ class MissingScoreMatching(ELBO):
                 kl_rows = log_q - live
             kl = kl + (kl_rows.mean(0) * weights).sum()
         if ess:
-            self.diagnostics["ess"] = float(torch.stack(ess).mean())
+            self._pending_ess = torch.stack(ess).mean().detach()  # read with the loss
         return objective, kl, _leaf_params(model_trace), _leaf_params(guide_trace)
 
     # -- the ELBO interface ---------------------------------------------------------------------
@@ -652,15 +778,16 @@ class MissingScoreMatching(ELBO):
         ``"variational"``, model parameters get the surrogate's and guide parameters the KL's)."""
         if self.estimator in GUIDED:
             objective, kl, _, _ = self._variational_terms(model, guide, args, kwargs, True)
+            local, kl_value = self._read(objective, kl)
             self.diagnostics.update(
                 step="model",
-                kl=float(kl.detach()),
-                loss=self._global_value(float(objective.detach()), objective.device),
+                kl=kl_value,
+                loss=self._global_value(local, objective.device),
             )
-            self.health.check_step(float(objective.detach()), site_losses=self._site_losses)
+            self.health.check_step(local, site_losses=self._site_losses)
             return objective + (kl - kl.detach())
         loss, params = self._direct_loss(model, args, kwargs)
-        self.diagnostics["loss"] = self._global_value(float(loss.detach()), loss.device)
+        self.diagnostics["loss"] = self._global_value(self._read(loss)[0], loss.device)
         self.health.check_step(self.diagnostics["loss"], params, site_losses=self._site_losses)
         return loss
 
@@ -676,13 +803,14 @@ class MissingScoreMatching(ELBO):
         """Compute gradients for one SVI step and return the loss value."""
         if self.estimator not in GUIDED:
             loss, params = self._direct_loss(model, args, kwargs, backward=True)
-            value = self._global_value(float(loss.detach()), loss.device)
+            value = self._global_value(self._read(loss)[0], loss.device)
             self.health.check_step(value, params, site_losses=self._site_losses)
             if loss.requires_grad:
                 loss.backward()
             self.health.check_step(value, params, gradients=True, divergence=False)
             self.diagnostics["loss"] = value
             return value
+        self._sync_schedule()
         cycle = self.guide_steps + 1
         model_step = self._step % cycle == 0
         self._step += 1
@@ -691,7 +819,8 @@ class MissingScoreMatching(ELBO):
         )
         if model_step:
             total = objective + (kl - kl.detach())
-            value = self._global_value(float(objective.detach()), objective.device)
+            local, kl_value = self._read(objective, kl)
+            value = self._global_value(local, objective.device)
             params = model_params + guide_params
             self.health.check_step(value, params, site_losses=self._site_losses)
             if total.requires_grad:
@@ -699,6 +828,7 @@ class MissingScoreMatching(ELBO):
             self.health.check_step(value, params, gradients=True, divergence=False)
             self._last_model_loss = value
         else:
+            (kl_value,) = self._read(kl)
             if guide_params and kl.requires_grad:
                 kl.backward(inputs=guide_params)
             guide_ids = {id(p) for p in guide_params}
@@ -707,7 +837,7 @@ class MissingScoreMatching(ELBO):
                     p.grad = None  # keep Adam from moving model parameters by momentum
         self.diagnostics.update(
             step="model" if model_step else "guide",
-            kl=float(kl.detach()),
+            kl=kl_value,
             loss=self._last_model_loss,
         )
         return self._last_model_loss
