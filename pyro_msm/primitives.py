@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import weakref
 
 import numpy as np
 import pyro
@@ -106,6 +107,56 @@ def _as_mask(name: str, obs: Tensor, obs_mask) -> Tensor:
         f"{tuple(obs.shape)} (coordinate-level) or one that broadcasts to its batch shape "
         f"{tuple(batch_shape)} (row-level)"
     )
+
+
+#: The last validated (obs, obs_mask) of each site name: an SVI loop passes the same tensors at
+#: every step, and checking them again costs a device read per step (a sync on a GPU).
+_CHECKED: dict[str, tuple] = {}
+
+
+def _version_key(value) -> tuple | None:
+    """Identity and in-place version of a tensor (None for anything that can't be tracked)."""
+    if value is None:
+        return ()
+    if isinstance(value, Tensor) and not value.requires_grad:
+        return (weakref.ref(value), value._version)
+    return None
+
+
+def _same(key: tuple, other: tuple) -> bool:
+    """Both keys name the same live tensor at the same version (or both are ``()``, no mask)."""
+    if not key or not other:
+        return key == other
+    return key[0]() is other[0]() and key[1] == other[1]
+
+
+def _checked_data(name: str, obs: Tensor, obs_mask) -> tuple[Tensor, Tensor]:
+    """The coordinate mask of ``obs`` and its data with zeros at missing entries, after checking
+    that no observed entry is NaN or infinite. The result is reused while the same ``obs`` and
+    ``obs_mask`` tensors come back unmodified (tracked by identity and in-place version)."""
+    obs_key, mask_key = _version_key(obs), _version_key(obs_mask)
+    cached = _CHECKED.get(name)
+    if (
+        cached is not None
+        and obs_key is not None
+        and mask_key is not None
+        and _same(cached[0], obs_key)
+        and _same(cached[1], mask_key)
+    ):
+        return cached[2], cached[3]
+    mask = _as_mask(name, obs, obs_mask)
+    bad = mask & ~torch.isfinite(obs)
+    if bool(bad.any()):
+        raise ValueError(
+            f"site '{name}': {int(bad.sum())} entries marked observed are NaN or infinite; mark "
+            "them missing in obs_mask (or leave obs_mask=None to treat NaN as missing)"
+        )
+    data = torch.where(mask, obs, torch.zeros((), dtype=obs.dtype, device=obs.device))
+    if obs_key is not None and mask_key is not None:
+        _CHECKED[name] = (obs_key, mask_key, mask, data)
+    else:
+        _CHECKED.pop(name, None)
+    return mask, data
 
 
 #: Effect type through which a loss may perturb the observed values of a site (denoising).
@@ -213,14 +264,7 @@ def observe(
             f"site '{name}': obs is {obs.dtype} but the distribution's parameters are {dtype}; "
             f"convert the data (obs.to({dtype})) or the model's parameters to one dtype"
         )
-    mask = _as_mask(name, obs, obs_mask)
-    bad = mask & ~torch.isfinite(obs)
-    if bool(bad.any()):
-        raise ValueError(
-            f"site '{name}': {int(bad.sum())} entries marked observed are NaN or infinite; mark "
-            "them missing in obs_mask (or leave obs_mask=None to treat NaN as missing)"
-        )
-    data = torch.where(mask, obs, torch.zeros((), dtype=obs.dtype, device=obs.device))
+    mask, data = _checked_data(name, obs, obs_mask)
     if fn.batch_shape != obs.shape[:-1]:
         fn = fn.expand(torch.broadcast_shapes(fn.batch_shape, obs.shape[:-1]))
     clean = data

@@ -432,3 +432,31 @@ def test_data_and_parameter_dtypes_must_agree(kind):
 def test_empty_table_is_refused():
     with pytest.raises(ValueError, match="site 'x': obs has no rows"):
         observe("x", GaussianEnergy(torch.zeros(3), torch.eye(3)), obs=torch.zeros(0, 3))
+
+
+def test_checks_are_reused_only_while_the_same_tensors_come_back_unmodified(monkeypatch):
+    """An SVI loop passes the same ``obs`` at every step: the NaN check and the zero-filled data
+    are computed once; an in-place change of ``obs`` or its mask, or a new tensor, is checked
+    again (the same error as a first call)."""
+    import pyro_msm.primitives as primitives
+
+    calls = []
+    checked = primitives._as_mask
+    monkeypatch.setattr(
+        primitives, "_as_mask", lambda *a: calls.append(1) or checked(*a)  # count fresh checks
+    )
+    x, mask = table(), coordinate_mask()
+    first = trace_site(x, mask).nodes["x_observed"]["infer"]["pyro_msm"]["data"]
+    again = trace_site(x, mask).nodes["x_observed"]["infer"]["pyro_msm"]["data"]
+    assert len(calls) == 1 and again is first
+    assert torch.equal(first, torch.where(mask, x, torch.zeros(())))
+    x[1, 0] = 5.0  # in place: a new version of the same tensor
+    mask[1, 0] = True
+    value = trace_site(x, mask).nodes["x_observed"]["infer"]["pyro_msm"]["data"]
+    assert len(calls) == 2 and value[1, 0] == 5.0
+    x[1, 0] = NAN  # observed and NaN: refused although the same tensor passed before
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        trace_site(x, mask)
+    y = table(seed=7)
+    assert torch.equal(trace_site(y).nodes["x"]["value"], y)  # a new tensor is checked anew
+    assert len(calls) == 4
