@@ -30,6 +30,7 @@ from ..distributions.domains import in_support
 from .derivatives import log_prob
 from .objectives import Particles
 from .proposals import Proposal
+from .sites import memo
 
 __all__ = [
     "weighted_particles",
@@ -47,7 +48,8 @@ def _complete(x: Tensor, mask: Tensor, draws: Tensor) -> Tensor:
 
 
 def _has_observed(mask: Tensor) -> Tensor:
-    return mask.any(-1).to(torch.get_default_dtype())
+    """``(n,)`` True for the rows with an observed entry (computed once per mask)."""
+    return memo(mask, "has_observed", lambda: mask.any(-1))
 
 
 def weighted_particles(

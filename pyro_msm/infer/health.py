@@ -46,6 +46,8 @@ import pyro
 import torch
 from torch import Tensor
 
+from .sites import memo
+
 __all__ = ["FitHealth", "FitHealthWarning", "FitHealthError", "make_health", "parameter_names"]
 
 
@@ -137,9 +139,13 @@ class FitHealth:
         """
         if not self.enabled or not data.is_floating_point():
             return
-        largest = float(torch.where(mask, data, torch.zeros_like(data)).abs().amax()) if (
-            data.numel()
-        ) else 0.0
+        if not data.numel():
+            return
+        largest = memo(
+            data,
+            "largest_observed",
+            lambda: float(torch.where(mask, data, torch.zeros_like(data)).abs().amax()),
+        )
         limit = torch.finfo(data.dtype).max ** 0.25
         if largest > limit:
             raise FitHealthError(

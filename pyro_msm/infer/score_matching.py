@@ -47,6 +47,7 @@ from .sites import (
     RejectLatent,
     find_data_sites,
     guide_log_prob,
+    memo,
 )
 from .validation import check_site_shape, positive_int, require_guide_sites, translate_errors
 
@@ -388,8 +389,13 @@ class MissingScoreMatching(ELBO):
         if all((site.name, kind) in self._warned for kind in kinds):
             return
         mask = site.mask
-        counts = [(~mask.any(-1)).sum(), (~mask.all(-1) & mask.any(-1)).sum()]
-        self._pending_counts.append((site.name, int(mask.shape[0]), torch.stack(counts)))
+
+        def counts() -> Tensor:
+            return torch.stack([(~mask.any(-1)).sum(), (~mask.all(-1) & mask.any(-1)).sum()])
+
+        self._pending_counts.append(
+            (site.name, int(mask.shape[0]), memo(mask, "dropped_rows", counts))
+        )
 
     def _warn_counts(self, name: str, rows: int, empty: int, dropped: int) -> None:
         """The warnings of :meth:`_warn_dropped_rows`, once the counts are read."""
@@ -583,9 +589,13 @@ class MissingScoreMatching(ELBO):
 
     def _split_rows(self, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Indices of the complete rows and of the rows with a missing and an observed entry."""
-        complete = mask.all(-1)
-        partial = ~complete & mask.any(-1)
-        return complete.nonzero().squeeze(-1), partial.nonzero().squeeze(-1)
+
+        def split() -> tuple[Tensor, Tensor]:
+            complete = mask.all(-1)
+            partial = ~complete & mask.any(-1)
+            return complete.nonzero().squeeze(-1), partial.nonzero().squeeze(-1)
+
+        return memo(mask, "split_rows", split)
 
     def _direct_groups(
         self, site: DataSite, fn: Distribution, x: Tensor, noise_scale: Tensor | None
@@ -618,7 +628,7 @@ class MissingScoreMatching(ELBO):
             return fn if row_fn is None else row_fn, [single(particles)]
         # importance weighting (and EM's E-step)
         r, frozen = self.num_particles, self.estimator == "em"
-        subsampled = bool((site.scale != 1).any()) or self.objective.perturbs
+        subsampled = site.subsampled or self.objective.perturbs
         prepared: PreparedProposal | None = None
         complete, partial = self._split_rows(mask)
         # under data parallelism: fit over ranks (sharded) or factor only my rows (replicated);

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pyro.distributions import Delta, Independent, MaskedDistribution
@@ -21,6 +24,7 @@ __all__ = [
     "PerturbObserved",
     "find_data_sites",
     "guide_log_prob",
+    "memo",
 ]
 
 
@@ -35,6 +39,8 @@ class DataSite:
     :ivar scale: ``(n,)`` row multipliers from subsampled plates and ``poutine.scale``.
     :ivar value: the completed rows as sampled, ``(r, n, d)`` (``r = 1`` without particles).
     :ivar clean: ``(n, d)`` the data before any perturbation by the loss (denoising).
+    :ivar constant_scale: the rows' common multiplier when Pyro recorded one number (no read
+        of the device needed to know whether the rows are subsampled), else None.
     """
 
     name: str
@@ -44,6 +50,40 @@ class DataSite:
     scale: Tensor
     value: Tensor
     clean: Tensor | None = None
+    constant_scale: float | None = None
+
+    @property
+    def subsampled(self) -> bool:
+        """Whether any row carries a multiplier other than 1 (a subsampled plate or a scale)."""
+        if self.constant_scale is not None:
+            return self.constant_scale != 1.0
+        return bool((self.scale != 1).any())
+
+
+def memo(tensor: Tensor, what: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, remembered on ``tensor`` until it is modified in place: what the loss
+    derives from a data set's mask or data (row groups, counts, checks) is computed once, not at
+    every step, as long as the same tensor comes back (:func:`~pyro_msm.observe` returns the same
+    mask and data for the same unmodified input). Tensors that require grad are not memoised.
+
+    :param tensor: the tensor the value is derived from.
+    :param what: the name of the derived value.
+    :param compute: computes it.
+    """
+    if tensor.requires_grad:
+        return compute()
+    stored = getattr(tensor, "_pyro_msm_memo", None)
+    if stored is None or stored[0] != tensor._version:
+        stored = (tensor._version, {})
+        tensor._pyro_msm_memo = stored
+    if what not in stored[1]:
+        stored[1][what] = compute()
+    return stored[1][what]
+
+
+def _rows(t: Tensor, n: int, d: int) -> Tensor:
+    """``t`` as ``(n, d)``, the same tensor object when it already is (so :func:`memo` holds)."""
+    return t if t.shape == (n, d) else t.reshape(n, d)
 
 
 class FillUnobserved(Messenger):
@@ -129,11 +169,14 @@ def find_data_sites(trace: Trace) -> list[DataSite]:
                 DataSite(
                     name=info["name"],
                     fn=site["fn"],
-                    data=data.reshape(n, d),
-                    mask=mask.reshape(n, d),
+                    data=_rows(data, n, d),
+                    mask=_rows(mask, n, d),
                     scale=scale.expand(data.shape[:-1]).reshape(n),
                     value=value.reshape(-1, n, d),
-                    clean=info["clean"].reshape(n, d),
+                    clean=_rows(info["clean"], n, d),
+                    constant_scale=(
+                        float(site["scale"]) if isinstance(site["scale"], numbers.Real) else None
+                    ),
                 )
             )
         elif not (
