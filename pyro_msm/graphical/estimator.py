@@ -161,8 +161,8 @@ class GraphicalScoreMatching(SaveLoadMixin):
     :param ebic_beta: eBIC parameter in ``[0, 1]`` (None: 0.25 for ``"ebic"``, 0.5 for the
         score-matching eBICs, genscore's default; :mod:`~pyro_msm.graphical.selection`).
     :param ebic_refit: score each path estimate after refitting its support without penalty
-        (:func:`~pyro_msm.graphical.support_refits`: ten EM maps on the support; genscore's
-        ``BIC_refit`` is the first).
+        (:func:`~pyro_msm.graphical.support_refits`: EM on the support; genscore's
+        ``BIC_refit`` is its first map).
     :param cv_folds: folds for ``selection="cv"``.
     :param refit: refit the selected support without penalty.
     :param threshold: an edge is :math:`|P_{ij}| >` ``threshold``.

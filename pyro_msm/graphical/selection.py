@@ -54,15 +54,15 @@ default, measured in docs/benchmarks.md, issue 9). Two things made the plain cri
 empty graph at 50% MCAR for :math:`d \ge 50`. (i) The estimates are shrunk, and a one-step
 refit keeps them shrunk (the E-step at a shrunk estimate imputes towards it), so the
 likelihood gain of every graph over the empty one is under-rated; :func:`support_refits` runs
-EM on each support (ten maps reach the constrained fixed point to within one unit of
-:math:`-2\ell` in the measured cells). (ii) An edge's parameter is informed by the rows that
-observe both of its entries, :math:`n_{jk} \approx (1-r)^2 n` under MCAR rate :math:`r`, so
-the Laplace (BIC) term of the edge is :math:`\log n_{jk}` (``sample_size="pairs"``; the same
-as :math:`\log n` on complete data), while the model-size prior :math:`4\beta|E|\log d` does not
-change with missingness: with a quarter of the information per edge and the same prior, the
-default :math:`\beta = 0.5` is too sparse there, and the estimator's likelihood eBIC uses
-:math:`\beta = 0.25` (Foygel & Drton's range; in their simulations 0.25 and 0.5 both work on
-complete data).
+EM on each support (up to thirty maps, stopping at a relative change of 1e-3; at 50% MCAR ten
+maps reached the constrained fixed point to within one unit of :math:`-2\ell`). (ii) An edge's
+parameter is informed by the rows that observe both of its entries,
+:math:`n_{jk} \approx (1-r)^2 n` under MCAR rate :math:`r`, so the Laplace (BIC) term of the
+edge is :math:`\log n_{jk}` (``sample_size="pairs"``; the same as :math:`\log n` on complete
+data), while the model-size prior :math:`4\beta|E|\log d` does not change with missingness:
+with a quarter of the information per edge and the same prior, :math:`\beta = 0.5` selected too
+sparse a graph there, and the estimator's likelihood eBIC uses :math:`\beta = 0.25` (inside
+Foygel & Drton's range :math:`[0, 1]`; chosen on the measured cells, docs/benchmarks.md).
 
 References
 
@@ -204,7 +204,7 @@ def support_refits(
     precisions: Tensor,
     *,
     threshold: float = DEFAULT_EDGE_THRESHOLD,
-    max_iter: int = 10,
+    max_iter: int = 30,
     tol: float = 1e-3,
 ) -> Tensor:
     """Refit each estimate of a path on its own support without penalty: EM score matching
@@ -216,7 +216,8 @@ def support_refits(
     shrunk conditional means, so the Gram matrix, and the refit, stay shrunk towards the
     penalised fit, and a likelihood criterion then under-rates every graph against the empty
     one (docs/benchmarks.md, issue 9: at 50% MCAR, d = 50-100, -2 log-likelihood gains grew by
-    30-90% from one map to ten, and ten maps were within 1 of thirty).
+    26-112% from one map to ten, and ten maps were within 1 of thirty; at 80% MCAR the refits
+    need up to thirty maps; they stop earlier once converged).
 
     :param max_iter: EM maps per estimate (1: genscore's one-step refit).
     :param tol: relative tolerance of the refit's EM.
