@@ -170,15 +170,18 @@ class EStepPlan:
 
 @dataclass
 class EStepGroup:
-    r"""The patterns of an :class:`EStepPlan` whose missing block has ``a`` entries.
+    r"""The patterns of an :class:`EStepPlan` whose missing block has ``a`` entries (``k``
+    patterns, ``m`` rows, ``b = d - a``).
 
     :ivar precision_form: factorise :math:`P_{uu}` (``2a <= d``) rather than
         :math:`\Sigma_{oo}`.
-    :ivar counts: ``(k,)`` rows per pattern. :ivar local: ``(m,)`` each row's pattern in
-        the group. :ivar uu: ``(k, a, a)`` flat indices of the :math:`uu` blocks.
-    :ivar uo: ``(k, a, b)`` and :ivar oo: ``(k, b, b)`` flat indices (covariance form only).
-    :ivar row_u: ``(m, a)`` flat indices of the rows' missing entries;
-        :ivar row_o: ``(m, b)`` of their observed entries (covariance form only).
+    :ivar counts: ``(k,)`` rows per pattern.
+    :ivar local: ``(m,)`` each row's pattern within the group.
+    :ivar uu: ``(k, a, a)`` flat indices of the :math:`uu` blocks of a ``d x d`` matrix.
+    :ivar uo: ``(k, a, b)`` flat indices of the :math:`uo` blocks (covariance form only).
+    :ivar oo: ``(k, b, b)`` flat indices of the :math:`oo` blocks (covariance form only).
+    :ivar row_u: ``(m, a)`` flat indices of the rows' missing entries in the ``(n, d)`` table.
+    :ivar row_o: ``(m, b)`` flat indices of their observed entries (covariance form only).
     :ivar u_index: ``(k, a)`` the missing columns.
     """
 
