@@ -125,7 +125,10 @@ class GraphicalScoreMatching(SaveLoadMixin):
       same objective.
 
     **Selection** (``selection``): ``"ebic"`` (default), the eBIC of the observed-data
-    Gaussian likelihood (:func:`~pyro_msm.graphical.ebic`), exact for this model; ``"ebic_sm"``,
+    Gaussian likelihood (:func:`~pyro_msm.graphical.ebic`), exact for this model, with each
+    edge's BIC term the log of the rows that observe its pair (``sample_size="pairs"``),
+    beta 0.25 and each support refitted by EM (``ebic_refit``; the calibration for missing
+    data, :mod:`~pyro_msm.graphical.selection`); ``"ebic_sm"``,
     the eBIC of the score-matching loss calibrated as in genscore
     (:func:`~pyro_msm.graphical.ebic_score_matching`; measured to select too many edges on
     Gaussian data, docs/benchmarks.md, so not the default); ``"cv"``, ``cv_folds``-fold
