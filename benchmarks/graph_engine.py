@@ -5,8 +5,9 @@ with one torch/BLAS thread, interleaved cell by cell; the columns are path ROC A
 recovery, the F1 of the graph each method selects, and seconds:
 
 - ``default``: ``GraphicalScoreMatching().fit(X)`` with its defaults (path + selection);
-- ``em`` / ``marginal``: the exact solvers' paths (F1 at the likelihood eBIC after support
-  refits, the default's rule; ``f1_ebic_sm``: at genscore's score-matching eBIC);
+- ``em`` / ``marginal``: the exact solvers' paths (F1 at the likelihood eBIC after EM support
+  refits, pair sample sizes and beta 0.25, the default's rule; ``f1_ebic_sm``: at genscore's
+  score-matching eBIC);
 - ``mean_glasso`` / ``iterative_glasso``: imputation, then scikit-learn's graphical lasso path
   (F1 at the likelihood eBIC of the imputed table); ``iterative_glasso_cv``: IterativeImputer,
   then GraphicalLassoCV (F1 of its choice; seconds include the imputation);
@@ -56,6 +57,7 @@ from pyro_msm.graphical import (  # noqa: E402
     simulate_graph,
     support_refits,
 )
+from pyro_msm.graphical.estimator import LIKELIHOOD_EBIC_BETA  # noqa: E402
 from pyro_msm.graphical.path import PenaltyPath, as_data_and_mask  # noqa: E402
 from pyro_msm.graphical.quadratic import max_penalty  # noqa: E402
 
@@ -136,7 +138,8 @@ def run_cell(
         def run():
             path = fn(data, mask, num_penalties=k)
             refits = support_refits(data, mask, path.locs, path.precisions)
-            index, _ = select_ebic(data, mask, path.locs, refits)
+            index, _ = select_ebic(data, mask, path.locs, refits, beta=LIKELIHOOD_EBIC_BETA,
+                                   sample_size="pairs")  # the default's rule  # fmt: skip
             return path, path.precisions[index]
 
         return run

@@ -257,12 +257,47 @@ def test_edge_of_grid_warning_fires_when_it_should():
     # tiny penalties on a graph whose every pair is an edge: the smallest is selected
     dense = simulate_graph("erdos_renyi", d=5, n=3000, missing_rate=0.2, seed=12, p=1.0)
     with pytest.warns(GridEdgeWarning, match="smallest"):
-        GraphicalScoreMatching(penalties=[1e-2, 5e-3, 1e-3]).fit(dense.observed)
+        # (scored without refits: refitted, the three full supports score alike)
+        GraphicalScoreMatching(penalties=[1e-2, 5e-3, 1e-3], ebic_refit=False).fit(dense.observed)
     # a default grid on a sparse graph: no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error", GridEdgeWarning)
         model = GraphicalScoreMatching(num_penalties=15).fit(problem.observed)
     assert 0 < model.penalty_index_ < 14
+
+
+def test_default_selection_at_half_missing_in_fifty_dimensions():
+    """At 50% MCAR and d = 50 the default (likelihood eBIC over the rows that observe each pair,
+    beta 0.25, EM refits of each support) selects a graph close to the truth, not an end of the
+    grid (docs/benchmarks.md, issue 9)."""
+    from pyro_msm.graphical import ebic, observed_log_likelihood, support_refits
+
+    problem = simulate_graph("chain", d=50, n=500, missing_rate=0.5, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridEdgeWarning)
+        model = GraphicalScoreMatching(num_penalties=8, progress=False).fit(problem.observed)
+    assert f1_score(problem.adjacency, model.adjacency_) > 0.8
+    assert 0 < model.penalty_index_ < 7
+    path = model.path_
+    data, mask = as_data_and_mask(problem.observed.double())
+    # EM refits climb the observed-data likelihood from genscore's one-step refit
+    one = support_refits(data, mask, path.locs[1:3], path.precisions[1:3], max_iter=1)
+    ten = support_refits(data, mask, path.locs[1:3], path.precisions[1:3])
+    for k in range(2):
+        gain = observed_log_likelihood(data, mask, path.locs[k + 1], ten[k]).sum()
+        assert float(gain) > float(
+            observed_log_likelihood(data, mask, path.locs[k + 1], one[k]).sum()
+        )
+        on = edges_from_precision(path.precisions[k + 1]) | torch.eye(50, dtype=torch.bool)
+        assert bool((ten[k][~on] == 0).all())
+    # on complete data the pair counts are n: both sample sizes give the same criterion
+    full = torch.ones_like(mask)
+    x = problem.x.double()
+    rows = ebic(x, full, path.locs[:3], path.precisions[:3], sample_size="rows")
+    pairs = ebic(x, full, path.locs[:3], path.precisions[:3], sample_size="pairs")
+    assert torch.allclose(rows, pairs, rtol=1e-12)
+    with pytest.raises(ValueError, match="sample_size"):
+        ebic(x, full, path.locs[:1], path.precisions[:1], sample_size="cells")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -37,6 +37,11 @@ SOLVERS = ("auto", "em", "marginal", "quadratic", "nonnegative", "iterative")
 #: Selection rules of :class:`GraphicalScoreMatching`.
 SELECTIONS = ("ebic", "ebic_sm", "cv")
 
+#: The default eBIC parameter of the likelihood eBIC (``selection="ebic"``): the value that
+#: selected near the best graph on the missing-data cells of docs/benchmarks.md (issue 9),
+#: where 0.5 picked the empty graph or the first point after it.
+LIKELIHOOD_EBIC_BETA = 0.25
+
 #: Default path length of the exact solvers (the iterative solver keeps the paper's 100).
 EXACT_NUM_PENALTIES = 20
 
@@ -120,7 +125,10 @@ class GraphicalScoreMatching(SaveLoadMixin):
       same objective.
 
     **Selection** (``selection``): ``"ebic"`` (default), the eBIC of the observed-data
-    Gaussian likelihood (:func:`~pyro_msm.graphical.ebic`), exact for this model; ``"ebic_sm"``,
+    Gaussian likelihood (:func:`~pyro_msm.graphical.ebic`), exact for this model, with each
+    edge's BIC term the log of the rows that observe its pair (``sample_size="pairs"``),
+    beta 0.25 and each support refitted by EM (``ebic_refit``; the calibration for missing
+    data, :mod:`~pyro_msm.graphical.selection`); ``"ebic_sm"``,
     the eBIC of the score-matching loss calibrated as in genscore
     (:func:`~pyro_msm.graphical.ebic_score_matching`; measured to select too many edges on
     Gaussian data, docs/benchmarks.md, so not the default); ``"cv"``, ``cv_folds``-fold
@@ -153,9 +161,11 @@ class GraphicalScoreMatching(SaveLoadMixin):
         the iterative one).
     :param penalty_ratio: smallest over largest default penalty.
     :param selection: one of :data:`SELECTIONS`.
-    :param ebic_beta: eBIC parameter in ``[0, 1]``.
+    :param ebic_beta: eBIC parameter in ``[0, 1]`` (None: 0.25 for ``"ebic"``, 0.5 for the
+        score-matching eBICs, genscore's default; :mod:`~pyro_msm.graphical.selection`).
     :param ebic_refit: score each path estimate after refitting its support without penalty
-        (:func:`~pyro_msm.graphical.support_refits`; genscore's ``BIC_refit``).
+        (:func:`~pyro_msm.graphical.support_refits`: EM on the support; genscore's
+        ``BIC_refit`` is its first map).
     :param cv_folds: folds for ``selection="cv"``.
     :param refit: refit the selected support without penalty.
     :param threshold: an edge is :math:`|P_{ij}| >` ``threshold``.
@@ -201,7 +211,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
         num_penalties: int | None = None,
         penalty_ratio: float = 0.01,
         selection: str = "ebic",
-        ebic_beta: float = 0.5,
+        ebic_beta: float | None = None,
         ebic_refit: bool = True,
         cv_folds: int = 5,
         refit: bool = False,
@@ -276,7 +286,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
             raise ValueError(f"unknown selection {self.selection!r}; choose one of {SELECTIONS}")
         if self.prox not in PROX_RULES:
             raise ValueError(f"unknown prox {self.prox!r}; choose one of {PROX_RULES}")
-        if not 0.0 <= self.ebic_beta <= 1.0:
+        if self.ebic_beta is not None and not 0.0 <= self.ebic_beta <= 1.0:
             raise ValueError(f"ebic_beta must be in [0, 1], got {self.ebic_beta}")
         if not self.threshold >= 0:
             raise ValueError(f"threshold must be non-negative, got {self.threshold}")
@@ -430,12 +440,17 @@ class GraphicalScoreMatching(SaveLoadMixin):
             del self.feature_names_in_
         return self
 
+    def _beta(self, likelihood: bool) -> float:
+        if self.ebic_beta is not None:
+            return float(self.ebic_beta)
+        return LIKELIHOOD_EBIC_BETA if likelihood else 0.5
+
     def _select(
         self, data: Tensor, observed: Tensor, solver: str, path: PenaltyPath
     ) -> tuple[int, Tensor]:
         if solver == "nonnegative":
             scores = ebic_from_losses(
-                path.losses, path.precisions, int(data.shape[0]), beta=self.ebic_beta,
+                path.losses, path.precisions, int(data.shape[0]), beta=self._beta(False),
                 threshold=self.threshold,
             )  # fmt: skip
         elif self.selection == "ebic":
@@ -445,12 +460,12 @@ class GraphicalScoreMatching(SaveLoadMixin):
                     data, observed, path.locs, precisions, threshold=self.threshold
                 )
             scores = ebic(
-                data, observed, path.locs, precisions, beta=self.ebic_beta,
-                threshold=self.threshold,
+                data, observed, path.locs, precisions, beta=self._beta(True),
+                threshold=self.threshold, sample_size="pairs",
             )  # fmt: skip
         elif self.selection == "ebic_sm":
             scores = ebic_score_matching(
-                data, observed, path.locs, path.precisions, beta=self.ebic_beta,
+                data, observed, path.locs, path.precisions, beta=self._beta(False),
                 threshold=self.threshold, refit=self.ebic_refit,
             )  # fmt: skip
         else:

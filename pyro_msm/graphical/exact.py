@@ -63,9 +63,9 @@ from torch import Tensor
 
 from ..infer.gaussian import (
     PatternStatistics,
+    estep_plan,
     expected_statistics,
     grouped_marginal_loss,
-    missingness_patterns,
     pattern_statistics,
 )
 from .path import PenaltyPath, as_data_and_mask
@@ -465,6 +465,7 @@ def em_score_matching(
     max_iter: int = 500,
     inner_tol: float = 1e-9,
     support: Tensor | None = None,
+    accelerate: bool = True,
 ) -> ExactSolution:
     r"""EM score matching for a Gaussian model at one penalty (module doc).
 
@@ -482,6 +483,7 @@ def em_score_matching(
     :param max_iter: EM iterations at most.
     :param inner_tol: tolerance of the M-step's FISTA.
     :param support: optional boolean ``(d, d)``: entries off it held at zero (a refit).
+    :param accelerate: SQUAREM extrapolation of the EM map (:func:`em_iterations`).
     :returns: an :class:`ExactSolution`; ``covariance`` is the last E-step's :math:`S`, and
         ``info["floored"]`` counts M-steps whose solution had to be lifted to positive definite.
     """
@@ -500,7 +502,7 @@ def em_score_matching(
     complete = bool(observed.all())
     return em_iterations(
         _in_memory_estep(data, observed), loc, p, penalty, complete=complete, tol=tol,
-        max_iter=max_iter, inner_tol=inner_tol, support=keep,
+        max_iter=max_iter, inner_tol=inner_tol, support=keep, accelerate=accelerate,
     )  # fmt: skip
 
 
@@ -512,10 +514,10 @@ EStep = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 def _in_memory_estep(data: Tensor, observed: Tensor) -> EStep:
     """The E-step of a table held in memory (missingness patterns grouped once)."""
-    patterns = missingness_patterns(observed)
+    plan = estep_plan(observed)
 
     def estep(loc: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-        _, mean, s = expected_statistics(data, observed, loc, p, patterns=patterns)
+        _, mean, s = expected_statistics(data, observed, loc, p, plan=plan)
         return mean, s
 
     return estep
@@ -532,46 +534,123 @@ def em_iterations(
     max_iter: int = 500,
     inner_tol: float = 1e-9,
     support: Tensor | None = None,
+    accelerate: bool = True,
 ) -> ExactSolution:
     r"""The EM loop of :func:`em_score_matching` for any E-step: E-step, then the quadratic
     M-step on its Gram matrix (warm-started, with an inner tolerance that tightens as EM
     converges), until no entry of :math:`(\mu, P)` moves by more than
-    ``tol * max(1, max |P|)``.
+    ``tol * max(1, max |P|)`` in one EM map.
+
+    With ``accelerate`` the EM map :math:`F` is extrapolated by SQUAREM (Varadhan & Roland
+    2008, scheme S3): from :math:`\theta_0`, two maps give :math:`r = F(\theta_0)-\theta_0`
+    and :math:`v = F(F(\theta_0)) - 2F(\theta_0) + \theta_0`, the step is
+    :math:`\alpha = -\lVert r\rVert/\lVert v\rVert` (at most :math:`-1`, plain EM, and at
+    least a bound that grows by 4 when it binds), and the next point is one map from
+    :math:`\theta_0 - 2\alpha r + \alpha^2 v`. An extrapolation that leaves the
+    positive-definite cone, or whose map moves more than the plain EM map did, is dropped for
+    the plain point :math:`F(F(\theta_0))` (and the bound shrinks). The fixed points are
+    EM's: the stopping rule is the same change of one map. EM's rate is the fraction of
+    missing information, so at high missing rates plain EM needs hundreds of maps per
+    penalty; SQUAREM's fixed points and stopping rule are EM's, with several times fewer maps
+    (``benchmarks/graph_engine.py``, docs/benchmarks.md).
 
     :param estep: ``(loc, precision) -> (mean, S)`` (:data:`EStep`).
     :param loc: starting mean ``(d,)``. :param precision: starting precision ``(d, d)``,
         symmetric positive definite (zero off ``support`` if given).
     :param penalty: :math:`\gamma \ge 0`.
     :param complete: the table has no missing entry (one iteration suffices).
+    :param max_iter: EM maps at most (E-steps, the cost).
     :param support: boolean ``(d, d)`` with the diagonal, or None.
-    :returns: an :class:`ExactSolution`.
+    :param accelerate: SQUAREM extrapolation (False: plain EM).
+    :returns: an :class:`ExactSolution` (``iterations`` counts EM maps; ``info`` holds
+        ``floored``, ``inner_iterations``, ``extrapolations`` and ``rejected``).
+
+    References: Varadhan & Roland, "Simple and globally convergent methods for accelerating
+    the convergence of any EM algorithm", Scandinavian Journal of Statistics 35, 2008.
     """
-    p, keep = precision, support
-    converged, k, floored, inner = False, 0, 0, 0
-    s = None
-    inner_now = inner_tol if complete else max(inner_tol, 1e-4)
-    for k in range(1, int(max_iter) + 1):  # noqa: B007
-        mean, s = estep(loc, p)
-        # the M-step need only be as accurate as EM is close to its fixed point
-        sol = quadratic_score_matching(s, penalty, init=p, tol=inner_now, support=keep)
-        inner += sol.iterations
+    keep = support
+    state = {"maps": 0, "floored": 0, "inner": 0,
+             "inner_now": inner_tol if complete else max(inner_tol, 1e-4)}  # fmt: skip
+
+    def em_map(theta: tuple[Tensor, Tensor]) -> tuple[tuple[Tensor, Tensor], float, Tensor]:
+        """One EM map from ``theta``, its relative change and the E-step's Gram matrix."""
+        mean, s = estep(*theta)
+        sol = quadratic_score_matching(
+            s, penalty, init=theta[1], tol=state["inner_now"], support=keep
+        )
         new, lifted = _floor_to_positive_definite(sol.precision)
-        floored += int(lifted)
-        size = max(float((new - p).abs().max()), float((mean - loc).abs().max()))
-        p, loc = new, mean
-        relative = size / max(1.0, float(p.abs().max()))
-        if complete or (relative <= tol and inner_now <= max(inner_tol, 0.01 * tol)):
+        state["maps"] += 1
+        state["inner"] += sol.iterations
+        state["floored"] += int(lifted)
+        size = max(float((new - theta[1]).abs().max()), float((mean - theta[0]).abs().max()))
+        relative = size / max(1.0, float(new.abs().max()))
+        return (mean, new), relative, s
+
+    def done(relative: float) -> bool:
+        # the M-step need only be as accurate as EM is close to its fixed point
+        ok = relative <= tol and state["inner_now"] <= max(inner_tol, 0.01 * tol)
+        state["inner_now"] = max(inner_tol, min(state["inner_now"], 0.01 * relative))
+        return ok
+
+    theta, gram = (loc, precision), None  # gram: the E-step Gram matrix that gave theta
+    converged = False
+    extrapolations = rejected = 0
+    step_max = 1.0
+    while state["maps"] < int(max_iter):
+        t1, rel1, s1 = em_map(theta)
+        if complete or done(rel1):
+            theta, gram, converged = t1, s1, True
+            break
+        if state["maps"] >= int(max_iter):
+            theta, gram = t1, s1
+            break
+        t2, rel2, s2 = em_map(t1)
+        if done(rel2):
+            theta, gram, converged = t2, s2, True
+            break
+        if not accelerate or state["maps"] >= int(max_iter):
+            theta, gram = t2, s2
+            continue
+        r = [a - b for a, b in zip(t1, theta, strict=True)]
+        v = [c - 2 * a + b for c, a, b in zip(t2, t1, theta, strict=True)]
+        r_norm = math.sqrt(sum(float((u * u).sum()) for u in r))
+        v_norm = math.sqrt(sum(float((u * u).sum()) for u in v))
+        wanted = min(-r_norm / max(v_norm, 1e-300), -1.0)
+        alpha = max(wanted, -step_max)
+        if alpha == -1.0:  # plain EM; let the bound grow if it held the step back
+            theta, gram = t2, s2
+            step_max *= 4.0 if wanted < -1.0 else 1.0
+            continue
+        jump = tuple(
+            b - 2 * alpha * dr + alpha * alpha * dv
+            for b, dr, dv in zip(theta, r, v, strict=True)
+        )
+        p_jump = 0.5 * (jump[1] + jump[1].T)
+        if keep is not None:
+            p_jump = p_jump * keep
+        if not _is_positive_definite(p_jump):
+            theta, gram, rejected, step_max = t2, s2, rejected + 1, max(1.0, step_max / 4)
+            continue
+        t3, rel3, s3 = em_map((jump[0], p_jump))
+        extrapolations += 1
+        if not math.isfinite(rel3) or rel3 > rel2:  # the extrapolation did not help
+            theta, gram, rejected, step_max = t2, s2, rejected + 1, max(1.0, step_max / 4)
+            continue
+        if alpha == -step_max:
+            step_max *= 4.0
+        theta, gram = t3, s3
+        if done(rel3):
             converged = True
             break
-        inner_now = max(inner_tol, min(inner_now, 0.01 * relative))
     return ExactSolution(
-        loc=loc,
-        precision=p,
-        iterations=k,
+        loc=theta[0],
+        precision=theta[1],
+        iterations=state["maps"],
         converged=converged,
-        covariance=s,
-        info={"floored": floored, "inner_iterations": inner},
-    )
+        covariance=gram,
+        info={"floored": state["floored"], "inner_iterations": state["inner"],
+              "extrapolations": extrapolations, "rejected": rejected},
+    )  # fmt: skip
 
 
 def em_path(
@@ -584,6 +663,7 @@ def em_path(
     tol: float = 1e-4,
     max_iter: int = 500,
     inner_tol: float = 1e-9,
+    accelerate: bool = True,
     progress: bool | None = False,
 ) -> PenaltyPath:
     """:func:`em_score_matching` along decreasing penalties (default :func:`exact_penalties`),
@@ -599,7 +679,7 @@ def em_path(
     return em_path_from(
         _in_memory_estep(data, observed), grid, loc, precision,
         complete=bool(observed.all()), tol=tol, max_iter=max_iter, inner_tol=inner_tol,
-        progress=progress,
+        accelerate=accelerate, progress=progress,
     )  # fmt: skip
 
 
@@ -613,6 +693,7 @@ def em_path_from(
     tol: float = 1e-4,
     max_iter: int = 500,
     inner_tol: float = 1e-9,
+    accelerate: bool = True,
     progress: bool | None = False,
 ) -> PenaltyPath:
     """The EM path for any E-step (:data:`EStep`): :func:`em_iterations` at each of the
@@ -634,7 +715,7 @@ def em_path_from(
             p, _ = _floor_to_positive_definite(0.5 * (state[1] + state[1].T))
             sol = em_iterations(
                 estep, state[0], p, gamma, complete=complete, tol=tol, max_iter=max_iter,
-                inner_tol=inner_tol,
+                inner_tol=inner_tol, accelerate=accelerate,
             )  # fmt: skip
             state = (sol.loc, sol.precision)
             precisions.append(sol.precision)

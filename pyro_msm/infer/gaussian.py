@@ -20,6 +20,9 @@ __all__ = [
     "pattern_statistics",
     "pattern_blocks",
     "grouped_marginal_loss",
+    "EStepPlan",
+    "EStepGroup",
+    "estep_plan",
     "expected_statistics",
     "restrict",
     "marginal_score",
@@ -150,6 +153,91 @@ def grouped_marginal_loss(stats: PatternStatistics, loc: Tensor, precision: Tens
     return total / stats.num_rows
 
 
+@dataclass
+class EStepPlan:
+    r"""The index bookkeeping of :func:`expected_statistics` for one mask, computed once
+    (:func:`estep_plan`) and reused by every E-step of an EM run: the missingness patterns,
+    grouped by the size of their missing block, with flat indices of each pattern's blocks of a
+    ``d x d`` matrix and of each row's missing and observed entries of the ``(n, d)`` table.
+
+    :ivar shape: ``(n, d)`` of the table.
+    :ivar groups: one :class:`EStepGroup` per missing-block size ``a >= 1``.
+    """
+
+    shape: tuple[int, int]
+    groups: list[EStepGroup]
+
+
+@dataclass
+class EStepGroup:
+    r"""The patterns of an :class:`EStepPlan` whose missing block has ``a`` entries (``k``
+    patterns, ``m`` rows, ``b = d - a``).
+
+    :ivar precision_form: factorise :math:`P_{uu}` (``2a <= d``) rather than
+        :math:`\Sigma_{oo}`.
+    :ivar counts: ``(k,)`` rows per pattern.
+    :ivar local: ``(m,)`` each row's pattern within the group.
+    :ivar uu: ``(k, a, a)`` flat indices of the :math:`uu` blocks of a ``d x d`` matrix.
+    :ivar uo: ``(k, a, b)`` flat indices of the :math:`uo` blocks (covariance form only).
+    :ivar oo: ``(k, b, b)`` flat indices of the :math:`oo` blocks (covariance form only).
+    :ivar row_u: ``(m, a)`` flat indices of the rows' missing entries in the ``(n, d)`` table.
+    :ivar row_o: ``(m, b)`` flat indices of their observed entries (covariance form only).
+    :ivar u_index: ``(k, a)`` the missing columns.
+    """
+
+    precision_form: bool
+    counts: Tensor
+    local: Tensor
+    uu: Tensor
+    uo: Tensor | None
+    oo: Tensor | None
+    row_u: Tensor
+    row_o: Tensor | None
+    u_index: Tensor
+
+
+def estep_plan(
+    mask: Tensor, *, patterns: tuple[Tensor, Tensor] | None = None
+) -> EStepPlan:
+    """The :class:`EStepPlan` of a mask (for :func:`expected_statistics`'s ``plan``).
+
+    :param mask: boolean ``(n, d)``, True where observed.
+    :param patterns: ``missingness_patterns(mask)`` if already computed.
+    :returns: an :class:`EStepPlan`.
+    """
+    pats, inverse = missingness_patterns(mask) if patterns is None else patterns
+    n, d = mask.shape
+    device = mask.device
+    missing = ~pats
+    counts = torch.bincount(inverse, minlength=pats.shape[0])
+    position = torch.empty(pats.shape[0], dtype=torch.long, device=device)
+    row_size = missing.sum(-1)[inverse]
+    groups = []
+    for group, u_index in pattern_blocks(missing):
+        a = u_index.shape[1]
+        position[group] = torch.arange(group.shape[0], device=device)
+        rows = torch.nonzero(row_size == a).flatten()
+        local = position[inverse[rows]]
+        precision_form = 2 * a <= d
+        u_rows = u_index[local]
+        uu = u_index.unsqueeze(-1) * d + u_index.unsqueeze(-2)
+        uo = oo = row_o = None
+        if not precision_form:
+            o_index = torch.sort(missing[group].to(torch.int8), dim=-1, stable=True).indices
+            o_index = o_index[:, : d - a]
+            uo = u_index.unsqueeze(-1) * d + o_index.unsqueeze(-2)
+            oo = o_index.unsqueeze(-1) * d + o_index.unsqueeze(-2)
+            row_o = rows.unsqueeze(-1) * d + o_index[local]
+        groups.append(
+            EStepGroup(
+                precision_form=precision_form, counts=counts[group], local=local, uu=uu,
+                uo=uo, oo=oo, row_u=rows.unsqueeze(-1) * d + u_rows, row_o=row_o,
+                u_index=u_index,
+            )  # fmt: skip
+        )
+    return EStepPlan(shape=(int(n), int(d)), groups=groups)
+
+
 def expected_statistics(
     x: Tensor,
     mask: Tensor,
@@ -157,6 +245,7 @@ def expected_statistics(
     precision: Tensor,
     *,
     patterns: tuple[Tensor, Tensor] | None = None,
+    plan: EStepPlan | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""E-step of EM for :math:`N(\mu, P^{-1})`: the completed rows' expected first and second
     moments, with one factorisation per missingness pattern.
@@ -168,7 +257,9 @@ def expected_statistics(
     = \Sigma_{uu}-\Sigma_{uo}\Sigma_{oo}^{-1}\Sigma_{ou}`,
     shared by the rows of a pattern. Patterns are batched by the size of their missing block;
     the precision form factorises :math:`P_{uu}` when :math:`|u| \le |o|`, the covariance form
-    :math:`\Sigma_{oo}` otherwise (the smaller block). Returns
+    :math:`\Sigma_{oo}` otherwise (the smaller block). The blocks are read and the conditional
+    covariances summed through the flat indices of an :class:`EStepPlan`
+    (:func:`estep_plan`, built once per mask; pass it to every E-step of a run). Returns
     :math:`\bar\mu = \frac1n\sum_i E[x_i]` and
     :math:`S = \frac1n\sum_i [(E x_i-\bar\mu)(E x_i-\bar\mu)^\top + C_i]`.
 
@@ -176,57 +267,44 @@ def expected_statistics(
     :param mask: boolean ``(n, d)``, True where observed.
     :param loc: ``(d,)``. :param precision: ``(d, d)`` positive definite.
     :param patterns: ``missingness_patterns(mask)`` if already computed.
+    :param plan: ``estep_plan(mask)`` if already computed (then ``patterns`` is not used).
     :returns: ``(completed, mean, covariance)``: the conditional means ``(n, d)`` (equal to
         ``x`` where observed), :math:`\bar\mu` ``(d,)`` and :math:`S` ``(d, d)``.
     """
-    pats, inverse = missingness_patterns(mask) if patterns is None else patterns
+    if plan is None:
+        plan = estep_plan(mask, patterns=patterns)
     n, d = x.shape
+    if plan.shape != (n, d):
+        raise ValueError(f"plan is for a {plan.shape} table, got {(n, d)}; rebuild it")
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     diff = torch.where(mask, x - loc, zero)  # x_o - mu_o, zero on u
-    completed = torch.where(mask, x, loc.expand_as(x))
-    counts = torch.bincount(inverse, minlength=pats.shape[0]).to(x.dtype)
-    conditional = torch.zeros(d, d, dtype=x.dtype, device=x.device)
+    completed = torch.where(mask, x, loc.expand_as(x)).contiguous()
+    flat_completed = completed.view(-1)  # row-major, as the plan's flat indices
+    flat_p = precision.reshape(-1)
+    conditional = torch.zeros(d * d, dtype=x.dtype, device=x.device)
     covariance = None
     rhs = None
-    missing = ~pats
-    position = torch.empty(pats.shape[0], dtype=torch.long, device=x.device)
-    row_size = missing.sum(-1)[inverse]
-    for group, u_index in pattern_blocks(missing):
-        a = u_index.shape[1]
-        position[group] = torch.arange(group.shape[0], device=x.device)
-        rows = torch.nonzero(row_size == a).flatten()
-        local = position[inverse[rows]]
-        if 2 * a <= d:  # precision form on the missing block
-            chol = torch.linalg.cholesky(_block(precision, u_index))
-            cond = torch.cholesky_inverse(chol)  # (k, a, a)
+    for g in plan.groups:
+        if g.precision_form:  # on the missing block
+            cond = torch.cholesky_inverse(torch.linalg.cholesky(flat_p[g.uu]))  # (k, a, a)
             if rhs is None:
-                rhs = diff @ precision.mT  # P_{., o} (x_o - mu_o)
-            r_u = torch.gather(rhs[rows], 1, u_index[local])
-            shift = -(cond[local] @ r_u.unsqueeze(-1)).squeeze(-1)
+                rhs = (diff @ precision.mT).reshape(-1)  # P_{., o} (x_o - mu_o)
+            shift = -(cond[g.local] @ rhs[g.row_u].unsqueeze(-1)).squeeze(-1)
         else:  # covariance form on the (smaller) observed block
             if covariance is None:
-                covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
-            o_index = torch.sort(
-                (~missing[group]).logical_not().to(torch.int8), dim=-1, stable=True
-            ).indices[:, : d - a]
-            s_oo = _block(covariance, o_index)
-            s_uo = _block(covariance, u_index, o_index)
-            chol = torch.linalg.cholesky(s_oo)
+                covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision)).reshape(-1)
+            s_uo = covariance[g.uo]
+            chol = torch.linalg.cholesky(covariance[g.oo])
             gain = torch.cholesky_solve(s_uo.mT, chol)  # Sigma_oo^-1 Sigma_ou: (k, b, a)
-            cond = _block(covariance, u_index) - s_uo @ gain
-            r_o = torch.gather(diff[rows], 1, o_index[local])
-            shift = (gain[local].mT @ r_o.unsqueeze(-1)).squeeze(-1)
-        u_rows = u_index[local]
-        completed[rows.unsqueeze(-1), u_rows] = loc[u_rows] + shift
-        weighted = counts[group][:, None, None] * 0.5 * (cond + cond.mT)
-        conditional.index_put_(
-            (u_index.unsqueeze(-1).expand_as(cond), u_index.unsqueeze(-2).expand_as(cond)),
-            weighted,
-            accumulate=True,
-        )
+            cond = covariance[g.uu] - s_uo @ gain
+            r_o = diff.reshape(-1)[g.row_o]
+            shift = (gain[g.local].mT @ r_o.unsqueeze(-1)).squeeze(-1)
+        flat_completed[g.row_u] = loc[g.u_index[g.local]] + shift
+        weighted = g.counts.to(x.dtype)[:, None, None] * 0.5 * (cond + cond.mT)
+        conditional.index_add_(0, g.uu.reshape(-1), weighted.reshape(-1))
     mean = completed.mean(0)
     centred = completed - mean
-    s = (centred.T @ centred + conditional) / n
+    s = (centred.T @ centred + conditional.view(d, d)) / n
     return completed, mean, 0.5 * (s + s.T)
 
 
