@@ -460,3 +460,24 @@ def test_checks_are_reused_only_while_the_same_tensors_come_back_unmodified(monk
     y = table(seed=7)
     assert torch.equal(trace_site(y).nodes["x"]["value"], y)  # a new tensor is checked anew
     assert len(calls) == 4
+
+
+def test_memo_recomputes_after_an_in_place_change_and_never_for_grad_tensors():
+    """What the loss derives from a data set's mask (row groups, counts) is computed once per
+    tensor version: a stale value after an in-place change would silently mis-group rows."""
+    from pyro_msm.infer.sites import memo
+
+    mask = coordinate_mask()
+    calls = []
+
+    def rows_with_missing():
+        calls.append(1)
+        return (~mask).any(-1).nonzero().squeeze(-1)
+
+    first = memo(mask, "rows", rows_with_missing)
+    assert memo(mask, "rows", rows_with_missing) is first and len(calls) == 1
+    mask[:] = True  # in place: no row misses anything now
+    assert memo(mask, "rows", rows_with_missing).numel() == 0 and len(calls) == 2
+    x = table().requires_grad_()
+    assert memo(x, "sum", lambda: x.sum()).requires_grad  # computed, never stored
+    assert not hasattr(x, "_pyro_msm_memo")
