@@ -155,10 +155,15 @@ def test_proposals_follow_the_data(dtype):
 
 
 def test_graph_solvers_follow_the_data():
-    """The exact EM and marginal paths and the quadratic solver, on CPU float64 data under
-    meta/float32 defaults (the penalty grid is given: a default grid is made from Python floats
-    by :func:`~pyro_msm.graphical.penalty_grid` on torch's default device)."""
-    from pyro_msm.graphical import em_path, marginal_path, quadratic_path, sample_covariance
+    """The exact EM and marginal paths, the quadratic solver and the estimator with its default
+    grid and selection, on CPU float64 data under meta/float32 defaults."""
+    from pyro_msm.graphical import (
+        GraphicalScoreMatching,
+        em_path,
+        marginal_path,
+        quadratic_path,
+        sample_covariance,
+    )
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(60, 4, generator=g, dtype=torch.float64)
@@ -166,7 +171,10 @@ def test_graph_solvers_follow_the_data():
     grid = [0.5, 0.1]
     with foreign_defaults(torch.float32):
         paths = [em_path(x, penalties=grid), marginal_path(x, penalties=grid)]
+        paths.append(em_path(x, num_penalties=3))  # the default grid
         precisions, _ = quadratic_path(sample_covariance(torch.nan_to_num(x)), grid)
+        fitted = GraphicalScoreMatching(num_penalties=4, progress=False).fit(x)
+    assert fitted.precision_.device.type == "cpu" and fitted.precision_.dtype == torch.float64
     for path in paths:
         assert path.precisions.device.type == "cpu" and path.precisions.dtype == torch.float64
         assert bool(torch.isfinite(path.precisions).all())

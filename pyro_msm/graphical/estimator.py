@@ -321,7 +321,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
 
     def _grid(self, data: Tensor, observed: Tensor, solver: str) -> Tensor | None:
         if self.penalties is not None:
-            return torch.as_tensor(self.penalties, dtype=torch.float64).flatten()
+            return torch.as_tensor(self.penalties, dtype=torch.float64, device="cpu").flatten()
         if solver in ("iterative", "nonnegative"):
             return None  # the path's own default grid
         num = EXACT_NUM_PENALTIES if self.num_penalties is None else int(self.num_penalties)

@@ -352,7 +352,7 @@ def marginal_score_matching(
 
 def _grid(data: Tensor, observed: Tensor, penalties: Any, num: int, ratio: float) -> Tensor:
     if penalties is None:
-        return exact_penalties(data, observed, num, ratio)
+        return exact_penalties(data, observed, num, ratio).to(data.device)
     grid = torch.as_tensor(penalties, dtype=torch.float64, device=data.device).flatten()
     if grid.numel() == 0 or not bool((grid >= 0).all()):
         raise ValueError("penalties must be a non-empty sequence of non-negative numbers")

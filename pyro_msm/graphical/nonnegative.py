@@ -660,7 +660,7 @@ def nonnegative_path(
     if penalties is None:
         grid = penalty_grid(nonnegative_max_penalty(stats), num_penalties, penalty_ratio)
     else:
-        grid = torch.as_tensor(penalties, dtype=torch.float64).flatten()
+        grid = torch.as_tensor(penalties, dtype=torch.float64, device="cpu").flatten()
         if grid.numel() == 0 or not bool((grid >= 0).all()):
             raise ValueError("penalties must be a non-empty sequence of non-negative numbers")
 

@@ -292,7 +292,7 @@ def score_matching_path(
     if penalties is None:
         grid, _ = default_penalties(data, observed, num_penalties, penalty_ratio)
     else:
-        grid = torch.as_tensor(penalties, dtype=torch.float64).flatten()
+        grid = torch.as_tensor(penalties, dtype=torch.float64, device="cpu").flatten()
         if grid.numel() == 0 or not bool((grid >= 0).all()):
             raise ValueError("penalties must be a non-empty sequence of non-negative numbers")
     label = estimator if label is None else label
@@ -319,8 +319,8 @@ def score_matching_path(
         idx = torch.randperm(n, generator=generator)[:batch].to(device)
         return data[idx], observed[idx]
 
-    precisions = torch.empty(len(grid), d, d, dtype=torch.float64)
-    locs = torch.empty(len(grid), d, dtype=torch.float64)
+    precisions = torch.empty(len(grid), d, d, dtype=torch.float64, device=device)
+    locs = torch.empty(len(grid), d, dtype=torch.float64, device=device)
     losses: list[float] = []
     steps_used: list[int] = []
     converged: list[bool] = []

@@ -108,10 +108,16 @@ def max_penalty(covariance: Tensor) -> float:
 
 
 def penalty_grid(
-    maximum: float, num: int = 100, ratio: float = 0.01, *, minimum: float | None = None
+    maximum: float,
+    num: int = 100,
+    ratio: float = 0.01,
+    *,
+    minimum: float | None = None,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Log-spaced decreasing penalties from ``maximum`` to ``minimum`` (default
-    ``ratio * maximum``), float64."""
+    ``ratio * maximum``), float64, on ``device`` (default the CPU, never torch's default
+    device: the grid is made from Python numbers and follows no data)."""
     if not maximum > 0:
         raise ValueError(f"maximum penalty must be positive, got {maximum}")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
@@ -119,7 +125,9 @@ def penalty_grid(
     low = ratio * maximum if minimum is None else float(minimum)
     if not 0 < low <= maximum:
         raise ValueError(f"need 0 < minimum <= maximum, got {low} and {maximum}")
-    return torch.logspace(math.log10(maximum), math.log10(low), num, dtype=torch.float64)
+    return torch.logspace(
+        math.log10(maximum), math.log10(low), num, dtype=torch.float64, device=device or "cpu"
+    )
 
 
 def soft_threshold_offdiagonal(matrix: Tensor, threshold: Tensor | float) -> Tensor:

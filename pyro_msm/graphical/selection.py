@@ -168,7 +168,7 @@ def ebic(
         edges = float(upper.sum())
         bic = float(upper_pairs(log_n.to(p.device))[upper].sum())
         scores.append(-2.0 * ll + bic + 4.0 * beta * edges * math.log(d))
-    return torch.tensor(scores, dtype=torch.float64)
+    return torch.tensor(scores, dtype=torch.float64, device="cpu")
 
 
 def select_ebic(
@@ -290,7 +290,7 @@ def ebic_score_matching(
         q = q * sd[:, None] * sd[None, :]
         loss = float(grouped_marginal_loss(stats, loc.to(torch.float64) / sd, q))
         scores.append(_score_matching_criterion(n, loss, edges, pairs, beta))
-    return torch.tensor(scores, dtype=torch.float64)
+    return torch.tensor(scores, dtype=torch.float64, device="cpu")
 
 
 def _score_matching_criterion(n: int, loss: float, edges: int, pairs: int, beta: float) -> float:
@@ -319,14 +319,14 @@ def ebic_from_losses(
     d = int(precisions.shape[-1])
     pairs = d * (d - 1) // 2
     scores = []
-    values = torch.as_tensor(losses, dtype=torch.float64).tolist()
+    values = torch.as_tensor(losses, dtype=torch.float64, device="cpu").tolist()
     for loss, p in zip(values, precisions, strict=True):
         edges = int(upper_pairs(edges_from_precision(p.to(torch.float64), threshold)).sum())
         finite = math.isfinite(loss)
         scores.append(
             _score_matching_criterion(num_rows, loss, edges, pairs, beta) if finite else math.inf
         )
-    return torch.tensor(scores, dtype=torch.float64)
+    return torch.tensor(scores, dtype=torch.float64, device="cpu")
 
 
 def cross_validate(
@@ -372,4 +372,4 @@ def cross_validate(
                 continue
             losses.append(float(grouped_marginal_loss(stats, loc.to(torch.float64), p)))
         rows.append(losses)
-    return torch.tensor(rows, dtype=torch.float64)
+    return torch.tensor(rows, dtype=torch.float64, device="cpu")
