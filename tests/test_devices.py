@@ -198,12 +198,13 @@ def test_streamed_statistics_follow_the_data():
 READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 
 
-@pytest.mark.parametrize("estimator, allowed", [("iw", 2), ("variational", 1), ("em", 2)])
+@pytest.mark.parametrize("estimator, allowed", [("iw", 1), ("variational", 1), ("em", 1)])
 def test_a_step_reads_the_device_once(estimator, allowed, monkeypatch):
-    """Reads off the device (``.item()``, ``float(t)``, ``bool(t)``, ...) made by the losses
-    (``pyro_msm/infer``) in one SVI step after the first: the step's value, read once with the
-    ESS, KL and row counts, and for IW whether the plate is subsampled. (Pyro's and torch's own,
-    and observe()'s input checks, are not counted.)"""
+    """Reads off the device (``.item()``, ``float(t)``, ``bool(t)``, ...) made by pyro_msm
+    (the losses and :func:`~pyro_msm.observe`) in one SVI step after the first: the step's value,
+    read once with the ESS, KL and row counts. observe()'s input checks and the row groups are
+    computed once per data set, and a plate's scale is read from Pyro's number. (Pyro's and
+    torch's own reads, and the opt-out health monitor's two, are counted apart.)"""
     import traceback
 
     pyro.clear_param_store()
@@ -219,8 +220,11 @@ def test_a_step_reads_the_device_once(estimator, allowed, monkeypatch):
         method = getattr(torch.Tensor, name)
 
         def wrapped(self, *args, **kwargs):
-            here = [f for f in traceback.extract_stack()[:-1] if "pyro_msm" in f.filename]
-            if here and "infer" in here[-1].filename:
+            # the innermost caller outside torch: a read made by pyro_msm's own code, not
+            # by Pyro's validation called from it
+            stack = traceback.extract_stack()[:-1]
+            here = [f for f in stack if "site-packages/torch" not in f.filename][-1:]
+            if here and "pyro_msm" in here[-1].filename:
                 reads.append(f"{name} at {here[-1].filename}:{here[-1].lineno}")
             return method(self, *args, **kwargs)
 
@@ -232,3 +236,4 @@ def test_a_step_reads_the_device_once(estimator, allowed, monkeypatch):
     monkeypatch.undo()
     health = [r for r in reads if "health.py" in r]  # the monitor's own checks, opt-out
     assert len(reads) - len(health) <= allowed, reads
+    assert len(health) <= 2, health  # the ESS summary and the gradients' finiteness
