@@ -87,6 +87,24 @@ def test_ess_warning_needs_patience_consecutive_steps():
         quiet.check_ess(torch.ones(50), 1)
 
 
+def test_ess_check_judges_the_rows_of_every_rank_when_reduced():
+    """Under data parallelism the ESS summary is summed over ranks before it is judged: a rank
+    whose own rows are healthy still warns when the other ranks' rows are degenerate (here the
+    'other rank' is simulated by the reducer), and a rank with no weighted rows takes part."""
+    def add_degenerate_rank(sums: torch.Tensor) -> torch.Tensor:
+        # another rank's 300 rows, each with ESS 1: sum 300, all collapsed, count 300
+        return sums + torch.tensor([300.0, 300.0, 300.0], dtype=sums.dtype)
+
+    healthy = torch.full((50,), 9.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FitHealth(patience=1).check_ess(healthy, 10)  # alone: fine
+    with pytest.warns(FitHealthWarning, match="degenerate"):
+        FitHealth(patience=1).check_ess(healthy, 10, reduce=add_degenerate_rank)
+    with pytest.warns(FitHealthWarning, match=r"mean effective sample size 1\.00"):
+        FitHealth(patience=1).check_ess(torch.zeros(0), 10, reduce=add_degenerate_rank)
+
+
 def test_injected_nan_parameter_raises_at_once_and_keeps_the_others():
     x, loc, precision = sample_table(3, 40, 0.3)
 

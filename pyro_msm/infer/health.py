@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pyro
@@ -163,17 +163,34 @@ class FitHealth:
             )
 
     # -- importance weights ---------------------------------------------------------------------
-    def check_ess(self, ess: Tensor, num_particles: int, site: str | None = None) -> None:
+    def check_ess(
+        self,
+        ess: Tensor,
+        num_particles: int,
+        site: str | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         """Record the per-row ESS of one step and warn (once) when the weights are degenerate.
 
         :param ess: ``(rows,)`` effective sample sizes of the rows with a missing coordinate.
         :param num_particles: ``r``, the particles per row.
+        :param site: the data site's name (for the message).
+        :param reduce: sums the ESS summary over processes (e.g.
+            :func:`pyro_msm.distributed.all_reduce_sum`), so every rank judges all ranks' rows
+            alike; a collective call, made even when this rank's ``ess`` is empty.
         """
-        if not self.enabled or ess.numel() == 0:
+        if not self.enabled or (reduce is None and ess.numel() == 0):
             return
         r = int(num_particles)
-        collapsed = ess.detach() < self.collapsed_ess
-        mean, share = torch.stack([ess.detach().mean(), collapsed.to(ess.dtype).mean()]).tolist()
+        ess = ess.detach()
+        collapsed = (ess < self.collapsed_ess).to(ess.dtype)
+        sums = torch.stack([ess.sum(), collapsed.sum(), ess.new_tensor(ess.numel())])
+        if reduce is not None:
+            sums = reduce(sums)
+        total, low, count = sums.tolist()
+        if count == 0:
+            return
+        mean, share = total / count, low / count
         low_mean = mean < self.ess_fraction * r
         check_share = r > 2 * self.collapsed_ess
         low_share = check_share and share >= self.collapsed_share

@@ -573,7 +573,14 @@ class MissingScoreMatching(ELBO):
         mean_ess = self._global_ess(site_ess, site.data)  # all ranks' rows under data_parallel
         if mean_ess is not None:
             ess.append(mean_ess)
-        if site_ess is not None and site_ess.numel():
+        if self.data_parallel and distributed.is_distributed():  # judged on all ranks' rows
+            self.health.check_ess(
+                site.data.new_zeros(0) if site_ess is None else site_ess,
+                self.num_particles,
+                site=site.name,
+                reduce=distributed.all_reduce_sum,
+            )
+        elif site_ess is not None and site_ess.numel():
             self.health.check_ess(site_ess, num_particles, site=site.name)
         if float(dropped_rows) > 0:
             self._warn_once(
