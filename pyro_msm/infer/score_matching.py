@@ -57,6 +57,7 @@ __all__ = [
     "VariationalScoreMatching",
     "ESTIMATORS",
     "AUTO_CHUNK_ENTRIES",
+    "AUTO_CHUNK_ENTRIES_CPU",
 ]
 
 #: Estimators accepted by :class:`MissingScoreMatching`.
@@ -72,9 +73,13 @@ ESTIMATORS = (
 )
 #: Estimators that draw the missing coordinates from the guide.
 GUIDED = ("variational", "hybrid")
-#: Entries (points x d) per chunk with ``chunk_size="auto"``: at d = 50 and r = 10 that is
-#: 2,000 incomplete rows per chunk.
+#: Entries (points x d) per chunk with ``chunk_size="auto"`` on an accelerator: at d = 50 and
+#: r = 10 that is 2,000 incomplete rows per chunk.
 AUTO_CHUNK_ENTRIES = 2**20
+#: The same on the CPU, where a chunk whose derivative intermediates stay in cache is faster:
+#: measured (MLP energy 2 x 64, n = 1000, one thread) against 2**20, a step took 0.45x at d=50,
+#: r=10; 0.55x at d=10, r=10; 0.60x at d=100, r=1; and 0.9-1.07x with one particle at d <= 50.
+AUTO_CHUNK_ENTRIES_CPU = 2**14
 
 
 class _Group:
@@ -235,7 +240,8 @@ class MissingScoreMatching(ELBO):
         (:meth:`loss_and_grads`) each chunk is differentiated as soon as it is evaluated and its
         graph freed, so a full-batch step's memory is bounded by one chunk while the value and
         the gradients are those of one pass. ``"auto"`` (default) allows
-        :data:`AUTO_CHUNK_ENTRIES` entries (points x d); ``None`` never cuts.
+        :data:`AUTO_CHUNK_ENTRIES_CPU` entries (points x d) on the CPU (cache-sized chunks are
+        faster there) and :data:`AUTO_CHUNK_ENTRIES` on an accelerator; ``None`` never cuts.
         (:meth:`differentiable_loss` must return one graph, so there chunks bound only the
         transient memory of the derivatives.)
     :param compile: run the objective under :func:`torch.compile` (True, or a dict of its
@@ -502,11 +508,12 @@ class MissingScoreMatching(ELBO):
         return float(distributed.all_reduce_sum(total).item()) / distributed.world().size
 
     # -- the per-site objective, over groups of rows and chunks of them ---------------------------
-    def _points_per_chunk(self, d: int) -> int | None:
+    def _points_per_chunk(self, d: int, device: torch.device) -> int | None:
         if self.chunk_size is None:
             return None
         if self.chunk_size == "auto":
-            return max(1, AUTO_CHUNK_ENTRIES // d)
+            entries = AUTO_CHUNK_ENTRIES_CPU if device.type == "cpu" else AUTO_CHUNK_ENTRIES
+            return max(1, entries // d)
         return int(self.chunk_size)
 
     def _objective_total(
@@ -526,7 +533,9 @@ class MissingScoreMatching(ELBO):
         """
         objective = self._em_objective if self.estimator == "em" else self.objective
         splittable = fn.batch_shape == torch.Size()  # scores any subset of rows
-        per_chunk = self._points_per_chunk(site.data.shape[-1]) if splittable else None
+        per_chunk = (
+            self._points_per_chunk(site.data.shape[-1], site.data.device) if splittable else None
+        )
         chunks = []
         for group in groups:
             if len(group.rows) == 0:
