@@ -619,8 +619,11 @@ def _fit(args: argparse.Namespace) -> int:  # noqa: C901 - one linear recipe
             shrinkage=imputer.shrinkage_,
             lbfgs_iterations=imputer.n_iter_,
             validation_rmse={str(k): v for k, v in imputer.validation_rmse_.items()},
+            validation_se={str(k): v for k, v in imputer.validation_se_.items()},
+            selection=imputer.selection,
         )
-        print(f"penalty chosen on held-out entries: {imputer.shrinkage_:g} "
+        print(f"penalty chosen on held-out entries ({imputer.cv}-fold, one-standard-error "
+              f"rule): {imputer.shrinkage_:g} "
               f"(validation RMSE in sd units: {imputer.validation_rmse_})")  # fmt: skip
         imputer.save(path("imputer.pkl"))
     elif args.model == "gaussian":
