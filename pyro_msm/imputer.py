@@ -9,9 +9,12 @@ is minimised full-batch by L-BFGS over :math:`\mu` and a Cholesky factor :math:`
 entry is its column mean, so the penalty interpolates between the score-matching fit and mean
 imputation (a penalty on the off-diagonal entries alone let the diagonal grow on collinear
 columns and gave conditional means far worse than the column mean). ``shrinkage="auto"``
-picks :math:`\lambda` by hiding one observed entry in a share of the rows and keeping the value
-whose conditional means predict them best (the grid includes the diagonal model, so the choice
-is never worse than mean imputation on the hidden entries). Gaps are then filled with the
+picks :math:`\lambda` by ``cv``-fold validation on held-out observed entries (one entry hidden
+per row, every row held out once) with the one-standard-error rule of [3]: the largest penalty
+whose held-out squared error is within one standard error (of the paired, entry-by-entry
+difference) of the best one's. The grid includes the diagonal model, so the choice is never
+worse than mean imputation on the hidden entries, and mean imputation is kept unless a smaller
+penalty beats it by more than the noise of the validation. Gaps are then filled with the
 conditional mean (:func:`~pyro_msm.infer.gaussian.conditional_gaussian`) or a draw from the
 conditional (:func:`~pyro_msm.infer.gaussian.sample_conditional_gaussian`); intervals are exact
 Gaussian quantiles.
@@ -32,6 +35,13 @@ References
 [1] Givens, Liu & Reeve, "Score Matching with Missing Data", ICML 2025, arXiv:2506.00557.
 
 [2] Hyvarinen, "Estimation of Non-Normalized Statistical Models by Score Matching", JMLR 6, 2005.
+
+[3] Hastie, Tibshirani & Friedman, "The Elements of Statistical Learning", 2nd ed., 2009,
+section 7.10 (the one-standard-error rule).
+
+The computation follows the ``device`` and ``dtype`` options (default float64 on the CPU, as
+scikit-learn expects): the standardised table moves to the device once, and the fits, the
+penalty search and the imputations run there; NumPy arrays come back in float64.
 """
 
 from __future__ import annotations
@@ -65,6 +75,10 @@ __all__ = ["ScoreMatchingImputer", "gaussian_pattern_loss", "fit_gaussian_margin
 #: Default penalty grid of ``shrinkage="auto"`` (``math.inf`` is the diagonal precision, i.e.
 #: mean imputation; the grid runs from there down to light shrinkage).
 SHRINKAGE_GRID = (math.inf, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+
+#: ``shrinkage="auto"`` stops descending the grid once the held-out error of the first fold has
+#: risen at this many penalties in a row (the skipped, smaller penalties overfit and are slow).
+PATH_PATIENCE = 2
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -256,7 +270,9 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
     :param cv: folds of the penalty choice: the rows with two or more observed entries are
         split at random into ``cv`` folds; in turn, each fold's rows hide one observed entry
         each, the model is fitted along the grid to the rest, and the hidden entries are
-        predicted by conditional means (every eligible row is held out once).
+        predicted by conditional means (every eligible row is held out once). The grid is
+        descended from the largest penalty; once the first fold's held-out error has risen at
+        :data:`PATH_PATIENCE` penalties in a row, the smaller ones are skipped.
     :param selection: ``"one_se"`` (default): the largest penalty whose held-out squared error
         exceeds the best penalty's by at most one standard error of the paired difference
         (entry by entry, so the noise shared by all penalties cancels); ``"best"``: the penalty
@@ -455,6 +471,8 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         folds_t = torch.as_tensor(folds, device=device)
         errors: dict[float, list[Tensor]] = {value: [] for value in grid}
         fits: dict[float, tuple[Tensor, Tensor]] = {}
+        path = list(grid)  # shortened by the first fold (below) for the others
+        first = True
         for fold in range(int(self.cv)):
             chosen = folds_t == fold
             if int(chosen.sum()) < 2:
@@ -464,25 +482,39 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
             train = mask & ~hide
             stats = _pattern_stats(z, train)
             init = None
-            if not math.isinf(grid[0]):
+            if not math.isinf(path[0]):
                 init = fit_gaussian_marginal(z, train, math.inf, stats=stats)
-            for value in grid:
+            previous, rises = math.inf, 0
+            for index, value in enumerate(path):
+                if errors[value] is None:
+                    continue  # failed on an earlier fold: out of the running
                 try:
                     loc, precision = fit_gaussian_marginal(
                         z, train, value, init=init, max_iter=self.max_iter, stats=stats
                     )
                 except FloatingPointError:
-                    errors[value] = None  # failed on a fold: out of the running
-                    continue
-                if errors[value] is None:
-                    continue
-                mean, _ = conditional_gaussian(z, train, loc, precision)
-                errors[value].append(((mean - z)[hide] ** 2).to(torch.float64))
-                init = fits[value] = (loc, precision)
-        usable = {v: torch.cat(e) for v, e in errors.items() if e}
+                    errors[value] = None
+                    current = math.inf
+                else:
+                    mean, _ = conditional_gaussian(z, train, loc, precision)
+                    squared = ((mean - z)[hide] ** 2).to(torch.float64)
+                    errors[value].append(squared)
+                    init = fits[value] = (loc, precision)
+                    current = float(squared.mean())
+                # early stop of the path (first fold): the held-out error rose at
+                # PATH_PATIENCE penalties in a row, so smaller ones (slow, overfitted) are skipped
+                rises = rises + 1 if current > previous else 0
+                previous = current
+                if first and rises >= PATH_PATIENCE:
+                    path = path[: index + 1]
+                    break
+            first = False
         for value in grid:
-            if value not in usable:
-                self.validation_rmse_[value] = math.nan
+            if value not in path:
+                errors[value] = None  # not fitted: the path stopped before it
+        usable = {v: torch.cat(e) for v, e in errors.items() if e}
+        for value in grid:  # in grid order; NaN where failed or not fitted
+            self.validation_rmse_[value] = math.nan
         if not usable or len(grid) == 1:
             value = grid[-1] if len(grid) == 1 else math.inf
             return value, None
