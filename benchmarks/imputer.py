@@ -14,22 +14,31 @@ complete ones (diabetes 442 x 10, wine 178 x 13 from scikit-learn), two wide one
 3d (breast cancer 90 x 30, tissue gene expression 189 x 60 genes), and simulated non-Gaussian
 data (a Gaussian truncated to the positive orthant, and a product interaction x3 = x1 x2 + e).
 
-Contenders run interleaved on the same masks; medians over ``--reps`` repetitions.
+Contenders run interleaved on the same masks; medians over ``--reps`` repetitions, and the
+paired ratios (score matching over the best other method, and over mean imputation, on the same
+mask) with their mean, standard error and quartiles, so that a difference can be told from the
+noise of the masks.
 
     python benchmarks/imputer.py            # full run (a few minutes on 2 cores)
     python benchmarks/imputer.py --smoke    # seconds; run by tests/test_benchmarks_imputer.py
+    python benchmarks/imputer.py --tables diabetes,interaction --reps 20 --draws 1
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+
+# run from a checkout without installing: this worktree's pyro_msm comes first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METHODS = ("score_matching", "iterative", "knn", "mean")
 
@@ -109,10 +118,18 @@ def _run_method(name: str, table: np.ndarray, draws: int, seed: int):
     return filled, lower, upper, time.perf_counter() - start
 
 
-def run(smoke: bool, reps: int, rate: float, draws: int, seed: int) -> pd.DataFrame:
+def run(
+    smoke: bool, reps: int, rate: float, draws: int, seed: int, only: list[str] | None = None
+) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
-    for table_name, x in _tables(smoke, rng).items():
+    tables = _tables(smoke, rng)
+    if only:
+        unknown = sorted(set(only) - set(tables))
+        if unknown:
+            raise SystemExit(f"--tables: unknown {unknown}; choose from {sorted(tables)}")
+        tables = {k: v for k, v in tables.items() if k in only}
+    for table_name, x in tables.items():
         sd = np.nanstd(x, axis=0, ddof=1)
         sd = np.where(sd > 0, sd, 1.0)
         for rep in range(reps):
@@ -144,7 +161,22 @@ def run(smoke: bool, reps: int, rate: float, draws: int, seed: int) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def paired_ratios(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per table and repetition (same mask): score matching's RMSE over the best other
+    method's and over mean imputation's."""
+    wide = rows.pivot_table(index=["table", "rep"], columns="method", values="rmse_sd")
+    best_other = wide[["iterative", "knn", "mean"]].min(axis=1)
+    return pd.DataFrame(
+        {
+            "over_best_other": wide["score_matching"] / best_other,
+            "over_mean": wide["score_matching"] / wide["mean"],
+        }
+    )
+
+
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
+    """Medians over repetitions per table, and the spread of the paired ratios: their
+    quartiles, and the standard error of their mean (sd / sqrt(reps))."""
     med = rows.groupby(["table", "method"], sort=False)[["rmse_sd", "coverage90", "seconds"]]
     table = med.median().unstack("method")
     rmse = table["rmse_sd"][list(METHODS)]
@@ -154,6 +186,13 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     others = rmse[["iterative", "knn", "mean"]]
     out["sm_over_best_other"] = rmse["score_matching"] / others.min(axis=1)
     out["sm_over_mean"] = rmse["score_matching"] / rmse["mean"]
+    ratios = paired_ratios(rows).groupby("table")
+    for col, short in (("over_best_other", "best"), ("over_mean", "mean")):
+        out[f"paired_{short}_median"] = ratios[col].median()
+        out[f"paired_{short}_mean"] = ratios[col].mean()
+        out[f"paired_{short}_se"] = ratios[col].std() / np.sqrt(ratios[col].count())
+        out[f"paired_{short}_q25"] = ratios[col].quantile(0.25)
+        out[f"paired_{short}_q75"] = ratios[col].quantile(0.75)
     out["cov90_sm"] = table["coverage90"]["score_matching"]
     out["cov90_iterative"] = table["coverage90"]["iterative"]
     out["cov90_mean"] = table["coverage90"]["mean"]
@@ -170,12 +209,14 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--draws", type=int, default=10, help="IterativeImputer posterior runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", help="write the tidy rows here")
+    parser.add_argument("--tables", help="comma-separated subset of the tables (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     reps = 1 if args.smoke else args.reps
     draws = 2 if args.smoke else args.draws
     start = time.perf_counter()
-    rows = run(args.smoke, reps, args.rate, draws, args.seed)
+    only = [t.strip() for t in args.tables.split(",")] if args.tables else None
+    rows = run(args.smoke, reps, args.rate, draws, args.seed, only)
     if args.csv:
         rows.to_csv(args.csv, index=False)
     summary = summarise(rows)

@@ -29,8 +29,8 @@ DEMO_DEFAULTS = {"dim": 10, "n": 1000, "missing_rate": 0.3, "steps": 300}
 SMOKE_DEFAULTS = {"dim": 3, "n": 100, "missing_rate": 0.3, "steps": 5}
 #: Measured wall-clock time of ``pyro-msm demo`` with its defaults (see docs/benchmarks.md).
 DEMO_MEASURED = (
-    "about 20-30 s on an idle 2-core CPU (measured: 122 s at load average 9, where the former "
-    "schedule of 10 guide steps took 393 s)"
+    "122 s of wall time on the project's 2-core machine at load average 9 (measured; the former "
+    "schedule of 10 guide steps took 393 s there and 66 s on the machine nearly idle)"
 )
 
 
@@ -619,8 +619,11 @@ def _fit(args: argparse.Namespace) -> int:  # noqa: C901 - one linear recipe
             shrinkage=imputer.shrinkage_,
             lbfgs_iterations=imputer.n_iter_,
             validation_rmse={str(k): v for k, v in imputer.validation_rmse_.items()},
+            validation_se={str(k): v for k, v in imputer.validation_se_.items()},
+            selection=imputer.selection,
         )
-        print(f"penalty chosen on held-out entries: {imputer.shrinkage_:g} "
+        print(f"penalty chosen on held-out entries ({imputer.cv}-fold, one-standard-error "
+              f"rule): {imputer.shrinkage_:g} "
               f"(validation RMSE in sd units: {imputer.validation_rmse_})")  # fmt: skip
         imputer.save(path("imputer.pkl"))
     elif args.model == "gaussian":

@@ -9,9 +9,12 @@ is minimised full-batch by L-BFGS over :math:`\mu` and a Cholesky factor :math:`
 entry is its column mean, so the penalty interpolates between the score-matching fit and mean
 imputation (a penalty on the off-diagonal entries alone let the diagonal grow on collinear
 columns and gave conditional means far worse than the column mean). ``shrinkage="auto"``
-picks :math:`\lambda` by hiding one observed entry in a share of the rows and keeping the value
-whose conditional means predict them best (the grid includes the diagonal model, so the choice
-is never worse than mean imputation on the hidden entries). Gaps are then filled with the
+picks :math:`\lambda` by ``cv``-fold validation on held-out observed entries (one entry hidden
+per row, every row held out once) with the one-standard-error rule of [3]: the largest penalty
+whose held-out squared error is within one standard error (of the paired, entry-by-entry
+difference) of the best one's. The grid includes the diagonal model, so the choice is never
+worse than mean imputation on the hidden entries, and mean imputation is kept unless a smaller
+penalty beats it by more than the noise of the validation. Gaps are then filled with the
 conditional mean (:func:`~pyro_msm.infer.gaussian.conditional_gaussian`) or a draw from the
 conditional (:func:`~pyro_msm.infer.gaussian.sample_conditional_gaussian`); intervals are exact
 Gaussian quantiles.
@@ -32,6 +35,13 @@ References
 [1] Givens, Liu & Reeve, "Score Matching with Missing Data", ICML 2025, arXiv:2506.00557.
 
 [2] Hyvarinen, "Estimation of Non-Normalized Statistical Models by Score Matching", JMLR 6, 2005.
+
+[3] Hastie, Tibshirani & Friedman, "The Elements of Statistical Learning", 2nd ed., 2009,
+section 7.10 (the one-standard-error rule).
+
+The computation follows the ``device`` and ``dtype`` options (default float64 on the CPU, as
+scikit-learn expects): the standardised table moves to the device once, and the fits, the
+penalty search and the imputations run there; NumPy arrays come back in float64.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -61,8 +72,15 @@ from .tables import Standardizer, as_table, is_dataframe
 
 __all__ = ["ScoreMatchingImputer", "gaussian_pattern_loss", "fit_gaussian_marginal"]
 
-#: Default penalty grid of ``shrinkage="auto"`` (``math.inf`` is the diagonal precision).
-SHRINKAGE_GRID = (math.inf, 1.0, 0.3, 0.1, 0.03, 0.01)
+#: Default penalty grid of ``shrinkage="auto"`` (``math.inf`` is the diagonal precision, i.e.
+#: mean imputation; the grid runs from there down to light shrinkage).
+SHRINKAGE_GRID = (math.inf, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+
+#: ``shrinkage="auto"`` stops descending the grid once the held-out error of the first fold has
+#: risen at this many penalties in a row (the skipped, smaller penalties overfit and are slow).
+PATH_PATIENCE = 2
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 # -- the Gaussian engine -----------------------------------------------------------------------
@@ -161,26 +179,31 @@ def fit_gaussian_marginal(
     if init is None:
         loc0, cov0 = pairwise_moments(x, mask)
         init = (loc0, torch.cholesky_inverse(torch.linalg.cholesky(cov0)))
-    loc = init[0].detach().clone().requires_grad_(True)
-    raw = _raw_from(init[1].detach()).requires_grad_(True)
+    loc = init[0].detach().to(x).clone().requires_grad_(True)
+    raw = _raw_from(init[1].detach().to(x)).requires_grad_(True)
     target = _diagonal_fit(stats, d, x.dtype, x.device)[1]
     scale = 1.0 / max(stats.num_rows, 1)
+    # tolerances the dtype can resolve (float32 cannot see a change of 1e-8 in a loss of ~10)
+    eps = torch.finfo(x.dtype).eps
     optimizer = torch.optim.LBFGS(
         [loc, raw],
         max_iter=int(max_iter),
-        tolerance_change=tol,
-        tolerance_grad=1e-10,
+        tolerance_change=max(float(tol), 8 * eps),
+        tolerance_grad=max(1e-10, 100 * eps),
         history_size=20,
         line_search_fn="strong_wolfe",
     )
+    # non-finite objective values are recorded on the device and checked once after the run
+    # (no host read per evaluation; L-BFGS's own line search reads the scalar loss anyway)
+    finite = torch.ones((), dtype=torch.bool, device=x.device)
 
     def closure() -> Tensor:
+        nonlocal finite
         optimizer.zero_grad()
         precision = _precision_from(raw, d)
         value = scale * gaussian_pattern_loss(x, mask, loc, precision, stats=stats)
         value = value + shrinkage * ((precision - target) ** 2).sum()
-        if not torch.isfinite(value):
-            raise FloatingPointError("the objective is not finite")
+        finite = finite & torch.isfinite(value)
         value.backward()
         return value
 
@@ -188,15 +211,23 @@ def fit_gaussian_marginal(
         optimizer.step(closure)
         if info is not None:
             info["iterations"] = int(optimizer.state[loc].get("n_iter", 0))
-    except (torch.linalg.LinAlgError, FloatingPointError) as err:
+    except torch.linalg.LinAlgError as err:
         raise FloatingPointError(f"the fit at shrinkage {shrinkage:g} failed: {err}") from err
     precision = _precision_from(raw.detach(), d)
-    if not bool(torch.isfinite(precision).all()):
-        raise FloatingPointError(f"the fit at shrinkage {shrinkage:g} diverged")
+    if not bool(finite) or not bool(torch.isfinite(precision).all()):
+        raise FloatingPointError(
+            f"the fit at shrinkage {shrinkage:g} diverged (the objective is unbounded or not "
+            "finite on this table at this penalty)"
+        )
     return loc.detach(), precision
 
 
 # -- the estimator -----------------------------------------------------------------------------
+
+
+def _devices(t: Tensor) -> list:
+    """Devices whose random state :func:`torch.random.fork_rng` must fork for ``t``."""
+    return [t.device] if t.device.type == "cuda" else []
 
 
 def _energy_factory(energy: Any) -> Callable[[int], torch.nn.Module] | None:
@@ -236,8 +267,17 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         ``shrinkage_grid``) or ``math.inf`` (diagonal: mean imputation with calibrated
         intervals).
     :param shrinkage_grid: candidates for ``"auto"`` (default :data:`SHRINKAGE_GRID`).
-    :param validation_fraction: share of the rows (with two or more observed entries) that
-        hide one observed entry each to choose the penalty.
+    :param cv: folds of the penalty choice: the rows with two or more observed entries are
+        split at random into ``cv`` folds; in turn, each fold's rows hide one observed entry
+        each, the model is fitted along the grid to the rest, and the hidden entries are
+        predicted by conditional means (every eligible row is held out once). The grid is
+        descended from the largest penalty; once the first fold's held-out error has risen at
+        :data:`PATH_PATIENCE` penalties in a row, the smaller ones are skipped.
+    :param selection: ``"one_se"`` (default): the largest penalty whose held-out squared error
+        exceeds the best penalty's by at most one standard error of the paired difference
+        (entry by entry, so the noise shared by all penalties cancels); ``"best"``: the penalty
+        with the smallest held-out error. Because the grid includes ``math.inf`` (mean
+        imputation), ``"one_se"`` keeps mean imputation unless a penalty beats it clearly.
     :param sample_posterior: fill gaps with a draw from the conditional instead of its mean.
     :param n_imputations: completed tables returned by :meth:`multiple_imputations`.
     :param max_iter: L-BFGS iterations (Gaussian) or Adam steps (other energies).
@@ -246,12 +286,19 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         non-Gaussian energy, 100 times as many when imputing with it.
     :param random_state: seed (int), :class:`numpy.random.RandomState` or None.
     :param verbose: print the chosen penalty and timing.
+    :param device: torch device of the fit and the imputations (``None``: CPU). Input and
+        output stay NumPy/pandas; the table moves to the device once per call.
+    :param dtype: ``"float64"`` (default, scikit-learn's precision) or ``"float32"`` (a
+        ``torch.dtype`` is also accepted); standardisation and the returned values are
+        computed in float64 whatever this is.
 
     Attributes after ``fit``: ``location_`` ``(d,)`` and ``precision_`` ``(d, d)`` (standard
     units, Gaussian), ``energy_`` (the trained network otherwise), ``standardizer_``
     (:class:`~pyro_msm.tables.Standardizer`), ``shrinkage_`` (the penalty used),
     ``validation_rmse_`` (dict penalty -> RMSE in standard units on the hidden entries, for
-    ``"auto"``), ``n_iter_`` (L-BFGS iterations of the final fit, or Adam steps),
+    ``"auto"``), ``validation_se_`` (dict penalty -> standard error of its mean squared error
+    minus the best penalty's, paired over the hidden entries), ``n_iter_`` (L-BFGS
+    iterations of the final fit, or Adam steps),
     ``n_features_in_`` and ``feature_names_in_`` (for DataFrames).
     """
 
@@ -261,7 +308,8 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         *,
         shrinkage: float | str = "auto",
         shrinkage_grid: Sequence[float] | None = None,
-        validation_fraction: float = 0.5,
+        cv: int = 2,
+        selection: str = "one_se",
         sample_posterior: bool = False,
         n_imputations: int = 5,
         max_iter: int = 100,
@@ -269,11 +317,14 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         num_particles: int = 10,
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = "float64",
     ) -> None:
         self.energy = energy
         self.shrinkage = shrinkage
         self.shrinkage_grid = shrinkage_grid
-        self.validation_fraction = validation_fraction
+        self.cv = cv
+        self.selection = selection
         self.sample_posterior = sample_posterior
         self.n_imputations = n_imputations
         self.max_iter = max_iter
@@ -281,6 +332,8 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         self.num_particles = num_particles
         self.random_state = random_state
         self.verbose = verbose
+        self.device = device
+        self.dtype = dtype
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -302,6 +355,20 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         x = torch.as_tensor(np.array(array, dtype=np.float64, copy=True))
         return x, ~torch.isnan(x)
 
+    def _compute(self) -> tuple[torch.device, torch.dtype]:
+        """The device and dtype the model computes in."""
+        dtype = _DTYPES.get(self.dtype, self.dtype) if isinstance(self.dtype, str) else self.dtype
+        if dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
+        return torch.device("cpu" if self.device is None else self.device), dtype
+
+    def _standardised(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, mask)`` on the compute device and dtype: standardised (in float64, on the
+        host) with missing entries zero, moved once."""
+        device, dtype = self._compute()
+        z = torch.nan_to_num(self.standardizer_.transform(x))
+        return z.to(device=device, dtype=dtype), mask.to(device)
+
     def _check_params(self) -> None:
         if not (isinstance(self.shrinkage, str) and self.shrinkage == "auto"):
             if not isinstance(self.shrinkage, (int, float)) or not self.shrinkage >= 0:
@@ -309,10 +376,11 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
                     f"shrinkage must be 'auto', a non-negative number or math.inf, got "
                     f"{self.shrinkage!r}"
                 )
-        if not 0.0 < float(self.validation_fraction) < 1.0:
-            raise ValueError(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
-            )
+        if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)) or self.cv < 2:
+            raise ValueError(f"cv must be an integer of at least 2, got {self.cv!r}")
+        if self.selection not in ("one_se", "best"):
+            raise ValueError(f"selection must be 'one_se' or 'best', got {self.selection!r}")
+        self._compute()
         if int(self.n_imputations) < 1 or int(self.max_iter) < 1:
             raise ValueError("n_imputations and max_iter must be at least 1")
         _energy_factory(self.energy)
@@ -338,11 +406,12 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
                 stacklevel=2,
             )
         self.standardizer_ = Standardizer.fit(x, mask)
-        z = torch.nan_to_num(self.standardizer_.transform(x))
+        z, mask = self._standardised(x, mask)
         rng = check_random_state(self.random_state)
         self._seed = int(rng.randint(2**31 - 1))
         factory = _energy_factory(self.energy)
         self.validation_rmse_: dict[float, float] = {}
+        self.validation_se_: dict[float, float] = {}
         if factory is None:
             self._fit_gaussian(z, mask, rng)
             self.energy_ = None
@@ -385,41 +454,90 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
     def _select_shrinkage(
         self, z: Tensor, mask: Tensor, grid: list[float], rng: np.random.RandomState
     ) -> tuple[float, tuple[Tensor, Tensor] | None]:
-        """Hide one observed entry in a ``validation_fraction`` of the rows with two or more,
-        fit along the grid from the largest penalty down (warm starts), keep the best RMSE."""
+        """``cv``-fold choice of the penalty on held-out observed entries (class documentation):
+        per fold, one observed entry hidden in each of the fold's rows, fits along the grid from
+        the largest penalty down (warm starts), squared errors pooled over the folds; then the
+        ``selection`` rule. Returns the penalty and a fit at it (a warm start)."""
         n, d = mask.shape
-        eligible = mask.sum(-1) >= 2
-        chosen = eligible & torch.as_tensor(rng.random_sample(n) < float(self.validation_fraction))
-        # one observed entry per chosen row, uniformly among its observed ones: the patterns (and
-        # so the cost of a fit) grow by at most a factor d, and no row loses all its entries
-        scores = torch.as_tensor(rng.random_sample((n, d))).masked_fill(~mask, -1.0)
-        column = scores.argmax(-1)
-        hide = torch.zeros_like(mask)
-        hide[torch.arange(n)[chosen], column[chosen]] = True
-        if int(hide.sum()) < 2 or len(grid) == 1:
-            return (grid[-1] if len(grid) == 1 else math.inf), None
-        train = mask & ~hide
-        stats = _pattern_stats(z, train)
-        best, best_rmse, init, best_fit = math.inf, math.inf, None, None
-        if not math.isinf(grid[0]):
-            init = fit_gaussian_marginal(z, train, math.inf, stats=stats)
-        for value in grid:
-            try:
-                loc, precision = fit_gaussian_marginal(
-                    z, train, value, init=init, max_iter=self.max_iter, stats=stats
-                )
-            except FloatingPointError:
-                self.validation_rmse_[value] = math.nan
+        device = z.device
+        eligible = (mask.sum(-1) >= 2).cpu().numpy()
+        folds = np.full(n, -1)
+        rows = np.nonzero(eligible)[0]
+        folds[rows] = rng.permutation(len(rows)) % int(self.cv)
+        # one observed entry per held-out row, uniformly among its observed ones: the patterns
+        # (and so the cost of a fit) grow by at most a factor d, and no row loses all its entries
+        scores = torch.as_tensor(rng.random_sample((n, d)), device=device)
+        column = scores.masked_fill(~mask, -1.0).argmax(-1)
+        folds_t = torch.as_tensor(folds, device=device)
+        errors: dict[float, list[Tensor]] = {value: [] for value in grid}
+        fits: dict[float, tuple[Tensor, Tensor]] = {}
+        path = list(grid)  # shortened by the first fold (below) for the others
+        first = True
+        for fold in range(int(self.cv)):
+            chosen = folds_t == fold
+            if int(chosen.sum()) < 2:
                 continue
-            mean, _ = conditional_gaussian(z, train, loc, precision)
-            rmse = float(((mean - z)[hide] ** 2).mean().sqrt())
-            self.validation_rmse_[value] = rmse
-            init = (loc, precision)
-            if rmse < best_rmse - 1e-12:
-                best, best_rmse, best_fit = value, rmse, init
+            hide = torch.zeros_like(mask)
+            hide[chosen.nonzero().flatten(), column[chosen]] = True
+            train = mask & ~hide
+            stats = _pattern_stats(z, train)
+            init = None
+            if not math.isinf(path[0]):
+                init = fit_gaussian_marginal(z, train, math.inf, stats=stats)
+            previous, rises = math.inf, 0
+            for index, value in enumerate(path):
+                if errors[value] is None:
+                    continue  # failed on an earlier fold: out of the running
+                try:
+                    loc, precision = fit_gaussian_marginal(
+                        z, train, value, init=init, max_iter=self.max_iter, stats=stats
+                    )
+                except FloatingPointError:
+                    errors[value] = None
+                    current = math.inf
+                else:
+                    mean, _ = conditional_gaussian(z, train, loc, precision)
+                    squared = ((mean - z)[hide] ** 2).to(torch.float64)
+                    errors[value].append(squared)
+                    init = fits[value] = (loc, precision)
+                    current = float(squared.mean())
+                # early stop of the path (first fold): the held-out error rose at
+                # PATH_PATIENCE penalties in a row, so smaller ones (slow, overfitted) are skipped
+                rises = rises + 1 if current > previous else 0
+                previous = current
+                if first and rises >= PATH_PATIENCE:
+                    path = path[: index + 1]
+                    break
+            first = False
+        for value in grid:
+            if value not in path:
+                errors[value] = None  # not fitted: the path stopped before it
+        usable = {v: torch.cat(e) for v, e in errors.items() if e}
+        for value in grid:  # in grid order; NaN where failed or not fitted
+            self.validation_rmse_[value] = math.nan
+        if not usable or len(grid) == 1:
+            value = grid[-1] if len(grid) == 1 else math.inf
+            return value, None
+        mse = {v: e.mean() for v, e in usable.items()}
+        best = min(mse, key=lambda v: float(mse[v]))
+        chosen_value = best
+        for value in grid:  # largest penalty first
+            if value not in usable:
+                continue
+            diff = usable[value] - usable[best]
+            se = diff.std() / math.sqrt(diff.numel()) if diff.numel() > 1 else diff.abs().sum()
+            self.validation_rmse_[value] = float(mse[value].sqrt())
+            self.validation_se_[value] = float(se)
+            if self.selection == "one_se" and chosen_value == best and value != best:
+                if float(diff.mean()) <= float(se) and value > best:
+                    chosen_value = value
         if self.verbose:
-            print(f"ScoreMatchingImputer: shrinkage {best:g} (validation RMSE {best_rmse:.4f})")
-        return best, best_fit
+            print(
+                f"ScoreMatchingImputer: shrinkage {chosen_value:g} (validation RMSE "
+                f"{self.validation_rmse_[chosen_value]:.4f}; best {best:g} at "
+                f"{self.validation_rmse_[best]:.4f})"
+            )
+        return chosen_value, fits.get(chosen_value)
 
     def _model(self, d: int):
         import pyro
@@ -439,15 +557,15 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         from .infer import MissingScoreMatching
 
         d = z.shape[1]
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=_devices(z)):
             torch.manual_seed(self._seed)
             net = factory(d)
             if not isinstance(net, torch.nn.Module):
                 raise TypeError(
                     f"energy factory must return a torch.nn.Module, got {type(net).__name__}"
                 )
-            self.energy_ = net.to(torch.float64)
-            table = torch.where(mask, z, torch.tensor(math.nan, dtype=z.dtype))
+            self.energy_ = net.to(device=z.device, dtype=z.dtype)
+            table = torch.where(mask, z, torch.full((), math.nan, dtype=z.dtype, device=z.device))
             table = table[mask.any(-1)]
             model = self._model(d)
             loss = MissingScoreMatching("iw", num_particles=int(self.num_particles))(model, None)
@@ -465,7 +583,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         """Standardised table, mask, Cholesky factors (Gaussian) and conditional means."""
         check_is_fitted(self, "standardizer_")
         x, mask = self._validate(X, reset=False)
-        z = torch.nan_to_num(self.standardizer_.transform(x))
+        z, mask = self._standardised(x, mask)
         if self.energy_ is None:
             mean, chol = conditional_gaussian(z, mask, self.location_, self.precision_)
             return z, mask, chol, mean
@@ -474,7 +592,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
     def _energy_draws(self, z: Tensor, mask: Tensor, num: int, seed: int) -> Tensor:
         from .imputation import impute
 
-        table = torch.where(mask, z, torch.tensor(math.nan, dtype=z.dtype))
+        table = torch.where(mask, z, torch.full((), math.nan, dtype=z.dtype, device=z.device))
         imps = impute(
             self._model(z.shape[1]),
             args=(table,),
@@ -488,7 +606,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
 
     def _draws(self, X: Any, num: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
         z, mask, chol, mean = self._conditional(X)
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=_devices(z)):
             torch.manual_seed(seed)
             if chol is not None:
                 draws = sample_conditional_gaussian(mean, chol, mask, num)[0]
@@ -497,7 +615,9 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         return torch.where(mask, z, draws), mask, z
 
     def _output(self, z: Tensor, mask: Tensor, X: Any) -> np.ndarray:
-        out = self.standardizer_.inverse(z).numpy()
+        # back to the host once, and to original units in float64
+        out = self.standardizer_.inverse(z.detach().cpu().to(torch.float64)).numpy()
+        mask = mask.cpu()
         original = np.asarray(X, dtype=np.float64) if not is_dataframe(X) else None
         if original is None:
             original, _ = as_table(X, dtype=torch.float64)
@@ -547,7 +667,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
             covariance = torch.cholesky_inverse(chol)
             sd = torch.diagonal(covariance, dim1=-2, dim2=-1).clamp(min=0).sqrt()
             sd = torch.where(mask, torch.zeros_like(sd), sd)
-            q = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + prob / 2)))
+            q = NormalDist().inv_cdf(0.5 + float(prob) / 2)
             lower, upper = mean - q * sd, mean + q * sd
         else:
             from .imputation import imputation_intervals

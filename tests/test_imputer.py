@@ -143,6 +143,66 @@ def test_energy_option_trains_a_network_and_fills_gaps():
     assert (lower <= out + 1e-9).all() and (out <= upper + 1e-9).all()
 
 
+def _devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_float32_on_any_device_gives_the_float64_answer(device):
+    # stated tolerance: 2e-3 column sd for filled values and interval ends, 1e-3 relative for
+    # the precision (measured 4e-4 to 6e-4 and 1e-4 to 3e-4 at penalties 0.1, 0.003 and auto);
+    # float32 L-BFGS stops at its own, coarser, tolerances
+    x, mask, _, cov = _gaussian(400, seed=6)
+    table = np.where(mask, x, np.nan)
+    sd = np.sqrt(np.diag(cov))
+    ref = ScoreMatchingImputer(random_state=0).fit(table)
+    low = ScoreMatchingImputer(random_state=0, dtype="float32", device=device).fit(table)
+    assert low.precision_.dtype == torch.float32 and low.precision_.device.type == device
+    assert ref.precision_.dtype == torch.float64 and ref.precision_.device.type == "cpu"
+    assert low.shrinkage_ == ref.shrinkage_  # the same penalty chosen on the same folds
+    p_ref, p_low = ref.precision_, low.precision_.cpu().double()
+    assert float((p_ref - p_low).abs().max() / p_ref.abs().max()) < 1e-3
+    out_ref, out_low = ref.transform(table), low.transform(table)
+    assert out_low.dtype == np.float64 and np.array_equal(out_low[mask], table[mask])
+    assert np.abs((out_ref - out_low) / sd).max() < 2e-3
+    for a, b in zip(ref.interval(table), low.interval(table), strict=True):
+        assert np.abs((a - b) / sd).max() < 2e-3
+    draws = np.stack(low.multiple_imputations(table, 3))
+    assert np.isfinite(draws).all() and np.array_equal(draws[:, mask][0], table[mask])
+
+
+def test_bad_options_name_the_argument():
+    table = np.where(np.eye(4, dtype=bool), np.nan, np.arange(16.0).reshape(4, 4))
+    for kwargs, word in (
+        ({"dtype": "float16"}, "dtype"),
+        ({"cv": 1}, "cv"),
+        ({"selection": "min"}, "selection"),
+    ):
+        with pytest.raises(ValueError, match=word):
+            ScoreMatchingImputer(**kwargs).fit(table)
+
+
+def test_one_standard_error_rule_keeps_mean_imputation_without_clear_evidence():
+    # independent columns: no penalty beats the diagonal model (mean imputation) clearly, so the
+    # one-standard-error rule keeps it; "best" takes whatever minimised the held-out error
+    g = np.random.default_rng(8)
+    x = g.normal(size=(300, 5))
+    table = np.where(g.random(x.shape) > 0.2, x, np.nan)
+    one_se = ScoreMatchingImputer(random_state=0).fit(table)
+    best = ScoreMatchingImputer(random_state=0, selection="best").fit(table)
+    rmse = one_se.validation_rmse_
+    assert math.isinf(one_se.shrinkage_)
+    assert rmse[best.shrinkage_] == min(rmse.values())
+    se = one_se.validation_se_
+    b = best.shrinkage_
+    # the rule in numbers: mean imputation is within one paired SE of the best
+    assert rmse[math.inf] ** 2 - rmse[b] ** 2 <= se[math.inf] + 1e-12
+    # with strong correlation the evidence is clear and a finite penalty is chosen
+    y = x + 2.0 * x[:, :1]
+    fitted = ScoreMatchingImputer(random_state=0).fit(np.where(np.isnan(table), np.nan, y))
+    assert not math.isinf(fitted.shrinkage_)
+
+
 # scikit-learn's own protocol checks; a fixed penalty keeps each of the ~40 fits to one L-BFGS
 # run (the automatic choice is exercised by the tests above). No check is expected to fail.
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402

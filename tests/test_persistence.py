@@ -41,76 +41,78 @@ def _model_full(x):
         pyro_msm.observe("x", GaussianEnergy(loc, tril @ tril.T), obs=x[idx])
 
 
-def _run(estimator: str, stop: int | None, total: int, via_file=None):
-    """Train ``total`` steps; with ``stop``, checkpoint there, scramble everything a resumed
-    process would not share (new loss, new optimiser, perturbed parameters and RNGs), restore
-    and continue."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    x = _table()
+STOP, TOTAL = 100, 200  # the issue's protocol: stop at 100, resume to 200, against 200 straight
+GUIDE_STEPS = 2  # model/guide cycle of 3: step 100 falls mid-cycle (100 % 3 == 1)
+
+
+def _make(estimator: str):
     guide = AmortizedNormal(_model_full, hidden_dims=(8,)) if estimator == "variational" else None
-    make_loss = lambda: pyro_msm.MissingScoreMatching(  # noqa: E731
-        estimator, num_particles=4, guide_steps=3
-    )
-    loss = make_loss()
+    loss = pyro_msm.MissingScoreMatching(estimator, num_particles=4, guide_steps=GUIDE_STEPS)
     optim = pyro.optim.Adam({"lr": 0.02})
-    svi = SVI(_model_full, guide or (lambda x: None), optim, loss)
-    for step in range(total):
-        if stop is not None and step == stop:
-            if via_file is not None:
-                save_checkpoint(via_file, optim=optim, loss=loss)
-            else:
-                state = pickle.loads(pickle.dumps(checkpoint_state(optim, loss)))
-            # what a fresh process would have: other random states, other values, new objects
-            torch.manual_seed(123)
-            np.random.seed(123)
-            random.seed(123)
-            with torch.no_grad():
-                for _, p in pyro.get_param_store().named_parameters():
-                    p.add_(0.5)
-            loss, optim = make_loss(), pyro.optim.Adam({"lr": 0.02})
-            svi = SVI(_model_full, guide or (lambda x: None), optim, loss)
-            if via_file is not None:
-                load_checkpoint(via_file, optim=optim, loss=loss)
-            else:
-                restore_checkpoint(state, optim=optim, loss=loss)
-        svi.step(x)
+    return guide, loss, optim, SVI(_model_full, guide or (lambda x: None), optim, loss)
+
+
+def _params():
     return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
 
 
+def _scramble():
+    """What a fresh process would have: other random states and other parameter values."""
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    with torch.no_grad():
+        for _, p in pyro.get_param_store().named_parameters():
+            p.add_(0.5)
+
+
+def _straight(estimator: str, path):
+    """An uninterrupted ``TOTAL``-step run that checkpoints at ``STOP`` (in memory and to
+    ``path``) on the way; returns the final parameters, the in-memory state and the guide."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    x = _table()
+    guide, loss, optim, svi = _make(estimator)
+    state = None
+    for step in range(TOTAL):
+        if step == STOP:
+            state = pickle.loads(pickle.dumps(checkpoint_state(optim, loss)))
+            save_checkpoint(path, optim=optim, loss=loss)
+        svi.step(x)
+    return _params(), state, guide
+
+
+def _resume(estimator: str, guide, state=None, path=None, keep_loss_state: bool = True):
+    """Scramble, build a new loss, optimiser and SVI, restore, and run ``TOTAL - STOP`` steps."""
+    x = _table()
+    _scramble()
+    _, loss, optim, _ = _make(estimator)
+    svi = SVI(_model_full, guide or (lambda x: None), optim, loss)
+    if path is not None:
+        load_checkpoint(path, optim=optim, loss=loss)
+    else:
+        restore_checkpoint(state, optim=optim, loss=loss if keep_loss_state else None)
+    for _ in range(STOP, TOTAL):
+        svi.step(x)
+    return _params()
+
+
 @pytest.mark.parametrize("estimator", ["iw", "variational"])
-def test_stop_and_resume_is_bit_identical(estimator, tmp_path):
-    straight = _run(estimator, None, 40)
-    resumed = _run(estimator, 20, 40)
-    via_file = _run(estimator, 23, 40, via_file=tmp_path / "fit.ckpt")
+def test_stop_at_100_and_resume_to_200_is_bit_identical(estimator, tmp_path):
+    path = tmp_path / "fit.ckpt"
+    straight, state, guide = _straight(estimator, path)
+    resumed = _resume(estimator, guide, state=state)
+    via_file = _resume(estimator, guide, path=path)
     assert set(straight) == set(resumed) == set(via_file)
     assert len(straight) > (2 if estimator == "variational" else 1)
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
         assert torch.equal(straight[name], via_file[name]), name
-    # and the check can fail: without the loss's schedule state the run differs
+    # and the check can fail: without the loss's schedule state (a fresh loss starts its
+    # model/guide cycle at a model step where the straight run took a guide step) the run differs
     if estimator == "variational":
-        pyro.clear_param_store()
-        other = _run_without_loss_state()
+        other = _resume(estimator, guide, state=state, keep_loss_state=False)
         assert any(not torch.equal(straight[k], other[k]) for k in straight)
-
-
-def _run_without_loss_state():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    x = _table()
-    guide = AmortizedNormal(_model_full, hidden_dims=(8,))
-    loss = pyro_msm.MissingScoreMatching("variational", num_particles=4, guide_steps=3)
-    optim = pyro.optim.Adam({"lr": 0.02})
-    svi = SVI(_model_full, guide, optim, loss)
-    for step in range(40):
-        if step == 20:
-            state = checkpoint_state(optim, None)  # loss state left out
-            loss = pyro_msm.MissingScoreMatching("variational", num_particles=4, guide_steps=3)
-            svi = SVI(_model_full, guide, optim, loss)
-            restore_checkpoint(state, optim=optim)
-        svi.step(x)
-    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
 
 
 def test_checkpoint_refuses_other_dicts():
