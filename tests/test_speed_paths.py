@@ -440,3 +440,20 @@ def test_guide_lr_sets_the_guide_parameters_step_size(table):
             assert moved[None][name] > 1e-3, name
     assert moved[1e-7]["mu"] == pytest.approx(moved[None]["mu"], rel=1e-6)
     assert moved[None]["mu"] > 0.05
+
+
+def test_auto_chunks_are_cache_sized_on_the_cpu_only_without_closed_forms():
+    """``chunk_size="auto"``: energies differentiated through a network get cache-sized chunks on
+    the CPU (measured faster, see AUTO_CHUNK_ENTRIES_CPU); closed-form energies keep the large
+    ones (smaller chunks only add per-chunk work there)."""
+    from pyro_msm.infer.derivatives import has_closed_form
+    from pyro_msm.infer.score_matching import AUTO_CHUNK_ENTRIES, AUTO_CHUNK_ENTRIES_CPU
+
+    x = torch.zeros(3, 6, dtype=D64)
+    gaussian = GaussianEnergy(torch.zeros(6, dtype=D64), torch.eye(6, dtype=D64))
+    network = FunctionEnergy(EnergyMLP(6, (8,)).double(), 6)
+    assert has_closed_form(gaussian.expand((3,))) and not has_closed_form(network)
+    loss = MissingScoreMatching("iw", 4)
+    assert loss._points_per_chunk(network, x) == AUTO_CHUNK_ENTRIES_CPU // 6
+    assert loss._points_per_chunk(gaussian, x) == AUTO_CHUNK_ENTRIES // 6
+    assert MissingScoreMatching("iw", 4, chunk_size=None)._points_per_chunk(network, x) is None

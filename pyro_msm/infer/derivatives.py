@@ -28,6 +28,7 @@ __all__ = [
     "hessian_vector_product",
     "directional_derivatives",
     "taylor_network",
+    "has_closed_form",
     "DIAG_METHODS",
     "ROWWISE_MIN_DIM",
     "TAYLOR_ACTIVATIONS",
@@ -47,6 +48,17 @@ def _unwrap(fn: Distribution) -> Distribution:
     while isinstance(fn, ExpandedDistribution):
         fn = fn.base_dist
     return fn
+
+
+def has_closed_form(fn: Distribution) -> bool:
+    """Whether ``fn`` is an :class:`~pyro_msm.distributions.Energy` whose class gives the score
+    and the diagonal of its Jacobian in closed form (their cost is then a few operations per
+    entry, with no hidden-layer intermediates)."""
+    base = _unwrap(fn)
+    return (
+        isinstance(base, Energy)
+        and type(base).score_and_diag_jacobian is not Energy.score_and_diag_jacobian
+    )
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from torch.distributions import Distribution
 from .. import distributed
 from ..distributions.energy import Energy
 from ..distributions.gaussian import GaussianEnergy
-from .derivatives import _unwrap, log_prob
+from .derivatives import _unwrap, has_closed_form, log_prob
 from .em import completed_rows_objective
 from .estimators import (
     _has_observed,
@@ -76,9 +76,13 @@ GUIDED = ("variational", "hybrid")
 #: Entries (points x d) per chunk with ``chunk_size="auto"`` on an accelerator: at d = 50 and
 #: r = 10 that is 2,000 incomplete rows per chunk.
 AUTO_CHUNK_ENTRIES = 2**20
-#: The same on the CPU, where a chunk whose derivative intermediates stay in cache is faster:
-#: measured (MLP energy 2 x 64, n = 1000, one thread) against 2**20, a step took 0.45x at d=50,
-#: r=10; 0.55x at d=10, r=10; 0.60x at d=100, r=1; and 0.9-1.07x with one particle at d <= 50.
+#: The same on the CPU for energies differentiated by autodiff or Taylor mode, where a chunk
+#: whose hidden-layer intermediates stay in cache is faster: measured (MLP energy 2 x 64,
+#: n = 1000, one thread) against 2**20, a step took 0.45x at d=50, r=10; 0.55x at d=10, r=10;
+#: 0.60x at d=100, r=1; and 0.9-1.07x with one particle at d <= 50. Energies with closed-form
+#: derivatives (:func:`~pyro_msm.infer.derivatives.has_closed_form`) keep
+#: :data:`AUTO_CHUNK_ENTRIES`: smaller chunks only add per-chunk work there (the demo's IW fit,
+#: a Gaussian at d=10, r=10, took 1.7x as long with them).
 AUTO_CHUNK_ENTRIES_CPU = 2**14
 
 
@@ -240,8 +244,9 @@ class MissingScoreMatching(ELBO):
         (:meth:`loss_and_grads`) each chunk is differentiated as soon as it is evaluated and its
         graph freed, so a full-batch step's memory is bounded by one chunk while the value and
         the gradients are those of one pass. ``"auto"`` (default) allows
-        :data:`AUTO_CHUNK_ENTRIES_CPU` entries (points x d) on the CPU (cache-sized chunks are
-        faster there) and :data:`AUTO_CHUNK_ENTRIES` on an accelerator; ``None`` never cuts.
+        :data:`AUTO_CHUNK_ENTRIES_CPU` entries (points x d) on the CPU for energies without
+        closed-form derivatives (cache-sized chunks are faster there) and
+        :data:`AUTO_CHUNK_ENTRIES` otherwise; ``None`` never cuts.
         (:meth:`differentiable_loss` must return one graph, so there chunks bound only the
         transient memory of the derivatives.)
     :param compile: run the objective under :func:`torch.compile` (True, or a dict of its
@@ -508,12 +513,13 @@ class MissingScoreMatching(ELBO):
         return float(distributed.all_reduce_sum(total).item()) / distributed.world().size
 
     # -- the per-site objective, over groups of rows and chunks of them ---------------------------
-    def _points_per_chunk(self, d: int, device: torch.device) -> int | None:
+    def _points_per_chunk(self, fn: Distribution, x: Tensor) -> int | None:
         if self.chunk_size is None:
             return None
         if self.chunk_size == "auto":
-            entries = AUTO_CHUNK_ENTRIES_CPU if device.type == "cpu" else AUTO_CHUNK_ENTRIES
-            return max(1, entries // d)
+            small = x.device.type == "cpu" and not has_closed_form(fn)
+            entries = AUTO_CHUNK_ENTRIES_CPU if small else AUTO_CHUNK_ENTRIES
+            return max(1, entries // x.shape[-1])
         return int(self.chunk_size)
 
     def _objective_total(
@@ -534,7 +540,7 @@ class MissingScoreMatching(ELBO):
         objective = self._em_objective if self.estimator == "em" else self.objective
         splittable = fn.batch_shape == torch.Size()  # scores any subset of rows
         per_chunk = (
-            self._points_per_chunk(site.data.shape[-1], site.data.device) if splittable else None
+            self._points_per_chunk(fn, site.data) if splittable else None
         )
         chunks = []
         for group in groups:
