@@ -443,9 +443,10 @@ def test_guide_lr_sets_the_guide_parameters_step_size(table):
 
 
 def test_auto_chunks_are_cache_sized_on_the_cpu_only_without_closed_forms():
-    """``chunk_size="auto"``: energies differentiated through a network get cache-sized chunks on
-    the CPU (measured faster, see AUTO_CHUNK_ENTRIES_CPU); closed-form energies keep the large
-    ones (smaller chunks only add per-chunk work there)."""
+    """``chunk_size="auto"``: objectives that take the Jacobian's diagonal of an energy
+    differentiated through a network get cache-sized chunks on the CPU (measured faster, see
+    AUTO_CHUNK_ENTRIES_CPU); closed-form energies and the sliced and denoising objectives keep
+    the large ones (smaller chunks only add per-chunk work there)."""
     from pyro_msm.infer.derivatives import has_closed_form
     from pyro_msm.infer.score_matching import AUTO_CHUNK_ENTRIES, AUTO_CHUNK_ENTRIES_CPU
 
@@ -457,3 +458,8 @@ def test_auto_chunks_are_cache_sized_on_the_cpu_only_without_closed_forms():
     assert loss._points_per_chunk(network, x) == AUTO_CHUNK_ENTRIES_CPU // 6
     assert loss._points_per_chunk(gaussian, x) == AUTO_CHUNK_ENTRIES // 6
     assert MissingScoreMatching("iw", 4, chunk_size=None)._points_per_chunk(network, x) is None
+    for objective in ("sliced", "denoising"):  # no d-fold intermediates: large chunks
+        loss = MissingScoreMatching("iw", 4, objective=objective)
+        assert loss._points_per_chunk(network, x) == AUTO_CHUNK_ENTRIES // 6
+    em = MissingScoreMatching("em", 4, objective="truncated")
+    assert em._points_per_chunk(network, x) == AUTO_CHUNK_ENTRIES_CPU // 6

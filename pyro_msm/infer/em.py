@@ -46,6 +46,7 @@ class CompletedRowsObjective(Objective):
                 f"CompletedRowsObjective needs an Objective, got {type(objective).__name__}"
             )
         self.objective = objective
+        self.diagonal = objective.diagonal
 
     def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
         z = particles.z.detach()  # (r, n, d): every particle a complete row

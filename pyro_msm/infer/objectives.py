@@ -104,6 +104,10 @@ class Objective:
 
     #: whether the objective needs the rows noised before completion (denoising)
     perturbs: bool = False
+    #: whether it evaluates the diagonal of the score's Jacobian (``d`` derivative directions
+    #: per point, so its intermediates grow with ``d``; the loss then cuts cache-sized chunks on
+    #: the CPU, see :data:`~pyro_msm.infer.score_matching.AUTO_CHUNK_ENTRIES_CPU`)
+    diagonal: bool = False
 
     def perturb(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
         """The observed rows the particles are drawn for (the data, unless denoising) and the
@@ -166,6 +170,8 @@ class ExactObjective(Objective):
     particle of weight one it is classical score matching on the scored coordinates,
     :math:`\sum_j 2 b_j + a_j^2`. Costs ``d`` Hessian-vector products per point unless the
     model has a closed form."""
+
+    diagonal = True
 
     def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         a, b = score_and_diag_jacobian(fn, particles.z)
@@ -309,6 +315,8 @@ class TruncatedObjective(Objective):
     :param cap: the cap of the default weight.
     """
 
+    diagonal = True
+
     def __init__(
         self, weight: Callable[[Tensor, Tensor], Tensor] | None = None, cap: float = 1.0
     ) -> None:
@@ -343,6 +351,8 @@ class ExpectedCompleteDataObjective(Objective):
     r"""The expected classical loss of the completed rows,
     :math:`\sum_j \bar E[2 b_j + a_j^2]` over every coordinate: the M-step of the EM algorithm
     of Uehara, Matsuda & Kim (2020), used with weights computed with the model frozen."""
+
+    diagonal = True
 
     def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         a, b = score_and_diag_jacobian(fn, particles.z)
