@@ -121,20 +121,27 @@ def _single_particle(z: Tensor, scored: Tensor, row_weight: Tensor) -> Particles
     return Particles(z.unsqueeze(0), torch.ones_like(row_weight).unsqueeze(0), scored, row_weight)
 
 
+def _take(t: Tensor, rows: Tensor, dim: int = 0) -> Tensor:
+    """``t``'s entries ``rows`` along ``dim``. The loss's row indices are sorted and distinct
+    (they come from ``arange`` and ``nonzero``), so as many of them as ``t`` has entries are all
+    of them in order: ``t`` itself is returned (no copy, no scatter in the backward)."""
+    return t if rows.shape[0] == t.shape[dim] else t.index_select(dim, rows)
+
+
 def _slice_particles(particles: Particles, rows: Tensor, first: bool) -> Particles:
     """The particles of some rows (only the first particle, with weight one, if ``first``)."""
 
     def take(t: Tensor | None, dim: int) -> Tensor | None:
-        return None if t is None else t.index_select(dim, rows)
+        return None if t is None else _take(t, rows, dim)
 
-    z, weights = particles.z[:, rows], particles.weights[:, rows]
+    z, weights = _take(particles.z, rows, 1), _take(particles.weights, rows, 1)
     if first:
         z, weights = z[:1], torch.ones_like(weights[:1]).detach()
     return Particles(
         z,
         weights,
-        particles.scored[rows],
-        particles.row_weight[rows],
+        _take(particles.scored, rows),
+        _take(particles.row_weight, rows),
         clean=take(particles.clean, 0),
         outside=take(particles.outside, 0),
         noise_scale=take(particles.noise_scale, 0),
@@ -574,7 +581,7 @@ class MissingScoreMatching(ELBO):
                 rows = rows[keep]
             losses = objective(fn, particles)
             row_losses.append(losses.detach())
-            value = (losses * site.scale[rows] * particles.row_weight).sum() * world
+            value = (losses * _take(site.scale, rows) * particles.row_weight).sum() * world
             if backward and len(chunks) > 1 and value.requires_grad:
                 value.backward(retain_graph=True)  # the parameters' upstream graph is shared
                 value = value.detach()
@@ -632,8 +639,8 @@ class MissingScoreMatching(ELBO):
         row_fn = self._row_fn(fn)
 
         def finish(particles: Particles, rows: Tensor) -> Particles:
-            particles.clean = clean[rows]
-            particles.noise_scale = None if noise_scale is None else noise_scale[rows]
+            particles.clean = _take(clean, rows)
+            particles.noise_scale = None if noise_scale is None else _take(noise_scale, rows)
             return particles
 
         def single(particles: Particles, rows: Tensor = all_rows) -> _Group:
