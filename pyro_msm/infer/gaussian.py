@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .sites import memo
+
 __all__ = [
     "missingness_patterns",
     "PatternStatistics",
@@ -95,10 +97,18 @@ def pattern_blocks(keep: Tensor) -> list[tuple[Tensor, Tensor]]:
     Batched linear algebra on the kept blocks (sizes ``a < d``) then costs
     :math:`\sum a^3` rather than padding every block to ``d`` (:func:`restrict`).
 
+    The grouping reads the device (the distinct sizes), so it is computed once per ``keep``
+    tensor (:func:`~pyro_msm.infer.sites.memo`): an optimiser that evaluates the loss of one
+    :class:`PatternStatistics` many times groups its patterns once.
+
     :param keep: boolean ``(k, d)``.
     :returns: a list of ``(rows, index)``: the row numbers ``(k_a,)`` of ``keep`` with ``a``
         kept entries (``a >= 1``) and their kept columns ``(k_a, a)`` in increasing order.
     """
+    return memo(keep, "pattern_blocks", lambda: _pattern_blocks(keep))
+
+
+def _pattern_blocks(keep: Tensor) -> list[tuple[Tensor, Tensor]]:
     sizes = keep.sum(-1)
     out = []
     for a in torch.unique(sizes).tolist():
