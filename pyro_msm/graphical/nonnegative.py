@@ -99,7 +99,7 @@ from torch import Tensor
 
 from ..distributions.paper import colour_classes
 from .path import PenaltyPath, as_data_and_mask
-from .quadratic import penalty_grid
+from .quadratic import penalty_grid, subgradient_violation
 
 __all__ = [
     "NONNEGATIVE_METHODS",
@@ -281,20 +281,11 @@ def nonnegative_objective(
 def _kkt(theta: Tensor, stats: NonnegativeStatistics, penalty: float) -> float:
     d = stats.dim
     grad = _gradient(theta, stats)
-    k, gk = theta[:d], grad[:d]
-    eye = torch.eye(d, dtype=torch.bool, device=k.device)
-    active = (k != 0) & ~eye
-    violation = torch.where(
-        eye,
-        gk.abs(),
-        torch.where(
-            active, (gk + penalty * torch.sign(k)).abs(), torch.clamp(gk.abs() - penalty, min=0)
-        ),
-    )
-    worst = violation.max()
+    # the precision block: the l1 problem's conditions; the unpenalised eta row: a zero gradient
+    worst = subgradient_violation(theta[:d], grad[:d], penalty)
     if not stats.centred:
-        worst = torch.maximum(worst, grad[d:].abs().max())
-    return float(worst)
+        worst = max(worst, float(grad[d:].abs().max()))
+    return worst
 
 
 def nonnegative_kkt_violation(
