@@ -408,3 +408,16 @@ def test_bad_input_errors():
         quadratic_score_matching(torch.zeros(3, 3, dtype=torch.float64), 0.1)
     with pytest.raises(ValueError, match="at least one edge"):
         roc_auc(torch.zeros(3, 3), torch.rand(3, 3))
+
+
+def test_penalty_grid_is_log_spaced_on_the_cpu_unless_told():
+    """A grid made from Python numbers follows no data: it is on the CPU even when torch's
+    default device is another one, and on ``device`` when given; its ratios are constant."""
+    with torch.device("meta"):
+        grid = penalty_grid(2.0, 5, 0.01)
+        placed = penalty_grid(2.0, 5, 0.01, device="meta")
+    assert grid.device.type == "cpu" and grid.dtype == torch.float64
+    assert placed.device.type == "meta"
+    assert float(grid[0]) == pytest.approx(2.0) and float(grid[-1]) == pytest.approx(0.02)
+    ratios = grid[1:] / grid[:-1]
+    assert torch.allclose(ratios, torch.full_like(ratios, 0.01 ** 0.25))

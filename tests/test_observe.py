@@ -481,3 +481,31 @@ def test_memo_recomputes_after_an_in_place_change_and_never_for_grad_tensors():
     x = table().requires_grad_()
     assert memo(x, "sum", lambda: x.sum()).requires_grad  # computed, never stored
     assert not hasattr(x, "_pyro_msm_memo")
+
+
+def test_data_site_knows_whether_its_rows_are_scaled_without_reading_the_device():
+    """Pyro records a plain or subsampled plate's scale as a number: the loss reads whether rows
+    are subsampled from it (N / batch); a tensor scale (poutine.scale) is read off the tensor."""
+    from pyro_msm.infer.sites import find_data_sites
+
+    x = table()
+
+    def model(size=None, scale=None):
+        with pyro.plate("data", N, subsample=None if size is None else torch.arange(size)):
+            rows = x if size is None else x[:size]
+            if scale is None:
+                return observe("x", energy(), rows)
+            with poutine.scale(scale=scale):
+                return observe("x", energy(), rows)
+
+    plain = find_data_sites(poutine.trace(model).get_trace())[0]
+    assert plain.constant_scale == 1.0 and not plain.subsampled
+    half = find_data_sites(poutine.trace(model).get_trace(size=N // 2))[0]
+    assert half.constant_scale == pytest.approx(2.0) and half.subsampled
+    assert torch.allclose(half.scale, torch.full((N // 2,), 2.0, dtype=x.dtype))
+    weights = torch.ones(N, dtype=x.dtype)
+    same = find_data_sites(poutine.trace(model).get_trace(scale=weights))[0]
+    assert same.constant_scale is None and not same.subsampled
+    weights[2] = 3.0
+    scaled = find_data_sites(poutine.trace(model).get_trace(scale=weights))[0]
+    assert scaled.constant_scale is None and scaled.subsampled
