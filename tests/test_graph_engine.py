@@ -39,6 +39,7 @@ from pyro_msm.graphical import (
 from pyro_msm.graphical.path import as_data_and_mask
 from pyro_msm.infer.gaussian import (
     conditional_gaussian,
+    estep_plan,
     expected_statistics,
     grouped_marginal_loss,
     marginal_score_matching_loss,
@@ -83,6 +84,10 @@ def test_grouped_closed_forms_equal_the_per_row_ones(rate):
     want = (centred.T @ centred + cond_cov.sum(0)) / n
     assert torch.allclose(mean, cond_mean.mean(0), atol=1e-12)
     assert torch.allclose(s, want, atol=1e-10)
+    # the index plan built once per mask (EM's repeated E-steps) gives the same statistics
+    planned = expected_statistics(x, mask, loc, precision, plan=estep_plan(mask))
+    for got, ref in zip(planned, (completed, mean, s), strict=True):
+        assert torch.allclose(got, ref, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pyro_msm.infer.estimators import (
 )
 from pyro_msm.infer.gaussian import (
     conditional_gaussian,
+    conditional_gaussian_noise,
     gaussian_fisher_divergence,
     marginal_score_matching_loss,
     nearest_positive_definite,
@@ -129,6 +130,23 @@ def test_conditional_samples_and_log_density():
         gain = cov[u][:, o] @ torch.linalg.inv(cov[o][:, o])
         cond = dist.MultivariateNormal(mean[i, u], cov[u][:, u] - gain @ cov[o][:, u])
         torch.testing.assert_close(log_q[:, i], cond.log_prob(draws[:, i, u]))
+    # the draws are a function of conditional_gaussian_noise's random numbers: the same numbers
+    # give the same draws, and the rows of a subset drawn with the whole table's numbers are the
+    # whole draw's rows (what replicated data parallelism relies on)
+    torch.manual_seed(3)
+    noise = conditional_gaussian_noise(mask, 4, D)
+    assert bool(((noise == 0) | ~mask).all())  # nothing on observed coordinates
+    torch.manual_seed(3)
+    again, again_lq = sample_conditional_gaussian(mean, chol, mask, 4)
+    given, given_lq = sample_conditional_gaussian(mean, chol, mask, 4, noise=noise)
+    torch.testing.assert_close(given, again, rtol=0, atol=0)
+    torch.testing.assert_close(given_lq, again_lq, rtol=0, atol=0)
+    rows = torch.tensor([1, 3])
+    part, part_lq = sample_conditional_gaussian(
+        mean[rows], chol[rows], mask[rows], 4, noise=noise[:, rows]
+    )
+    torch.testing.assert_close(part, given[:, rows])
+    torch.testing.assert_close(part_lq, given_lq[:, rows])
     # moments of many draws
     big, _ = sample_conditional_gaussian(mean, chol, mask, 200_000)
     torch.testing.assert_close(big.mean(0), mean, atol=0.02, rtol=0)
