@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="the target cells (default)")
     mode.add_argument("--full", action="store_true", help="the whole grid (hours)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one")
     parser.add_argument("--penalties", type=int, default=15, help="penalties per path")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--cells", type=int, nargs="*", default=None,
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [cells[i] for i in args.cells]
     rows: list[dict] = []
     for cell in cells:
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             rows += run_cell(*cell, seed, tuple(args.methods), args.penalties,
                              args.marginal_max_d)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from pyro_msm.infer.gaussian import (
     conditional_gaussian,
     estep_plan,
     expected_statistics,
+    grouped_marginal_gradient,
     grouped_marginal_loss,
     marginal_score_matching_loss,
     pattern_statistics,
@@ -90,6 +91,36 @@ def test_grouped_closed_forms_equal_the_per_row_ones(rate):
         assert torch.allclose(got, ref, atol=1e-12)
 
 
+@pytest.mark.parametrize("rate", [0.3, 0.75])
+def test_closed_form_marginal_gradient_is_the_derivative_of_the_loss(rate):
+    """grouped_marginal_gradient: the loss's value, autograd's gradient through the batched
+    factorisations, and central finite differences along a random symmetric direction."""
+    torch.manual_seed(1)
+    n, d = 150, 6
+    x = torch.randn(n, d, dtype=torch.float64) @ torch.randn(d, d, dtype=torch.float64)
+    mask = torch.rand(n, d) > rate
+    stats = pattern_statistics(torch.where(mask, x, torch.zeros((), dtype=x.dtype)), mask)
+    a = torch.randn(d, d, dtype=torch.float64)
+    precision = a @ a.T + d * torch.eye(d, dtype=torch.float64)
+    loc = torch.randn(d, dtype=torch.float64)
+    value, g_loc, g_p = grouped_marginal_gradient(stats, loc, precision)
+    loc_r, p_r = loc.clone().requires_grad_(True), precision.clone().requires_grad_(True)
+    ref = grouped_marginal_loss(stats, loc_r, 0.5 * (p_r + p_r.T))
+    ref_loc, ref_p = torch.autograd.grad(ref, (loc_r, p_r))
+    assert float(value) == pytest.approx(float(ref), rel=1e-12)
+    assert torch.allclose(g_loc, ref_loc, atol=1e-10)
+    assert torch.allclose(g_p, 0.5 * (ref_p + ref_p.T), atol=1e-10)
+    direction = torch.randn(d, d, dtype=torch.float64)
+    direction = direction + direction.T
+    shift = torch.randn(d, dtype=torch.float64)
+    h = 1e-6
+    up = grouped_marginal_loss(stats, loc + h * shift, precision + h * direction)
+    down = grouped_marginal_loss(stats, loc - h * shift, precision - h * direction)
+    numeric = float(up - down) / (2 * h)
+    analytic = float((g_p * direction).sum() + (g_loc * shift).sum())
+    assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-8)
+
+
 # --------------------------------------------------------------------------------------------------
 # the exact solvers
 # --------------------------------------------------------------------------------------------------
@@ -110,6 +141,18 @@ def test_marginal_solver_satisfies_its_optimality_conditions():
     assert marginal_kkt_violation(data, mask, sol.loc, worse, penalty) > 1e-3
     value = marginal_objective(data, mask, sol.loc, sol.precision)
     assert value < marginal_objective(data, mask, sol.loc, worse)
+
+
+def test_marginal_solver_does_not_call_a_collapsed_step_convergence():
+    """A step far below the data's nominal step moves the iterate by almost nothing; that is
+    not convergence (the path used to freeze this way near the positive-definite boundary)."""
+    _, data, mask = _problem("chain", d=4, n=200, rate=0.3, seed=1)
+    top, _, _ = empty_graph_penalty(data, mask)
+    stalled = marginal_score_matching(data, mask, 0.2 * top, step=1e-12, max_iter=5)
+    assert not stalled.converged
+    sol = marginal_score_matching(data, mask, 0.2 * top, step=1e-12, tol=1e-8, max_iter=3000)
+    assert sol.converged
+    assert marginal_kkt_violation(data, mask, sol.loc, sol.precision, 0.2 * top) < 1e-5
 
 
 def test_marginal_and_em_agree_at_the_top_of_the_path():

@@ -12,13 +12,14 @@ Hyvarinen loss of :math:`N(\mu, P^{-1})` (METHOD.md, "Gaussian closed form"),
     \rVert^2\big] + \gamma\sum_{j\ne k}|P_{jk}|, \qquad Q_i = ((P^{-1})_{oo})^{-1},
 
 computed from per-pattern statistics (:func:`~pyro_msm.infer.gaussian.grouped_marginal_loss`:
-one Cholesky factorisation per missingness pattern, not per row), with its gradient by autograd
-through the batched factorisations. It is minimised by accelerated proximal gradient (FISTA with
-soft-thresholding of the off-diagonal entries, as in :mod:`~pyro_msm.graphical.quadratic`) with
-backtracking on the step: a trial point is accepted only when it is positive definite and
-satisfies the sufficient-decrease condition of Beck & Teboulle; the momentum restarts when the
-objective goes up or an extrapolated point leaves the positive-definite cone. This is the
-``closed_form`` objective of :func:`~pyro_msm.graphical.score_matching_path`, solved exactly.
+one Cholesky factorisation per missingness pattern, not per row), with its gradient in closed
+form (:func:`~pyro_msm.infer.gaussian.grouped_marginal_gradient`). It is minimised by
+accelerated proximal gradient (FISTA with soft-thresholding of the off-diagonal entries, as in
+:mod:`~pyro_msm.graphical.quadratic`) with backtracking on the step: a trial point is accepted
+only when it is positive definite and satisfies the sufficient-decrease condition of Beck &
+Teboulle; the momentum restarts when the objective goes up or an extrapolated point leaves the
+positive-definite cone. This is the ``closed_form`` objective of
+:func:`~pyro_msm.graphical.score_matching_path`, solved exactly.
 
 **EM** (:func:`em_score_matching`, :func:`em_path`): the imputation estimator of Uehara,
 Matsuda & Kim (2020) for a Gaussian model (METHOD.md, "Exact solvers"). The E-step gives each
@@ -65,6 +66,7 @@ from ..infer.gaussian import (
     PatternStatistics,
     estep_plan,
     expected_statistics,
+    grouped_marginal_gradient,
     grouped_marginal_loss,
     pattern_statistics,
 )
@@ -204,12 +206,8 @@ def marginal_objective(
 def _value_and_grad(
     stats: PatternStatistics, loc: Tensor, p: Tensor
 ) -> tuple[float, Tensor, Tensor]:
-    loc = loc.detach().requires_grad_(True)
-    p = p.detach().requires_grad_(True)
-    with torch.enable_grad():
-        value = grouped_marginal_loss(stats, loc, 0.5 * (p + p.T))
-        g_loc, g_p = torch.autograd.grad(value, (loc, p))
-    return float(value.detach()), g_loc, 0.5 * (g_p + g_p.T)
+    value, g_loc, g_p = grouped_marginal_gradient(stats, loc.detach(), p.detach())
+    return float(value), g_loc, g_p
 
 
 def _value(stats: PatternStatistics, loc: Tensor, p: Tensor) -> float:
@@ -253,7 +251,9 @@ def marginal_score_matching(
     gradient with backtracking and restarts.
 
     Stops when no entry of :math:`(\mu, P)` moves by more than ``tol * max(1, max |P|)`` in an
-    iteration.
+    iteration, the move scaled up by how far backtracking shrank the step below its nominal
+    value :math:`1/(2\sum_j v_j)` (a collapsed step near the boundary of the positive-definite
+    cone is reported as ``converged=False``, not as convergence).
 
     :param x: ``(n, d)``, NaN where missing unless ``mask`` is given.
     :param mask: boolean ``(n, d)``, True where observed, or None.
@@ -284,10 +284,9 @@ def marginal_score_matching(
         p = p * keep
     if not _is_positive_definite(p):
         raise ValueError("marginal_score_matching: the initial precision is not positive definite")
-    if step is None:
-        _, var = _observed_moments(data, observed)
-        step = 1.0 / (2.0 * float(var.sum()))
-    t = float(step)
+    _, var = _observed_moments(data, observed)
+    nominal = 1.0 / (2.0 * float(var.sum()))
+    t = nominal if step is None else float(step)
     value = _value(stats, loc, p)
     objective = value + penalty * float(_l1(p))
     y_loc, y_p = loc, p
@@ -328,7 +327,9 @@ def marginal_score_matching(
             restarts += 1
         old_p, old_loc = p, loc
         p, loc, objective = new_p, new_loc, new_objective
-        if size <= tol * scale:
+        # a step that backtracking shrank below the nominal one moves the iterate less: the
+        # change is measured at the nominal step, so a collapsed step is not convergence
+        if size * max(1.0, nominal / t) <= tol * scale:
             converged = True
             break
         theta_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * theta * theta))

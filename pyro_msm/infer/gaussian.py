@@ -22,6 +22,7 @@ __all__ = [
     "pattern_statistics",
     "pattern_blocks",
     "grouped_marginal_loss",
+    "grouped_marginal_gradient",
     "EStepPlan",
     "EStepGroup",
     "estep_plan",
@@ -128,6 +129,34 @@ def _block(matrix: Tensor, index: Tensor, other: Tensor | None = None) -> Tensor
     return matrix[index.unsqueeze(-1), other.unsqueeze(-2)]
 
 
+def _marginal_groups(stats: PatternStatistics) -> list[tuple[Tensor, ...]]:
+    """The parameter-free part of :func:`grouped_marginal_loss`, per group of patterns with the
+    same number ``a`` of observed entries: counts ``(k,)``, observed columns ``(k, a)``, their
+    flat indices in a ``d x d`` matrix ``(k, a, a)``, sums ``(k, a)`` and scatter blocks
+    ``(k, a, a)``; computed once per :class:`PatternStatistics` (:func:`~.sites.memo`)."""
+
+    def compute() -> list[tuple[Tensor, ...]]:
+        d = stats.patterns.shape[1]
+        out = []
+        for rows, index in pattern_blocks(stats.patterns):
+            flat = index.unsqueeze(-1) * d + index.unsqueeze(-2)
+            scatter = stats.scatter.reshape(stats.scatter.shape[0], -1)[rows.unsqueeze(-1),
+                                                                        flat.flatten(1)]
+            out.append((stats.counts[rows], index, flat,
+                        torch.gather(stats.sums[rows], 1, index),
+                        scatter.reshape(flat.shape)))  # fmt: skip
+        return out
+
+    return memo(stats.scatter, "marginal_groups", compute)
+
+
+def _centred_scatter(n_k: Tensor, s_k: Tensor, scatter: Tensor, mu: Tensor) -> Tensor:
+    r""":math:`R = \sum_i (x_i-\mu)(x_i-\mu)^\top` from the sums and scatter of a pattern."""
+    outer = s_k.unsqueeze(-1) * mu.unsqueeze(-2)
+    mu_mu = mu.unsqueeze(-1) * mu.unsqueeze(-2)
+    return scatter - outer - outer.mT + n_k[:, None, None] * mu_mu
+
+
 def grouped_marginal_loss(stats: PatternStatistics, loc: Tensor, precision: Tensor) -> Tensor:
     r"""Mean over rows of the exact marginal Hyvarinen loss of :math:`N(\mu, P^{-1})`
     (:func:`marginal_score_matching_loss`), from per-pattern statistics.
@@ -137,7 +166,8 @@ def grouped_marginal_loss(stats: PatternStatistics, loc: Tensor, precision: Tens
     the summed loss is :math:`-2 n_o \mathrm{tr}\,Q + \mathrm{tr}(Q Q R_o)`, so one Cholesky
     factorisation of the observed block per pattern suffices (batched over the patterns with
     the same number of observed entries, :func:`pattern_blocks`). Differentiable in ``loc`` and
-    ``precision`` (autograd through the batched factors).
+    ``precision`` (autograd through the batched factors); :func:`grouped_marginal_gradient`
+    gives the same value with its gradient in closed form, at a fraction of the cost.
 
     :param stats: from :func:`pattern_statistics`.
     :param loc: ``(d,)``. :param precision: ``(d, d)`` positive definite.
@@ -145,22 +175,65 @@ def grouped_marginal_loss(stats: PatternStatistics, loc: Tensor, precision: Tens
     :raises torch.linalg.LinAlgError: if ``precision`` is not positive definite.
     """
     p = 0.5 * (precision + precision.mT)
-    covariance = torch.cholesky_inverse(torch.linalg.cholesky(p))
+    covariance = torch.cholesky_inverse(torch.linalg.cholesky(p)).reshape(-1)
     total = torch.zeros((), dtype=p.dtype, device=p.device)
-    for rows, index in pattern_blocks(stats.patterns):
-        n_k = stats.counts[rows]
-        s_k = torch.gather(stats.sums[rows], 1, index)  # (k, a)
-        mu = loc[index]  # (k, a)
-        outer = s_k.unsqueeze(-1) * mu.unsqueeze(-2)
-        scatter = stats.scatter[rows.unsqueeze(-1).unsqueeze(-1), index.unsqueeze(-1),
-                                index.unsqueeze(-2)]  # fmt: skip
-        mu_mu = mu.unsqueeze(-1) * mu.unsqueeze(-2)
-        centred = scatter - outer - outer.mT + n_k[:, None, None] * mu_mu
-        q = torch.cholesky_inverse(torch.linalg.cholesky(_block(covariance, index)))
+    for n_k, index, flat, s_k, scatter in _marginal_groups(stats):
+        centred = _centred_scatter(n_k, s_k, scatter, loc[index])
+        q = torch.cholesky_inverse(torch.linalg.cholesky(covariance[flat]))
         trace = torch.diagonal(q, dim1=-2, dim2=-1).sum(-1)
         quad = ((q @ q) * centred).sum((-2, -1))
         total = total + (-2 * n_k * trace + quad).sum()
     return total / stats.num_rows
+
+
+def grouped_marginal_gradient(
+    stats: PatternStatistics, loc: Tensor, precision: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    r""":func:`grouped_marginal_loss` and its gradient in ``loc`` and ``precision``, in closed
+    form (no autograd graph).
+
+    Per pattern, with :math:`Q = (\Sigma_{oo})^{-1}` and :math:`R_o` as in
+    :func:`grouped_marginal_loss`, :math:`dQ = -Q\,d\Sigma_{oo}\,Q` gives
+
+    .. math::
+        \frac{\partial L_o}{\partial \Sigma_{oo}} = 2 n_o Q^2 - Q^2 R_o Q - Q R_o Q^2,
+        \qquad
+        \frac{\partial L_o}{\partial \mu_o} = -2 Q^2 (s_o - n_o \mu_o),
+
+    with :math:`s_o` the pattern's row sum. The blocks are summed into a ``d x d`` matrix
+    :math:`G_\Sigma` (by flat indices, once per group) and, on symmetric matrices,
+    :math:`\partial L/\partial P = -\Sigma G_\Sigma \Sigma` from :math:`d\Sigma =
+    -\Sigma\,dP\,\Sigma`. One factorisation per pattern, as the loss; the same numbers as
+    autograd through :func:`grouped_marginal_loss` (to rounding; tested).
+
+    :param stats: from :func:`pattern_statistics`.
+    :param loc: ``(d,)``. :param precision: ``(d, d)`` symmetric positive definite.
+    :returns: ``(value, grad_loc, grad_precision)``; the value is a scalar tensor, the
+        precision gradient symmetric.
+    :raises torch.linalg.LinAlgError: if ``precision`` is not positive definite.
+    """
+    p = 0.5 * (precision + precision.mT)
+    d = p.shape[-1]
+    covariance = torch.cholesky_inverse(torch.linalg.cholesky(p))
+    flat_cov = covariance.reshape(-1)
+    g_sigma = torch.zeros(d * d, dtype=p.dtype, device=p.device)
+    g_loc = torch.zeros(d, dtype=p.dtype, device=p.device)
+    total = torch.zeros((), dtype=p.dtype, device=p.device)
+    for n_k, index, flat, s_k, scatter in _marginal_groups(stats):
+        mu = loc[index]
+        centred = _centred_scatter(n_k, s_k, scatter, mu)
+        q = torch.cholesky_inverse(torch.linalg.cholesky(flat_cov[flat]))
+        qq = q @ q
+        trace = torch.diagonal(q, dim1=-2, dim2=-1).sum(-1)
+        total = total + (-2 * n_k * trace + (qq * centred).sum((-2, -1))).sum()
+        b = qq @ (centred @ q)
+        block = 2 * n_k[:, None, None] * qq - b - b.mT
+        g_sigma.index_add_(0, flat.reshape(-1), block.reshape(-1))
+        resid = (s_k - n_k[:, None] * mu).unsqueeze(-1)
+        g_loc.index_add_(0, index.reshape(-1), (-2 * (qq @ resid)).reshape(-1))
+    scale = 1.0 / stats.num_rows
+    g_p = -(covariance @ g_sigma.view(d, d) @ covariance) * scale
+    return total * scale, g_loc * scale, 0.5 * (g_p + g_p.mT)
 
 
 @dataclass
