@@ -19,6 +19,7 @@ Every path has ``--penalties`` penalties (default 15).
     python benchmarks/graph_engine.py --smoke        # seconds, run by the tests
     python benchmarks/graph_engine.py                # --quick: the cells behind the targets
     python benchmarks/graph_engine.py --full         # the whole grid (hours)
+    python benchmarks/graph_engine.py --heldout      # cells the selection was not tuned on
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ QUICK = [
     ("chain", 50, 500, 0.2),
     ("hub", 20, 500, 0.8),
     ("star", 100, 2000, 0.5),
+]
+# cells no default was tuned on (the selection rule's beta was chosen on QUICK, seed 0)
+HELDOUT = [
+    ("erdos_renyi", 20, 2000, 0.5),
+    ("star", 20, 500, 0.2),
 ]
 SMOKE = [("chain", 6, 150, 0.3)]
 METHODS = (
@@ -222,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--smoke", action="store_true", help="one tiny cell (seconds)")
     mode.add_argument("--quick", action="store_true", help="the target cells (default)")
     mode.add_argument("--full", action="store_true", help="the whole grid (hours)")
+    mode.add_argument("--heldout", action="store_true", help="cells not used for tuning")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one")
     parser.add_argument("--penalties", type=int, default=15, help="penalties per path")
@@ -238,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         args.penalties = min(args.penalties, 4)
     elif args.full:
         cells, seeds = FULL, args.seeds or 3
+    elif args.heldout:
+        cells, seeds = HELDOUT, args.seeds or 3
     else:
         cells, seeds = QUICK, args.seeds or 1
     if args.cells is not None:

@@ -36,6 +36,7 @@ from pyro_msm.graphical import (
     score_matching_path,
     simulate_graph,
 )
+from pyro_msm.graphical.estimator import EM_PATH_MAX_ITER
 from pyro_msm.graphical.path import as_data_and_mask
 from pyro_msm.infer.gaussian import (
     conditional_gaussian,
@@ -377,6 +378,20 @@ def test_dataframe_round_trip_keeps_names():
     assert all(a.startswith("x") for a, _ in plain.edge_names_)
     with pytest.raises(TypeError, match="'text'"):
         GraphicalScoreMatching().fit(frame.assign(text="a"))
+
+
+def test_default_em_path_caps_the_maps_per_penalty():
+    """The estimator's default EM path is em_path with EM_PATH_MAX_ITER maps per penalty (the
+    cap binds at a high missing rate, where a converged path needs more maps)."""
+    problem = simulate_graph("hub", d=6, n=300, missing_rate=0.75, seed=5)
+    data, mask = as_data_and_mask(problem.observed.double())
+    model = GraphicalScoreMatching(num_penalties=6).fit(problem.observed)
+    capped = em_path(data, mask, model.penalties_, max_iter=EM_PATH_MAX_ITER)
+    assert torch.allclose(model.path_.precisions, capped.precisions, atol=1e-12)
+    assert max(model.path_.info["iterations"]) <= EM_PATH_MAX_ITER
+    converged = GraphicalScoreMatching(num_penalties=6, max_iter=40).fit(problem.observed)
+    assert max(converged.path_.info["iterations"]) > EM_PATH_MAX_ITER
+    assert not all(model.path_.info["converged"])  # the capped points say so
 
 
 def test_estimator_solvers_selections_and_threads():

@@ -30,7 +30,13 @@ from .selection import (
     support_refits,
 )
 
-__all__ = ["GraphicalScoreMatching", "SOLVERS", "SELECTIONS", "GridEdgeWarning"]
+__all__ = [
+    "GraphicalScoreMatching",
+    "SOLVERS",
+    "SELECTIONS",
+    "GridEdgeWarning",
+    "EM_PATH_MAX_ITER",
+]
 
 #: Solvers of :class:`GraphicalScoreMatching`.
 SOLVERS = ("auto", "em", "marginal", "quadratic", "nonnegative", "iterative")
@@ -44,6 +50,14 @@ LIKELIHOOD_EBIC_BETA = 0.25
 
 #: Default path length of the exact solvers (the iterative solver keeps the paper's 100).
 EXACT_NUM_PENALTIES = 20
+
+#: EM maps per penalty of the default EM path (``solver="em"``, ``max_iter=None``), as EM
+#: graphical lasso's ten iterations. Warm-started along the path, EM converges within it at
+#: moderate missing rates (50% MCAR: Erdos-Renyi d=20 and d=50, the same path-AUC as with no
+#: cap); at 80% MCAR EM's rate is close to 1 and the converged path took 10-30x longer with no
+#: better ranking (hub d=20, n=500, 3 seeds; docs/benchmarks.md, issue 9, third session).
+#: ``path_.info["converged"]`` says which penalties stopped at the cap.
+EM_PATH_MAX_ITER = 10
 
 
 def _is_orthant(support: Any) -> bool:
@@ -102,11 +116,14 @@ class GraphicalScoreMatching(SaveLoadMixin):
     **Solvers** (``solver``):
 
     - ``"em"``: EM score matching (:func:`~pyro_msm.graphical.em_path`): closed-form E-step,
-      the exact complete-data quadratic problem as M-step, iterated to convergence at every
-      penalty. Deterministic; about the cost of EM graphical lasso.
+      the exact complete-data quadratic problem as M-step, iterated at every penalty to
+      convergence or :data:`EM_PATH_MAX_ITER` maps (``max_iter``), warm-started.
+      Deterministic; about the cost of EM graphical lasso.
     - ``"marginal"``: the exact marginal objective minimised by accelerated proximal gradient
       (:func:`~pyro_msm.graphical.marginal_path`). Deterministic; slower than EM (every
-      iteration differentiates through one factorisation per missingness pattern).
+      iteration factorises the observed block of every missingness pattern, and its step is
+      small near the boundary of the positive-definite cone, where its solution lies at high
+      missing rates).
     - ``"quadratic"``: the exact complete-data path (:func:`~pyro_msm.graphical.quadratic_path`);
       needs a table with nothing missing.
     - ``"nonnegative"``: the truncated Gaussian graphical model on :math:`\mathbb{R}_+^d` by
@@ -172,7 +189,8 @@ class GraphicalScoreMatching(SaveLoadMixin):
     :param tol: the exact solvers' relative tolerance (None: each solver's default); for the
         iterative solver, the convergence check of
         :func:`~pyro_msm.graphical.score_matching_path`.
-    :param max_iter: iterations per penalty of the exact solvers (None: default).
+    :param max_iter: iterations per penalty of the exact solvers (None: each path's default;
+        for ``"em"``, :data:`EM_PATH_MAX_ITER` EM maps).
     :param support: a domain for truncated data: ``"nonnegative"`` (or the orthant constraints
         ``constraints.positive`` / ``constraints.nonnegative``) for the exact non-negative
         solver, any other domain for the iterative solver.
@@ -347,6 +365,8 @@ class GraphicalScoreMatching(SaveLoadMixin):
                 extra.setdefault("tol", self.tol)
             if self.max_iter is not None:
                 extra.setdefault("max_iter", self.max_iter)
+            elif solver == "em":
+                extra.setdefault("max_iter", EM_PATH_MAX_ITER)
             fn = em_path if solver == "em" else marginal_path
             return fn(data, observed, grid, progress=progress, **extra)
         num = 100 if self.num_penalties is None else int(self.num_penalties)
