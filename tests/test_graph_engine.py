@@ -151,9 +151,8 @@ def test_marginal_solver_does_not_call_a_collapsed_step_convergence():
     top, _, _ = empty_graph_penalty(data, mask)
     stalled = marginal_score_matching(data, mask, 0.2 * top, step=1e-12, max_iter=5)
     assert not stalled.converged
-    sol = marginal_score_matching(data, mask, 0.2 * top, step=1e-12, tol=1e-8, max_iter=3000)
-    assert sol.converged
-    assert marginal_kkt_violation(data, mask, sol.loc, sol.precision, 0.2 * top) < 1e-5
+    # and it is indeed far from a solution
+    assert marginal_kkt_violation(data, mask, stalled.loc, stalled.precision, 0.2 * top) > 1e-3
 
 
 def test_marginal_and_em_agree_at_the_top_of_the_path():
