@@ -424,7 +424,7 @@ def _two_column_chains(m, seed):
     return draws, observed, k, eta
 
 
-def test_rao_blackwellised_column_of_a_lone_missing_coordinate_is_exact():
+def test_rao_blackwellised_statistics_of_a_lone_missing_coordinate_are_exact():
     caps = torch.tensor([1.0, 0.4], dtype=torch.float64)
     exact = None
     for seed in (0, 1):
@@ -433,17 +433,18 @@ def test_rao_blackwellised_column_of_a_lone_missing_coordinate_is_exact():
         if exact is None:
             exact = rb
             continue
-        # column 2's statistics integrate x_2 out exactly: they do not depend on the draws
-        torch.testing.assert_close(rb.gamma[1], exact.gamma[1], rtol=1e-13, atol=1e-15)
-        torch.testing.assert_close(rb.g[1], exact.g[1], rtol=1e-13, atol=1e-15)
+        # every term involves x_2 at most through one factor given x_1, so the statistics
+        # integrate it out exactly: they do not depend on the draws
+        torch.testing.assert_close(rb.gamma, exact.gamma, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(rb.g, exact.g, rtol=1e-13, atol=1e-15)
     # plain Monte Carlo statistics converge to them as the draws grow
     errors = []
     for m in (10, 4000):
         draws, observed, _, _ = _two_column_chains(m, 2)
         plain = nn.nonnegative_statistics(draws, caps)
-        errors.append(float((plain.gamma[1] - exact.gamma[1]).abs().max()))
-        errors[-1] = max(errors[-1], float((plain.g[1] - exact.g[1]).abs().max()))
-    assert errors[1] < 0.01 * float(exact.gamma[1].abs().max()) and errors[1] < errors[0] / 5
+        errors.append(float((plain.gamma - exact.gamma).abs().max()))
+        errors[-1] = max(errors[-1], float((plain.g - exact.g).abs().max()))
+    assert errors[1] < 0.01 * float(exact.gamma.abs().max()) and errors[1] < errors[0] / 5
 
 
 def test_rao_blackwellised_e_step_has_the_monte_carlo_expectation_with_less_variance():
@@ -475,4 +476,4 @@ def test_rao_blackwellised_e_step_has_the_monte_carlo_expectation_with_less_vari
     se = ((rb.var(0) + plain.var(0)) / reps).sqrt()
     z = (rb.mean(0) - plain.mean(0)) / se.clamp(min=1e-12)
     assert float(z.abs().max()) < 5.0 and float(z.abs().mean()) < 1.2
-    assert float(rb.var(0).sum()) < 0.6 * float(plain.var(0).sum())
+    assert float(rb.var(0).sum()) < 0.5 * float(plain.var(0).sum())

@@ -52,7 +52,12 @@ E-step runs ``num_draws`` Gibbs chains per row, all rows and draws at once
 (:func:`truncated_conditional_gibbs`: exact univariate truncated-normal conditionals by
 inverse CDF, accurate in the tails), ``num_sweeps`` sweeps per E-step. It is therefore a
 **Monte Carlo EM**: the answer carries Monte Carlo error of order
-:math:`1/\sqrt{\text{num\_draws}\cdot n}` in the statistics. Every E-step of the path uses
+:math:`1/\sqrt{\text{num\_draws}\cdot n}` in the statistics. The statistics are
+**Rao-Blackwellised** (:func:`rao_blackwellised_statistics`, the default): each missing
+coordinate's univariate conditional is a truncated normal whose moments of the loss's weights
+are closed form (:func:`truncated_normal_weight_moments`), so every term is averaged
+analytically over one missing coordinate it involves instead of using the draw (a fifth to
+two fifths of the plain average's variance at 30-60% missing). Every E-step of the path uses
 common random numbers: the same seed and the same start (exact draws of the diagonal model
 fitted first, whose conditionals are independent truncated normals), with a fixed scan order
 and an inverse CDF continuous in the parameters, so the E-step is one deterministic, continuous
@@ -194,12 +199,28 @@ def _weights(z: Tensor, caps: Tensor) -> tuple[Tensor, Tensor]:
     return torch.minimum(z, c), (z < c).to(z.dtype)
 
 
+def _weighted_outer(w: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    r""":math:`\sum_r w_{rj}\,\ell_{ra}\,\rho_{rb}`, ``(d, p, p)``, as one ``(d p, r) x (r, p)``
+    product, chunked over rows to bound the ``(rows, d, p)`` temporary."""
+    r, d = w.shape
+    p = left.shape[1]
+    out = torch.zeros(d * p, p, dtype=left.dtype, device=left.device)
+    step = max(1, _CHUNK // (d * p))
+    for lo in range(0, r, step):
+        weighted = (w[lo : lo + step].unsqueeze(-1) * left[lo : lo + step].unsqueeze(1)).reshape(
+            -1, d * p
+        )
+        out += weighted.T @ right[lo : lo + step]
+    return out.reshape(d, p, p)
+
+
 def _moment_statistics(
     rows: Tensor,
     moments: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
     caps: Tensor,
     centred: bool,
     diagonal_multiplier: float,
+    correction: tuple[Tensor, Tensor] | None = None,
 ) -> NonnegativeStatistics:
     r"""Build :math:`(\Gamma_j, g_j)` from per-row weight moments, the one implementation behind
     :func:`nonnegative_statistics` (the weights of the rows themselves) and
@@ -211,19 +232,18 @@ def _moment_statistics(
     row's other coordinates). Then, for :math:`a, b \ne j`, :math:`\Gamma_{j,ab}` averages
     :math:`w_0 \tilde x_a \tilde x_b`, :math:`\Gamma_{j,jb}` averages :math:`w_1 \tilde x_b`,
     :math:`\Gamma_{j,jj}` averages :math:`w_2`, :math:`g_{j,a}` averages :math:`p_0 \tilde x_a`
-    and :math:`g_{j,j}` averages :math:`p_1 + w_0`: one ``(d p, r) x (r, p)`` product (chunked
-    over rows) and rank-one corrections of row and column :math:`j`."""
+    and :math:`g_{j,j}` averages :math:`p_1 + w_0`: one ``(d p, r) x (r, p)`` product
+    (:func:`_weighted_outer`) and rank-one corrections of row and column :math:`j`.
+    ``correction``: sums over the rows added to :math:`(\Gamma, g)` before averaging."""
     w0, w1, w2, p0, p1 = moments
     r, d = rows.shape
     za = rows if centred else torch.cat([rows, torch.ones_like(rows[:, :1])], 1)
-    p = za.shape[1]
-    gamma = torch.zeros(d * p, p, dtype=rows.dtype, device=rows.device)
-    step = max(1, _CHUNK // (d * p))
-    for lo in range(0, r, step):  # chunks of rows bound the (rows, d, p) temporary
-        zc = za[lo : lo + step]
-        weighted = (w0[lo : lo + step].unsqueeze(-1) * zc.unsqueeze(1)).reshape(-1, d * p)
-        gamma += weighted.T @ zc
-    gamma = gamma.reshape(d, p, p) / r
+    gamma = _weighted_outer(w0, za, za)
+    g = p0.T @ za
+    if correction is not None:
+        gamma = gamma + correction[0]
+        g = g + correction[1]
+    gamma = gamma / r
     idx = torch.arange(d, device=rows.device)
     # row/column j: w1 x_b in place of w0 x_j x_b (zero for plain weights), then the corner
     fix = (w1 - w0 * rows).T @ za / r  # (d, p)
@@ -231,7 +251,7 @@ def _moment_statistics(
     gamma[idx, :, idx] += fix
     gamma[idx, idx, idx] = w2.mean(0)
     gamma = 0.5 * (gamma + gamma.mT)
-    g = p0.T @ za / r
+    g = g / r
     g[idx, idx] = p1.mean(0) + w0.mean(0)
     if diagonal_multiplier != 1.0:
         gamma[:, idx, idx] *= diagonal_multiplier
@@ -331,6 +351,11 @@ def truncated_normal_weight_moments(
     References: Johnson, Kotz & Balakrishnan, *Continuous Univariate Distributions* 1, ch. 13
     (moments of the truncated normal).
     """
+    return _truncated_moments(mean, sd, cap)[:5]
+
+
+def _truncated_moments(mean: Tensor, sd: Tensor, cap: Tensor) -> tuple[Tensor, ...]:
+    """:func:`truncated_normal_weight_moments` followed by :math:`E[x]` and :math:`E[x^2]`."""
     m, s, c = torch.broadcast_tensors(mean, sd.to(mean), cap.to(mean))
     alpha = -m / s
     w = c / s
@@ -349,7 +374,7 @@ def truncated_normal_weight_moments(
     h0 = s * f1 + c * g0
     h1 = s * s * f2 + c * s * g1
     h2 = s**3 * f3 + c * s * s * g2
-    return h0, h1, h2, f0, s * f1
+    return h0, h1, h2, f0, s * f1, s * e1, s * s * e2
 
 
 def rao_blackwellised_statistics(
@@ -363,19 +388,32 @@ def rao_blackwellised_statistics(
     diagonal_multiplier: float = 1.0,
 ) -> NonnegativeStatistics:
     r"""The E-step statistics :math:`(\Gamma_j, g_j)` of completed rows ``z``, Rao-Blackwellised
-    over each column's own coordinate.
+    over one missing coordinate at a time.
 
-    Column :math:`j`'s statistics are sums of :math:`h_j(x_j)\,\tilde x_a \tilde x_b` and
-    :math:`h_j'(x_j)\,\tilde x_a`: functions of :math:`x_j` times functions of the other
-    coordinates. Where :math:`x_j` is missing, its conditional given the row's other
-    coordinates under the model :math:`(K, \eta)` is :math:`N(m_j, 1/K_{jj})` truncated to
-    :math:`[0, \infty)`, :math:`m_j = (\eta_j - \sum_{l \ne j} K_{jl} x_l)/K_{jj}` (the Gibbs
-    sampler's own conditional), so the sampled value's weights are replaced by their exact
-    conditional expectations (:func:`truncated_normal_weight_moments`): by the tower property
-    the statistics keep their expectation over draws of the model's conditional, with less
-    variance. Observed coordinates keep their values. Each row's :math:`\Gamma_j` stays
-    positive semi-definite (:math:`\mathbb{E}[h]\mathbb{E}[hx^2] \ge \mathbb{E}[hx]^2`), so
-    the M-step stays convex.
+    Where coordinate :math:`a` is missing, its conditional given the row's other coordinates
+    under the model :math:`(K, \eta)` is :math:`N(m_a, 1/K_{aa})` truncated to
+    :math:`[0, \infty)`, :math:`m_a = (\eta_a - \sum_{l \ne a} K_{al} x_l)/K_{aa}` (the Gibbs
+    sampler's own conditional), whose moments are closed form
+    (:func:`truncated_normal_weight_moments`). Every term of the statistics is replaced by its
+    conditional expectation given all coordinates but one missing coordinate it involves, so
+    (tower property) the statistics keep their expectation over draws of the model's
+    conditional and lose variance:
+
+    - column :math:`j` with :math:`x_j` missing: :math:`x_j` is integrated out of
+      :math:`h_j(x_j)\tilde x_a\tilde x_b` and :math:`h_j'(x_j)\tilde x_a` (expectations of
+      :math:`h_j, h_jx_j, h_jx_j^2, h_j', h_j'x_j`);
+    - column :math:`j` with :math:`x_j` observed: a missing :math:`x_a` is integrated out of
+      :math:`\tilde x_a\tilde x_b` (:math:`\mathbb{E}[x_a]\tilde x_b`;
+      :math:`\mathbb{E}[x_a^2]` on the diagonal) and of :math:`\tilde x_a`; for two missing
+      coordinates the average of the two ways,
+      :math:`\tfrac12(\mathbb{E}[x_a]\tilde x_b + \tilde x_a\mathbb{E}[x_b])`.
+
+    Observed coordinates keep their values. On 300 rows of a d = 30 truncated network at its
+    true model (chains at stationarity, 5 per row) the summed variance of the statistics was
+    0.20 (30% MCAR) and 0.40 (60%) of the plain Monte Carlo average's; integrating only
+    :math:`x_j` gave 0.69 and 0.66. The first kind keeps each row's contribution positive
+    semi-definite (:math:`\mathbb{E}[h]\mathbb{E}[hx^2] \ge \mathbb{E}[hx]^2`), the second
+    kind only in the average over rows (checked by :func:`nonnegative_path`).
 
     :param z: completed rows ``(..., n, d)`` (chains or draws first), equal to the data where
         observed; all leading dimensions are averaged.
@@ -389,6 +427,9 @@ def rao_blackwellised_statistics(
     :returns: :class:`NonnegativeStatistics` (equal to :func:`nonnegative_statistics` of ``z``
         when nothing is missing).
     :raises ValueError: if the diagonal of :math:`K` is not positive.
+
+    References: Gelfand & Smith, "Sampling-based approaches to calculating marginal
+    densities", JASA 85, 1990 (Rao-Blackwellised Gibbs estimates).
     """
     _check_multiplier(diagonal_multiplier)
     d = z.shape[-1]
@@ -407,11 +448,27 @@ def rao_blackwellised_statistics(
     mean = (e - rows @ k + rows * diag) / diag
     where = torch.nonzero(missing, as_tuple=True)  # only the missing entries' moments
     column = where[1]
-    conditional = truncated_normal_weight_moments(
-        mean[where], diag.rsqrt()[column], caps.to(z)[column]
+    conditional = _truncated_moments(mean[where], diag.rsqrt()[column], caps.to(z)[column])
+    moments = tuple(v.index_put(where, c) for c, v in zip(conditional[:5], plain, strict=True))
+    # columns with x_j observed: a missing x_a's conditional mean / second moment in place of
+    # its draw; x~ x~^T -> x~ x~^T + delta v^T + v delta^T + diag(q), v = x~ (1 - missing / 2)
+    delta = torch.zeros_like(rows).index_put(where, conditional[5] - rows[where])
+    second = torch.zeros_like(rows).index_put(
+        where, conditional[6] - rows[where] * conditional[5]
+    )  # E[x_a^2] - x_a E[x_a]: makes the diagonal x_a^2 + 2 delta_a v_a + q_a = E[x_a^2]
+    v = torch.where(missing, 0.5 * rows, rows)
+    u, up = torch.where(missing, 0.0, h), torch.where(missing, 0.0, hp)
+    if not centred:
+        pad = torch.zeros_like(rows[:, :1])
+        delta, second = torch.cat([delta, pad], 1), torch.cat([second, pad], 1)
+        v = torch.cat([v, torch.ones_like(pad)], 1)
+    cross = _weighted_outer(u, delta, v)
+    idx = torch.arange(delta.shape[1], device=z.device)
+    cross = cross + cross.mT
+    cross[:, idx, idx] += u.T @ second
+    return _moment_statistics(
+        rows, moments, caps, centred, diagonal_multiplier, correction=(cross, up.T @ delta)
     )
-    moments = tuple(v.index_put(where, c) for c, v in zip(conditional, plain, strict=True))
-    return _moment_statistics(rows, moments, caps, centred, diagonal_multiplier)
 
 
 def _theta(precision: Tensor, eta: Tensor | None, stats: NonnegativeStatistics) -> Tensor:
@@ -769,9 +826,10 @@ def nonnegative_path(
         The E-step's common random numbers make the EM map deterministic, which SQUAREM needs.
         If an extrapolation leads outside the model, that penalty restarts from the previous
         penalty's solution with plain EM.
-    :param rao_blackwell: E-step statistics Rao-Blackwellised over each column's own
-        coordinate (:func:`rao_blackwellised_statistics`); False: the plain Monte Carlo
-        averages of the draws (:func:`nonnegative_statistics`).
+    :param rao_blackwell: Rao-Blackwellised E-step statistics
+        (:func:`rao_blackwellised_statistics`); False, or where they are not positive
+        semi-definite (an M-step without a minimiser), the plain Monte Carlo averages of the
+        draws (:func:`nonnegative_statistics`).
     :param seed: seeds the Gibbs draws.
     :param progress: tqdm bar over penalties.
     :param label: method label (default ``"nonnegative_sm"`` / ``"nonnegative_em"``).
@@ -818,9 +876,13 @@ def nonnegative_path(
     def e_stats(z: Tensor, kk: Tensor, ee: Tensor) -> NonnegativeStatistics:
         if not rao_blackwell:
             return stats_of(z)
-        return rao_blackwellised_statistics(
+        st = rao_blackwellised_statistics(
             z, observed, kk, ee, caps, centred=centred, diagonal_multiplier=diagonal_multiplier
         )
+        eig = torch.linalg.eigvalsh(st.gamma)
+        if bool((eig[:, 0] < -1e-12 * eig[:, -1].abs()).any()):
+            return stats_of(z)  # averages of semi-definite terms: the M-step stays convex
+        return st
 
     generator = torch.Generator(device=data.device)
     chains = None
