@@ -791,7 +791,7 @@ def nonnegative_path(
     method: str = "auto",
     tol: float = 1e-6,
     max_iter: int = 20000,
-    num_draws: int = 20,
+    num_draws: int = 5,
     num_sweeps: int = 3,
     em_tol: float = 1e-2,
     max_em_iter: int = 30,
