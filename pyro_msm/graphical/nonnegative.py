@@ -919,7 +919,6 @@ def nonnegative_path(
             em_its = 0
         else:
             assert chains is not None
-            assert chains is not None
             state = {"its": 0, "ok": True, "evals": 0}
 
             def em_map(current: Tensor, gamma: float = gamma, state: dict = state) -> tuple:
