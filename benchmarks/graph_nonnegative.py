@@ -6,7 +6,10 @@ from N(0, K^-1) truncated to x >= 0, MCAR masks. Side by side in one run, one to
 every contender on the same table: path-AUC of edge recovery and seconds per path for
 
 - ``nonnegative_sm`` / ``nonnegative_em``: :func:`pyro_msm.graphical.nonnegative.nonnegative_path`
-  (exact on complete data, Monte Carlo EM with missing entries), non-centred model (default);
+  (exact on complete data, Monte Carlo EM with the Rao-Blackwellised E-step with missing
+  entries), non-centred model (default); with ``--centred`` also the centred model
+  (``eta = 0``, ``*_centred``), with ``--plain-em`` also EM with plain Monte Carlo statistics
+  (``nonnegative_em_plain``, ``--plain-draws`` chains per row);
 - ``mean_glasso``: mean imputation + graphical lasso; ``em_glasso``: EM graphical lasso
   (:mod:`pyro_msm.graphical.baselines`), both Gaussian (misspecified on the orthant);
 - ``oracle_sm`` / ``oracle_glasso``: the complete data (before masking) through the exact
@@ -57,13 +60,17 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
     def record(rate: float, method: str, path, seconds: float) -> None:
         auc = path_auc(adjacency, path.precisions)
         rows.append(dict(d=d, rate=rate, seed=seed, method=method, auc=auc, seconds=seconds))
-        print(f"  d={d} rate={rate:.1f} seed={seed} {method:>16} path-AUC {auc:.3f} "
+        print(f"  d={d} rate={rate:.1f} seed={seed} {method:>22} path-AUC {auc:.3f} "
               f"{seconds:7.2f} s", flush=True)  # fmt: skip
 
     k = args.penalties
     start = time.perf_counter()
     oracle = nonnegative_path(x, num_penalties=k)
     record(0.0, "oracle_sm", oracle, time.perf_counter() - start)
+    if args.centred:
+        start = time.perf_counter()
+        oracle = nonnegative_path(x, num_penalties=k, centred=True)
+        record(0.0, "oracle_sm_centred", oracle, time.perf_counter() - start)
     start = time.perf_counter()
     cov = torch.cov(x.T, correction=0)
     record(0.0, "oracle_glasso", glasso_path(cov, num_penalties=k), time.perf_counter() - start)
@@ -72,12 +79,24 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
             continue
         mask = mcar_mask(x.shape, rate, seed=seed + 2)
         xm = torch.where(mask, x, torch.nan)
+        em = dict(num_penalties=k, num_draws=args.draws, num_sweeps=args.sweeps, seed=seed)
         contenders = [
-            ("nonnegative_em", lambda xm=xm: nonnegative_path(
-                xm, num_penalties=k, num_draws=args.draws, seed=seed)),
+            ("nonnegative_em", lambda xm=xm, em=em: nonnegative_path(xm, **em)),
             ("mean_glasso", lambda xm=xm: impute_glasso_path(xm, num_penalties=k)),
             ("em_glasso", lambda xm=xm: em_glasso_path(xm, num_penalties=k)),
         ]  # fmt: skip
+        if args.centred:
+            contenders.append(
+                (
+                    "nonnegative_em_centred",
+                    lambda xm=xm, em=em: nonnegative_path(xm, centred=True, **em),
+                )
+            )
+        if args.plain_em:
+            contenders.append(
+                ("nonnegative_em_plain", lambda xm=xm, em=em: nonnegative_path(
+                    xm, rao_blackwell=False, **dict(em, num_draws=args.plain_draws)))
+            )  # fmt: skip
         if args.with_iw and seed == args.seed:
             contenders.append(
                 ("library_iw", lambda xm=xm: score_matching_path(
@@ -99,7 +118,7 @@ def summarise(rows: list[dict], markdown: bool = False) -> str:
         lines += ["| d | MCAR | method | path-AUC mean (min-max) | seconds (median) | seeds |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
     else:
-        lines.append(f"{'d':>4} {'MCAR':>5} {'method':>16} {'path-AUC':>20} {'s/fit':>8} seeds")
+        lines.append(f"{'d':>4} {'MCAR':>5} {'method':>22} {'path-AUC':>20} {'s/fit':>8} seeds")
     for (d, rate, method), rs in sorted(groups.items()):
         aucs = [r["auc"] for r in rs]
         secs = statistics.median(r["seconds"] for r in rs)
@@ -107,7 +126,7 @@ def summarise(rows: list[dict], markdown: bool = False) -> str:
         if markdown:
             lines.append(f"| {d} | {rate:.0%} | {method} | {spread} | {secs:.1f} | {len(rs)} |")
         else:
-            lines.append(f"{d:>4} {rate:>5.0%} {method:>16} {spread:>20} {secs:>8.2f} {len(rs)}")
+            lines.append(f"{d:>4} {rate:>5.0%} {method:>22} {spread:>20} {secs:>8.2f} {len(rs)}")
     return "\n".join(lines)
 
 
@@ -121,14 +140,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--graph", default="erdos_renyi")
     parser.add_argument("--penalties", type=int, default=15, help="penalties per path")
-    parser.add_argument("--draws", type=int, default=20, help="Gibbs chains per row (EM)")
+    parser.add_argument("--draws", type=int, default=5, help="Gibbs chains per row (EM)")
+    parser.add_argument("--sweeps", type=int, default=3, help="Gibbs sweeps per E-step (EM)")
+    parser.add_argument(
+        "--centred", action="store_true", help="also the centred model (eta = 0), EM and oracle"
+    )
+    parser.add_argument(
+        "--plain-em", action="store_true", help="also EM without Rao-Blackwellisation"
+    )
+    parser.add_argument("--plain-draws", type=int, default=20, help="chains per row, --plain-em")
     parser.add_argument("--with-iw", action="store_true", help="the library's IW path, 1 seed")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table too")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.smoke:
         args.dims, args.n, args.rates, args.seeds = [8], 200, [0.0, 0.3], 1
-        args.penalties, args.draws = 5, 4
+        args.penalties, args.draws, args.plain_draws = 5, 4, 4
+        args.centred = args.plain_em = True
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows: list[dict] = []
@@ -138,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
             for seed in range(args.seed, args.seed + args.seeds):
                 rows += run_cell(args, d, seed)
     print(f"\n{args.graph} truncated networks on R_+^d, n={args.n}, {args.penalties} "
-          f"penalties per path, {args.draws} Gibbs chains per row (EM)")  # fmt: skip
+          f"penalties per path, {args.draws} Gibbs chains per row and {args.sweeps} sweeps "
+          "per E-step (EM)")  # fmt: skip
     print(summarise(rows))
     if args.markdown:
         print()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pyro.distributions import constraints
@@ -323,3 +324,156 @@ def test_estimator_routes_the_orthant_to_the_exact_nonnegative_solver(support):
     assert path_auc(adjacency, est.precisions_) > 0.9
     with pytest.raises(ValueError, match="support='nonnegative'"):
         GraphicalScoreMatching(solver="nonnegative").fit(x)
+
+
+def _quadrature_weight_moments(m, s, c):
+    """Reference for truncated_normal_weight_moments: composite 64-node Gauss-Legendre in
+    u = x / s with panels at every scale (1e-8 ... 1e2 from 0 and from the cap, unit steps
+    around the mode), the density phi(alpha + u) / Phi(-alpha) normalised in log space."""
+    a, w = -m / s, c / s
+    nodes, weights = np.polynomial.legendre.leggauss(64)
+    mode = max(0.0, -a)
+    points = [0.0, w] + [10.0**k for k in range(-8, 3)] + [w + 10.0**k for k in range(-8, 3)]
+    points += [mode + k for k in range(-10, 11)]
+    edges = sorted({p for p in points if 0.0 <= p <= w + mode + 60.0})
+    log_z = float(torch.special.log_ndtr(torch.tensor(-a, dtype=torch.float64)))
+    out = np.zeros(5)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
+        u = 0.5 * (hi - lo) * nodes + 0.5 * (hi + lo)
+        density = np.exp(-0.5 * (a + u) ** 2 - 0.5 * math.log(2 * math.pi) - log_z)
+        wt = 0.5 * (hi - lo) * weights * density
+        x = s * u
+        h = np.minimum(x, c)
+        below = 1.0 if hi <= w else 0.0  # panels never straddle the cap
+        out[:3] += [(wt * h).sum(), (wt * h * x).sum(), (wt * h * x * x).sum()]
+        out[3:] += [below * wt.sum(), below * (wt * x).sum()]
+    return out
+
+
+@pytest.mark.parametrize(
+    "m, s, c",
+    [
+        (0.7, 1.0, 1.2),  # mode inside, cap above the mean
+        (3.0, 0.5, 1.0),  # boundary far in the lower tail, cap below the mean
+        (-1.5, 0.5, 0.8),  # alpha = 3: the last recurrence point
+        (-1.5, 0.5, 0.01),  # a cap far below the conditional's scale
+        (-0.9, 0.3, 0.05),
+        (-6.0, 0.3, 0.2),  # alpha = 20: Gauss-Laguerre
+        (-10.0, 0.1, 0.5),  # alpha = 100
+        (-300.0, 0.3, 0.001),  # alpha = 1000, the exponential regime
+    ],
+)
+def test_truncated_normal_weight_moments_match_quadrature(m, s, c):
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    got = torch.stack(nn.truncated_normal_weight_moments(t(m), t(s), t(c)))
+    ref = torch.as_tensor(_quadrature_weight_moments(m, s, c))
+    # relative accuracy, with an absolute floor at the moments' natural scale c^k s^l
+    scale = torch.tensor([c, c * c, c**3, 1.0, c], dtype=torch.float64)
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12 * float(scale.max()))
+    # a plain Monte Carlo average of the sampler's own draws agrees to its error
+    n = 200_000
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # a midpoint rule in u
+    x = s * (nn._lower_truncated_normal(torch.full_like(u, -m / s), u) + m / s)
+    h = torch.minimum(x, t(c))
+    below = (x < c).to(x.dtype)
+    mc = [h.mean(), (h * x).mean(), (h * x * x).mean(), below.mean(), (below * x).mean()]
+    mc = torch.stack(mc)
+    torch.testing.assert_close(mc, ref, rtol=2e-3, atol=1e-4 * float(scale.max()))
+
+
+def test_weight_moments_broadcast_and_vectorise():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(50, 3, generator=g, dtype=torch.float64) * 4
+    s = torch.rand(3, generator=g, dtype=torch.float64) + 0.1
+    c = torch.rand(3, generator=g, dtype=torch.float64) + 0.05
+    got = nn.truncated_normal_weight_moments(m, s, c)
+    assert all(v.shape == (50, 3) for v in got)
+    for i, j in [(0, 0), (7, 2), (49, 1)]:
+        one = nn.truncated_normal_weight_moments(m[i, j], s[j], c[j])
+        for a, b in zip(got, one, strict=True):
+            torch.testing.assert_close(a[i, j], b, rtol=1e-12, atol=0)
+    h0, h1, h2, p0, p1 = got
+    # Cauchy-Schwarz keeps each row's Gamma_j semi-definite: E[h] E[h x^2] >= E[h x]^2
+    assert bool((h0 * h2 >= h1 * h1 * (1 - 1e-12)).all())
+    assert bool((p0 >= 0).all() and (p0 <= 1).all() and (h0 <= c).all() and (p1 <= c).all())
+
+
+def test_rao_blackwellised_statistics_equal_plain_ones_without_missing_entries():
+    x = _rows(80, 4, 8)
+    caps = nn.nonnegative_caps(x)
+    k, eta = _random_model(4, 9)
+    observed = torch.ones(80, 4, dtype=torch.bool)
+    for centred in (False, True):
+        rb = nn.rao_blackwellised_statistics(x, observed, k, eta, caps, centred=centred)
+        plain = nn.nonnegative_statistics(x, caps, centred=centred)
+        torch.testing.assert_close(rb.gamma, plain.gamma, rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(rb.g, plain.g, rtol=1e-13, atol=1e-14)
+
+
+def _two_column_chains(m, seed):
+    # d = 2, x_1 observed, x_2 missing: exact draws of x_2 | x_1 (one Gibbs update is exact)
+    n = 40
+    k = torch.tensor([[1.5, 0.6], [0.6, 2.0]], dtype=torch.float64)
+    eta = torch.tensor([0.2, 0.4], dtype=torch.float64)
+    x1 = torch.linspace(0.0, 3.0, n, dtype=torch.float64)
+    z = torch.stack([x1, torch.ones_like(x1)], -1).expand(m, n, 2).clone()
+    observed = torch.zeros(n, 2, dtype=torch.bool)
+    observed[:, 0] = True
+    g = torch.Generator().manual_seed(seed)
+    draws = nn.truncated_conditional_gibbs(z, observed, k, eta, generator=g)
+    return draws, observed, k, eta
+
+
+def test_rao_blackwellised_statistics_of_a_lone_missing_coordinate_are_exact():
+    caps = torch.tensor([1.0, 0.4], dtype=torch.float64)
+    exact = None
+    for seed in (0, 1):
+        draws, observed, k, eta = _two_column_chains(3, seed)
+        rb = nn.rao_blackwellised_statistics(draws, observed, k, eta, caps)
+        if exact is None:
+            exact = rb
+            continue
+        # every term involves x_2 at most through one factor given x_1, so the statistics
+        # integrate it out exactly: they do not depend on the draws
+        torch.testing.assert_close(rb.gamma, exact.gamma, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(rb.g, exact.g, rtol=1e-13, atol=1e-15)
+    # plain Monte Carlo statistics converge to them as the draws grow
+    errors = []
+    for m in (10, 4000):
+        draws, observed, _, _ = _two_column_chains(m, 2)
+        plain = nn.nonnegative_statistics(draws, caps)
+        errors.append(float((plain.gamma - exact.gamma).abs().max()))
+        errors[-1] = max(errors[-1], float((plain.g - exact.g).abs().max()))
+    assert errors[1] < 0.01 * float(exact.gamma.abs().max()) and errors[1] < errors[0] / 5
+
+
+def test_rao_blackwellised_e_step_has_the_monte_carlo_expectation_with_less_variance():
+    # d = 4, two missing coordinates per row: Gibbs chains run to stationarity; across
+    # independent replicates the Rao-Blackwellised and plain statistics have the same mean
+    # (to Monte Carlo error) and the Rao-Blackwellised ones a smaller variance
+    d, n, m, reps = 4, 30, 200, 12
+    k, eta = _random_model(d, 10)
+    x = _rows(n, d, 11)
+    observed = torch.ones(n, d, dtype=torch.bool)
+    observed[: n // 2, 1:3] = False
+    observed[n // 2 :, 0] = False
+    observed[n // 2 :, 3] = False
+    caps = nn.nonnegative_caps(x, observed)
+    rb, plain = [], []
+    for rep in range(reps):
+        g = torch.Generator().manual_seed(100 + rep)
+        chains = nn.truncated_conditional_gibbs(
+            x.expand(m, n, d).clone(), observed, k, eta, num_sweeps=25, generator=g
+        )
+        for out, fn in ((rb, True), (plain, False)):
+            st = (
+                nn.rao_blackwellised_statistics(chains, observed, k, eta, caps)
+                if fn
+                else nn.nonnegative_statistics(chains, caps)
+            )
+            out.append(torch.cat([st.gamma.flatten(), st.g.flatten()]))
+    rb, plain = torch.stack(rb), torch.stack(plain)
+    se = ((rb.var(0) + plain.var(0)) / reps).sqrt()
+    z = (rb.mean(0) - plain.mean(0)) / se.clamp(min=1e-12)
+    assert float(z.abs().max()) < 5.0 and float(z.abs().mean()) < 1.2
+    assert float(rb.var(0).sum()) < 0.5 * float(plain.var(0).sum())

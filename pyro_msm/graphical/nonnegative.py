@@ -52,7 +52,12 @@ E-step runs ``num_draws`` Gibbs chains per row, all rows and draws at once
 (:func:`truncated_conditional_gibbs`: exact univariate truncated-normal conditionals by
 inverse CDF, accurate in the tails), ``num_sweeps`` sweeps per E-step. It is therefore a
 **Monte Carlo EM**: the answer carries Monte Carlo error of order
-:math:`1/\sqrt{\text{num\_draws}\cdot n}` in the statistics. Every E-step of the path uses
+:math:`1/\sqrt{\text{num\_draws}\cdot n}` in the statistics. The statistics are
+**Rao-Blackwellised** (:func:`rao_blackwellised_statistics`, the default): each missing
+coordinate's univariate conditional is a truncated normal whose moments of the loss's weights
+are closed form (:func:`truncated_normal_weight_moments`), so every term is averaged
+analytically over one missing coordinate it involves instead of using the draw (a fifth to
+two fifths of the plain average's variance at 30-60% missing). Every E-step of the path uses
 common random numbers: the same seed and the same start (exact draws of the diagonal model
 fitted first, whose conditionals are independent truncated normals), with a fixed scan order
 and an inverse CDF continuous in the parameters, so the E-step is one deterministic, continuous
@@ -107,6 +112,8 @@ __all__ = [
     "NonnegativeSolution",
     "nonnegative_caps",
     "nonnegative_statistics",
+    "truncated_normal_weight_moments",
+    "rao_blackwellised_statistics",
     "nonnegative_objective",
     "nonnegative_kkt_violation",
     "nonnegative_max_penalty",
@@ -192,6 +199,70 @@ def _weights(z: Tensor, caps: Tensor) -> tuple[Tensor, Tensor]:
     return torch.minimum(z, c), (z < c).to(z.dtype)
 
 
+def _weighted_outer(w: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    r""":math:`\sum_r w_{rj}\,\ell_{ra}\,\rho_{rb}`, ``(d, p, p)``, as one ``(d p, r) x (r, p)``
+    product, chunked over rows to bound the ``(rows, d, p)`` temporary."""
+    r, d = w.shape
+    p = left.shape[1]
+    out = torch.zeros(d * p, p, dtype=left.dtype, device=left.device)
+    step = max(1, _CHUNK // (d * p))
+    for lo in range(0, r, step):
+        weighted = (w[lo : lo + step].unsqueeze(-1) * left[lo : lo + step].unsqueeze(1)).reshape(
+            -1, d * p
+        )
+        out += weighted.T @ right[lo : lo + step]
+    return out.reshape(d, p, p)
+
+
+def _moment_statistics(
+    rows: Tensor,
+    moments: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+    caps: Tensor,
+    centred: bool,
+    diagonal_multiplier: float,
+    correction: tuple[Tensor, Tensor] | None = None,
+) -> NonnegativeStatistics:
+    r"""Build :math:`(\Gamma_j, g_j)` from per-row weight moments, the one implementation behind
+    :func:`nonnegative_statistics` (the weights of the rows themselves) and
+    :func:`rao_blackwellised_statistics` (their conditional expectations).
+
+    ``moments = (w0, w1, w2, p0, p1)``, each ``(r, d)``, stand for :math:`h_j(x_j)`,
+    :math:`h_j x_j`, :math:`h_j x_j^2`, :math:`h_j'(x_j)`, :math:`h_j' x_j` of row ``r``
+    (plain: these values; Rao-Blackwellised: their expectations over :math:`x_j` given the
+    row's other coordinates). Then, for :math:`a, b \ne j`, :math:`\Gamma_{j,ab}` averages
+    :math:`w_0 \tilde x_a \tilde x_b`, :math:`\Gamma_{j,jb}` averages :math:`w_1 \tilde x_b`,
+    :math:`\Gamma_{j,jj}` averages :math:`w_2`, :math:`g_{j,a}` averages :math:`p_0 \tilde x_a`
+    and :math:`g_{j,j}` averages :math:`p_1 + w_0`: one ``(d p, r) x (r, p)`` product
+    (:func:`_weighted_outer`) and rank-one corrections of row and column :math:`j`.
+    ``correction``: sums over the rows added to :math:`(\Gamma, g)` before averaging."""
+    w0, w1, w2, p0, p1 = moments
+    r, d = rows.shape
+    za = rows if centred else torch.cat([rows, torch.ones_like(rows[:, :1])], 1)
+    gamma = _weighted_outer(w0, za, za)
+    g = p0.T @ za
+    if correction is not None:
+        gamma = gamma + correction[0]
+        g = g + correction[1]
+    gamma = gamma / r
+    idx = torch.arange(d, device=rows.device)
+    # row/column j: w1 x_b in place of w0 x_j x_b (zero for plain weights), then the corner
+    fix = (w1 - w0 * rows).T @ za / r  # (d, p)
+    gamma[idx, idx, :] += fix
+    gamma[idx, :, idx] += fix
+    gamma[idx, idx, idx] = w2.mean(0)
+    gamma = 0.5 * (gamma + gamma.mT)
+    g = g / r
+    g[idx, idx] = p1.mean(0) + w0.mean(0)
+    if diagonal_multiplier != 1.0:
+        gamma[:, idx, idx] *= diagonal_multiplier
+    return NonnegativeStatistics(gamma=gamma, g=g, caps=caps.to(rows), centred=centred)
+
+
+def _check_multiplier(diagonal_multiplier: float) -> None:
+    if not diagonal_multiplier >= 1.0:
+        raise ValueError(f"diagonal_multiplier must be >= 1, got {diagonal_multiplier}")
+
+
 def nonnegative_statistics(
     z: Tensor,
     caps: Tensor,
@@ -208,30 +279,196 @@ def nonnegative_statistics(
     :param diagonal_multiplier: :math:`\delta \ge 1` on the diagonal of the :math:`K` block.
     :returns: :class:`NonnegativeStatistics`.
     """
-    if not diagonal_multiplier >= 1.0:
-        raise ValueError(f"diagonal_multiplier must be >= 1, got {diagonal_multiplier}")
+    _check_multiplier(diagonal_multiplier)
     d = z.shape[-1]
     rows = z.reshape(-1, d)
-    r = rows.shape[0]
     h, hp = _weights(rows, caps)
-    za = rows if centred else torch.cat([rows, torch.ones_like(rows[:, :1])], 1)
-    p = za.shape[1]
-    iu = torch.triu_indices(p, p, device=rows.device)
-    upper = torch.zeros(d, iu.shape[1], dtype=rows.dtype, device=rows.device)
-    step = max(1, _CHUNK // iu.shape[1])
-    for lo in range(0, r, step):  # chunks of rows bound the (rows, pairs) temporary
-        zc = za[lo : lo + step]
-        upper += h[lo : lo + step].T @ (zc[:, iu[0]] * zc[:, iu[1]])
-    gamma = torch.zeros(d, p, p, dtype=rows.dtype, device=rows.device)
-    gamma[:, iu[0], iu[1]] = upper
-    gamma[:, iu[1], iu[0]] = upper
-    gamma = gamma / r
-    g = hp.T @ za / r
-    idx = torch.arange(d, device=rows.device)
-    g[idx, idx] += h.mean(0)
-    if diagonal_multiplier != 1.0:
-        gamma[:, idx, idx] *= diagonal_multiplier
-    return NonnegativeStatistics(gamma=gamma, g=g, caps=caps.to(rows), centred=centred)
+    moments = (h, h * rows, h * rows * rows, hp, hp * rows)
+    return _moment_statistics(rows, moments, caps, centred, diagonal_multiplier)
+
+
+#: above this standardised lower bound the truncated normal's moments come from Gauss-Laguerre
+#: quadrature (the three-term recurrence loses about ``alpha**(2k)`` ulps on the k-th moment)
+_RECURRENCE_MAX = 3.0
+_LAGUERRE_NODES = 24
+
+
+def _excess_moments(alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r""":math:`\mathbb{E}[u^k]`, :math:`k = 1, 2, 3`, of the excess :math:`u = t - \alpha` of a
+    standard normal truncated to :math:`t \ge \alpha`. For :math:`\alpha \le 3` the recurrence
+    :math:`E_1 = r - \alpha`, :math:`E_{k+1} = kE_{k-1} - \alpha E_k` with
+    :math:`r = \varphi(\alpha)/\Phi(-\alpha)` (log space); above, :math:`u` has density
+    :math:`\propto e^{-\alpha u} e^{-u^2/2}`, so with :math:`v = \alpha u` the moments are
+    ratios of Gauss-Laguerre sums of :math:`v^k e^{-v^2/(2\alpha^2)}` (24 nodes: relative
+    error below 1e-12 for :math:`\alpha \ge 3`), free of cancellation."""
+    log_z = torch.special.log_ndtr(-alpha)
+    r = torch.exp(-0.5 * alpha * alpha - 0.5 * math.log(2.0 * math.pi) - log_z)
+    e1 = r - alpha
+    e2 = 1.0 - alpha * e1
+    e3 = 2.0 * e1 - alpha * e2
+    deep = alpha > _RECURRENCE_MAX
+    if bool(deep.any()):
+        nodes, weights = np.polynomial.laguerre.laggauss(_LAGUERRE_NODES)
+        v = torch.as_tensor(nodes, dtype=alpha.dtype, device=alpha.device)
+        om = torch.as_tensor(weights, dtype=alpha.dtype, device=alpha.device)
+        a = alpha[deep].unsqueeze(-1)
+        f = om * torch.exp(-0.5 * (v / a) ** 2)
+        norm = f.sum(-1)
+        q = [(f * v**k).sum(-1) / norm / a.squeeze(-1) ** k for k in (1, 2, 3)]
+        e1, e2, e3 = (e.masked_scatter(deep, qk) for e, qk in zip((e1, e2, e3), q, strict=True))
+    return e1, e2, e3
+
+
+def truncated_normal_weight_moments(
+    mean: Tensor, sd: Tensor, cap: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r"""Closed-form moments of the weights of the generalised score-matching loss under
+    :math:`x \sim N(m, s^2)` truncated to :math:`[0, \infty)`, with :math:`h(x) = \min(x, c)`:
+
+    .. math::
+        \big(\mathbb{E}[h],\ \mathbb{E}[h\,x],\ \mathbb{E}[h\,x^2],\ P(x < c),\
+        \mathbb{E}[x\,1\{x < c\}]\big).
+
+    With :math:`\alpha = -m/s`, :math:`w = c/s` and :math:`u = x/s \ge 0` (the excess of a
+    standard normal truncated to :math:`t \ge \alpha`), write :math:`E_k(\alpha)` for the
+    moments of :math:`u`, :math:`F_k = \mathbb{E}[u^k 1\{u < w\}]` and
+    :math:`G_k = \mathbb{E}[u^k 1\{u \ge w\}]`. Above :math:`w` the excess is again a
+    truncated normal's, at :math:`\beta = \alpha + w`, so
+    :math:`G_k = P(u \ge w)\,\mathbb{E}[(w + u')^k]` with :math:`u'` at :math:`\beta`
+    (binomial expansion, all terms positive), :math:`P(u \ge w) = \Phi(-\beta)/\Phi(-\alpha)`
+    in log space, and :math:`F_k = E_k(\alpha) - G_k`. The :math:`E_k` come from the
+    recurrence :math:`E_{k+1} = kE_{k-1} - \alpha E_k` for :math:`\alpha \le 3` and from
+    Gauss-Laguerre quadrature above, where the recurrence would cancel. Then
+    :math:`\mathbb{E}[h] = sF_1 + cG_0`, :math:`\mathbb{E}[hx] = s^2F_2 + csG_1`,
+    :math:`\mathbb{E}[hx^2] = s^3F_3 + cs^2G_2`, :math:`P(x<c) = F_0`,
+    :math:`\mathbb{E}[x1\{x<c\}] = sF_1`.
+
+    :param mean: :math:`m` (any shape, broadcast with the others).
+    :param sd: :math:`s > 0`.
+    :param cap: :math:`c > 0`.
+    :returns: the five moments, each of the broadcast shape.
+
+    References: Johnson, Kotz & Balakrishnan, *Continuous Univariate Distributions* 1, ch. 13
+    (moments of the truncated normal).
+    """
+    return _truncated_moments(mean, sd, cap)[:5]
+
+
+def _truncated_moments(mean: Tensor, sd: Tensor, cap: Tensor) -> tuple[Tensor, ...]:
+    """:func:`truncated_normal_weight_moments` followed by :math:`E[x]` and :math:`E[x^2]`."""
+    m, s, c = torch.broadcast_tensors(mean, sd.to(mean), cap.to(mean))
+    alpha = -m / s
+    w = c / s
+    beta = alpha + w
+    log_ratio = torch.special.log_ndtr(-beta) - torch.special.log_ndtr(-alpha)
+    g0 = torch.exp(log_ratio)  # P(u >= w)
+    f0 = -torch.expm1(log_ratio)  # P(u < w)
+    e1, e2, e3 = _excess_moments(alpha)
+    b1, b2, b3 = _excess_moments(beta)
+    g1 = g0 * (w + b1)
+    g2 = g0 * (w * w + 2.0 * w * b1 + b2)
+    g3 = g0 * (w**3 + 3.0 * w * w * b1 + 3.0 * w * b2 + b3)
+    # F = E - G cancels only where almost no mass lies below the cap: an absolute error of a
+    # few ulps of E, and clamping removes rounding below zero
+    f1, f2, f3 = ((e - g).clamp(min=0.0) for e, g in ((e1, g1), (e2, g2), (e3, g3)))
+    h0 = s * f1 + c * g0
+    h1 = s * s * f2 + c * s * g1
+    h2 = s**3 * f3 + c * s * s * g2
+    return h0, h1, h2, f0, s * f1, s * e1, s * s * e2
+
+
+def rao_blackwellised_statistics(
+    z: Tensor,
+    observed: Tensor,
+    precision: Tensor,
+    eta: Tensor | None,
+    caps: Tensor,
+    *,
+    centred: bool = False,
+    diagonal_multiplier: float = 1.0,
+) -> NonnegativeStatistics:
+    r"""The E-step statistics :math:`(\Gamma_j, g_j)` of completed rows ``z``, Rao-Blackwellised
+    over one missing coordinate at a time.
+
+    Where coordinate :math:`a` is missing, its conditional given the row's other coordinates
+    under the model :math:`(K, \eta)` is :math:`N(m_a, 1/K_{aa})` truncated to
+    :math:`[0, \infty)`, :math:`m_a = (\eta_a - \sum_{l \ne a} K_{al} x_l)/K_{aa}` (the Gibbs
+    sampler's own conditional), whose moments are closed form
+    (:func:`truncated_normal_weight_moments`). Every term of the statistics is replaced by its
+    conditional expectation given all coordinates but one missing coordinate it involves, so
+    (tower property) the statistics keep their expectation over draws of the model's
+    conditional and lose variance:
+
+    - column :math:`j` with :math:`x_j` missing: :math:`x_j` is integrated out of
+      :math:`h_j(x_j)\tilde x_a\tilde x_b` and :math:`h_j'(x_j)\tilde x_a` (expectations of
+      :math:`h_j, h_jx_j, h_jx_j^2, h_j', h_j'x_j`);
+    - column :math:`j` with :math:`x_j` observed: a missing :math:`x_a` is integrated out of
+      :math:`\tilde x_a\tilde x_b` (:math:`\mathbb{E}[x_a]\tilde x_b`;
+      :math:`\mathbb{E}[x_a^2]` on the diagonal) and of :math:`\tilde x_a`; for two missing
+      coordinates the average of the two ways,
+      :math:`\tfrac12(\mathbb{E}[x_a]\tilde x_b + \tilde x_a\mathbb{E}[x_b])`.
+
+    Observed coordinates keep their values. On 300 rows of a d = 30 truncated network at its
+    true model (chains at stationarity, 5 per row) the summed variance of the statistics was
+    0.20 (30% MCAR) and 0.40 (60%) of the plain Monte Carlo average's; integrating only
+    :math:`x_j` gave 0.69 and 0.66. The first kind keeps each row's contribution positive
+    semi-definite (:math:`\mathbb{E}[h]\mathbb{E}[hx^2] \ge \mathbb{E}[hx]^2`), the second
+    kind only in the average over rows (checked by :func:`nonnegative_path`).
+
+    :param z: completed rows ``(..., n, d)`` (chains or draws first), equal to the data where
+        observed; all leading dimensions are averaged.
+    :param observed: boolean ``(n, d)``, True where observed.
+    :param precision: :math:`K` of the model whose conditionals the E-step uses (positive
+        diagonal).
+    :param eta: :math:`\eta` (None: zeros).
+    :param caps: :math:`c_j`, ``(d,)``.
+    :param centred: fix :math:`\eta = 0` in the statistics (``p = d``).
+    :param diagonal_multiplier: :math:`\delta \ge 1`.
+    :returns: :class:`NonnegativeStatistics` (equal to :func:`nonnegative_statistics` of ``z``
+        when nothing is missing).
+    :raises ValueError: if the diagonal of :math:`K` is not positive.
+
+    References: Gelfand & Smith, "Sampling-based approaches to calculating marginal
+    densities", JASA 85, 1990 (Rao-Blackwellised Gibbs estimates).
+    """
+    _check_multiplier(diagonal_multiplier)
+    d = z.shape[-1]
+    k = 0.5 * (precision + precision.mT).to(z)
+    diag = k.diagonal()
+    if not bool((diag > 0).all()):
+        raise ValueError("rao_blackwellised_statistics: precision needs a positive diagonal")
+    e = torch.zeros(d, dtype=z.dtype, device=z.device) if eta is None else eta.to(z)
+    missing = ~observed.to(device=z.device, dtype=torch.bool).expand(z.shape)
+    rows = z.reshape(-1, d)
+    missing = missing.reshape(-1, d)
+    h, hp = _weights(rows, caps)
+    plain = (h, h * rows, h * rows * rows, hp, hp * rows)
+    if not bool(missing.any()):
+        return _moment_statistics(rows, plain, caps, centred, diagonal_multiplier)
+    mean = (e - rows @ k + rows * diag) / diag
+    where = torch.nonzero(missing, as_tuple=True)  # only the missing entries' moments
+    column = where[1]
+    conditional = _truncated_moments(mean[where], diag.rsqrt()[column], caps.to(z)[column])
+    moments = tuple(v.index_put(where, c) for c, v in zip(conditional[:5], plain, strict=True))
+    # columns with x_j observed: a missing x_a's conditional mean / second moment in place of
+    # its draw; x~ x~^T -> x~ x~^T + delta v^T + v delta^T + diag(q), v = x~ (1 - missing / 2)
+    delta = torch.zeros_like(rows).index_put(where, conditional[5] - rows[where])
+    second = torch.zeros_like(rows).index_put(
+        where, conditional[6] - rows[where] * conditional[5]
+    )  # E[x_a^2] - x_a E[x_a]: makes the diagonal x_a^2 + 2 delta_a v_a + q_a = E[x_a^2]
+    v = torch.where(missing, 0.5 * rows, rows)
+    u, up = torch.where(missing, 0.0, h), torch.where(missing, 0.0, hp)
+    if not centred:
+        pad = torch.zeros_like(rows[:, :1])
+        delta, second = torch.cat([delta, pad], 1), torch.cat([second, pad], 1)
+        v = torch.cat([v, torch.ones_like(pad)], 1)
+    cross = _weighted_outer(u, delta, v)
+    idx = torch.arange(delta.shape[1], device=z.device)
+    cross = cross + cross.mT
+    cross[:, idx, idx] += u.T @ second
+    return _moment_statistics(
+        rows, moments, caps, centred, diagonal_multiplier, correction=(cross, up.T @ delta)
+    )
 
 
 def _theta(precision: Tensor, eta: Tensor | None, stats: NonnegativeStatistics) -> Tensor:
@@ -554,11 +791,12 @@ def nonnegative_path(
     method: str = "auto",
     tol: float = 1e-6,
     max_iter: int = 20000,
-    num_draws: int = 20,
+    num_draws: int = 5,
     num_sweeps: int = 3,
     em_tol: float = 1e-2,
     max_em_iter: int = 30,
     squarem: bool = True,
+    rao_blackwell: bool = True,
     seed: int = 0,
     progress: bool = False,
     label: str | None = None,
@@ -588,6 +826,10 @@ def nonnegative_path(
         The E-step's common random numbers make the EM map deterministic, which SQUAREM needs.
         If an extrapolation leads outside the model, that penalty restarts from the previous
         penalty's solution with plain EM.
+    :param rao_blackwell: Rao-Blackwellised E-step statistics
+        (:func:`rao_blackwellised_statistics`); False, or where they are not positive
+        semi-definite (an M-step without a minimiser), the plain Monte Carlo averages of the
+        draws (:func:`nonnegative_statistics`).
     :param seed: seeds the Gibbs draws.
     :param progress: tqdm bar over penalties.
     :param label: method label (default ``"nonnegative_sm"`` / ``"nonnegative_em"``).
@@ -631,6 +873,17 @@ def nonnegative_path(
             z, caps, centred=centred, diagonal_multiplier=diagonal_multiplier
         )
 
+    def e_stats(z: Tensor, kk: Tensor, ee: Tensor) -> NonnegativeStatistics:
+        if not rao_blackwell:
+            return stats_of(z)
+        st = rao_blackwellised_statistics(
+            z, observed, kk, ee, caps, centred=centred, diagonal_multiplier=diagonal_multiplier
+        )
+        eig = torch.linalg.eigvalsh(st.gamma)
+        if bool((eig[:, 0] < -1e-12 * eig[:, -1].abs()).any()):
+            return stats_of(z)  # averages of semi-definite terms: the M-step stays convex
+        return st
+
     generator = torch.Generator(device=data.device)
     chains = None
     if use_em:
@@ -643,7 +896,7 @@ def nonnegative_path(
         generator.manual_seed(int(seed))
         # the diagonal model's conditionals are independent truncated normals: one sweep is exact
         chains = truncated_conditional_gibbs(chains, observed, k0, eta0, generator=generator)
-        stats = stats_of(chains)
+        stats = e_stats(chains, k0, eta0)
         theta = _diagonal_solution(stats)
     else:
         stats = stats_of(data)
@@ -666,7 +919,6 @@ def nonnegative_path(
             em_its = 0
         else:
             assert chains is not None
-            assert chains is not None
             state = {"its": 0, "ok": True, "evals": 0}
 
             def em_map(current: Tensor, gamma: float = gamma, state: dict = state) -> tuple:
@@ -683,7 +935,7 @@ def nonnegative_path(
                     fixed_scan=True,
                     stratified=True,
                 )
-                st = stats_of(draws)
+                st = e_stats(draws, kk, ee)
                 new, it, ok_m, kkt_m = _fista(st, gamma, current, tol=tol, max_iter=max_iter)
                 state["its"] += it
                 state["ok"] = state["ok"] and ok_m
