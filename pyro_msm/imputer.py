@@ -17,8 +17,10 @@ independent clusters. The penalty kept is the largest whose held-out squared err
 one standard error (of the paired difference) of the best one's: the one-standard-error rule
 of [3]. The grid includes the diagonal model (mean imputation), and departing from it is
 tested: a finite penalty is considered only if the best standardised gain of one over the
-diagonal model exceeds the one-sided normal quantile at level ``alpha`` (0.05), Bonferroni
-corrected over the finite penalties compared. (The one-standard-error rule alone departs from
+diagonal model exceeds the one-sided quantile at level ``alpha`` (0.05), Bonferroni
+corrected over the finite penalties compared, of Student's t with one degree of freedom fewer
+than the held-out rows (the normal quantile for large tables; strict when few rows make the
+standard error itself uncertain). (The one-standard-error rule alone departs from
 the diagonal model whenever a penalty beats it by one standard error: under no structure at
 all, with probability about :math:`P(Z > 1) = 0.16` per penalty.) The fits saw a
 :math:`(\mathrm{cv}-1)/\mathrm{cv}` share of the rows; as a ridge penalty on a mean loss scales
@@ -63,6 +65,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -354,7 +357,9 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         keeps mean imputation unless a penalty beats it significantly.
     :param alpha: level of that test (one-sided, Bonferroni over the finite penalties fitted on
         every fold): the diagonal model is left only if some penalty's held-out gain over it
-        exceeds :math:`\Phi^{-1}(1 - \alpha / m)` standard errors; ``None``: no test (the
+        exceeds the :math:`1 - \alpha / m` quantile of Student's t (rows - 1 degrees of
+        freedom; about :math:`\Phi^{-1}(1 - \alpha / m)`) in standard errors; ``None``: no
+        test (the
         plain one-standard-error rule over the whole grid).
     :param sample_posterior: fill gaps with a draw from the conditional instead of its mean.
     :param n_imputations: completed tables returned by :meth:`multiple_imputations`.
@@ -639,7 +644,11 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
                 self.validation_z_ = max(
                     _standardised_gain(diagonal - usable[v], count) for v in finite
                 )
-                threshold = NormalDist().inv_cdf(1.0 - float(self.alpha) / len(finite))
+                # Student's t with (rows - 1) degrees of freedom: few rows, few clusters
+                rows = int(count.numel())
+                threshold = float(
+                    student_t.ppf(1.0 - float(self.alpha) / len(finite), max(rows - 1, 1))
+                )
                 pool = finite if self.validation_z_ > threshold else [math.inf]
             low = min(pool, key=lambda v: mse[v])
             chosen_value = max(  # the one-standard-error rule within the pool

@@ -177,6 +177,8 @@ def test_bad_options_name_the_argument():
         ({"dtype": "float16"}, "dtype"),
         ({"cv": 1}, "cv"),
         ({"selection": "min"}, "selection"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": "0.05"}, "alpha"),
     ):
         with pytest.raises(ValueError, match=word):
             ScoreMatchingImputer(**kwargs).fit(table)
@@ -247,6 +249,15 @@ def test_one_standard_error_rule_keeps_mean_imputation_without_clear_evidence():
     fitted = ScoreMatchingImputer(random_state=0).fit(np.where(np.isnan(table), np.nan, y))
     assert not math.isinf(fitted.shrinkage_)
     assert 0.75 < fitted.shrinkage_ / fitted.cv_shrinkage_ < 0.85
+    assert fitted.validation_z_ > 10 and one_se.validation_z_ < 2.5
+
+
+def test_too_few_rows_to_test_keep_the_diagonal_model():
+    # two rows: two clusters cannot estimate a standard error, and Student's t with one degree
+    # of freedom says so (the normal quantile would have accepted z = 5 here)
+    x = np.array([[0.0, 1.0, np.nan], [1.0, 0.0, 2.0]])
+    imp = ScoreMatchingImputer(random_state=0).fit(x)
+    assert math.isinf(imp.shrinkage_)
 
 
 def test_pruned_path_and_loose_validation_fits_choose_as_the_full_search(monkeypatch):
