@@ -86,7 +86,7 @@ def _hide(x: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def _run_method(name: str, table: np.ndarray, draws: int, seed: int):
-    """(filled table, lower, upper or None, seconds)."""
+    """(filled table, lower, upper or None, seconds, score matching's penalty or NaN)."""
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
 
@@ -94,10 +94,12 @@ def _run_method(name: str, table: np.ndarray, draws: int, seed: int):
 
     start = time.perf_counter()
     lower = upper = None
+    penalty = math.nan
     if name == "score_matching":
         imp = ScoreMatchingImputer(random_state=seed).fit(table)
         filled = imp.transform(table)
         lower, upper = imp.interval(table, prob=0.9)
+        penalty = imp.shrinkage_
     elif name == "iterative":
         filled = IterativeImputer(random_state=seed, max_iter=10).fit_transform(table)
         if draws > 1:
@@ -115,7 +117,7 @@ def _run_method(name: str, table: np.ndarray, draws: int, seed: int):
         filled = SimpleImputer().fit_transform(table)
         sd = np.nanstd(table, axis=0, ddof=1)
         lower, upper = filled - 1.645 * sd, filled + 1.645 * sd
-    return filled, lower, upper, time.perf_counter() - start
+    return filled, lower, upper, time.perf_counter() - start, penalty
 
 
 def run(
@@ -139,7 +141,9 @@ def run(
             for method in order:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    filled, lower, upper, seconds = _run_method(method, table, draws, seed + rep)
+                    filled, lower, upper, seconds, penalty = _run_method(
+                        method, table, draws, seed + rep
+                    )
                 err = ((filled - x) / sd)[hide]
                 row = {
                     "table": table_name,
@@ -150,6 +154,7 @@ def run(
                     "rmse_sd": float(np.sqrt(np.mean(err**2))),
                     "coverage90": math.nan,
                     "seconds": seconds,
+                    "penalty": penalty,
                 }
                 if lower is not None:
                     inside = (x >= lower - 1e-12) & (x <= upper + 1e-12)
@@ -196,6 +201,11 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     out["cov90_sm"] = table["coverage90"]["score_matching"]
     out["cov90_iterative"] = table["coverage90"]["iterative"]
     out["cov90_mean"] = table["coverage90"]["mean"]
+    sm = rows[rows["method"] == "score_matching"]
+    # the share of masks on which score matching kept the diagonal model (mean imputation)
+    out["sm_kept_mean"] = sm.groupby("table", sort=False)["penalty"].agg(
+        lambda p: float(np.isinf(p).mean())
+    )
     out["sec_sm"] = table["seconds"]["score_matching"]
     out["sec_iterative"] = table["seconds"]["iterative"]
     return out

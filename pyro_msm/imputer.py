@@ -9,12 +9,23 @@ is minimised full-batch by L-BFGS over :math:`\mu` and a Cholesky factor :math:`
 entry is its column mean, so the penalty interpolates between the score-matching fit and mean
 imputation (a penalty on the off-diagonal entries alone let the diagonal grow on collinear
 columns and gave conditional means far worse than the column mean). ``shrinkage="auto"``
-picks :math:`\lambda` by ``cv``-fold validation on held-out observed entries (one entry hidden
-per row, every row held out once) with the one-standard-error rule of [3]: the largest penalty
-whose held-out squared error is within one standard error (of the paired, entry-by-entry
-difference) of the best one's. The grid includes the diagonal model, so the choice is never
-worse than mean imputation on the hidden entries, and mean imputation is kept unless a smaller
-penalty beats it by more than the noise of the validation. Gaps are then filled with the
+picks :math:`\lambda` by ``cv``-fold cross-validation over rows: each fold's rows are left out
+of the fit, and *every* observed entry of a held-out row is predicted from the row's other
+observed entries (a closed form, one factorisation per row), so the held-out error averages
+over all observed entries rather than one per row; its standard errors treat rows as
+independent clusters. The penalty kept is the largest whose held-out squared error is within
+one standard error (of the paired difference) of the best one's: the one-standard-error rule
+of [3]. The grid includes the diagonal model (mean imputation), and departing from it is
+tested: a finite penalty is considered only if the best standardised gain of one over the
+diagonal model exceeds the one-sided quantile at level ``alpha`` (0.05), Bonferroni
+corrected over the finite penalties compared, of Student's t with one degree of freedom fewer
+than the held-out rows (the normal quantile for large tables; strict when few rows make the
+standard error itself uncertain). (The one-standard-error rule alone departs from
+the diagonal model whenever a penalty beats it by one standard error: under no structure at
+all, with probability about :math:`P(Z > 1) = 0.16` per penalty.) The fits saw a
+:math:`(\mathrm{cv}-1)/\mathrm{cv}` share of the rows; as a ridge penalty on a mean loss scales
+with :math:`1/n` (the data term's noise does), the whole table is fitted at the chosen penalty
+times the mean training share. Gaps are then filled with the
 conditional mean (:func:`~pyro_msm.infer.gaussian.conditional_gaussian`) or a draw from the
 conditional (:func:`~pyro_msm.infer.gaussian.sample_conditional_gaussian`); intervals are exact
 Gaussian quantiles.
@@ -54,6 +65,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -65,6 +77,7 @@ from .infer.gaussian import (
     grouped_marginal_loss,
     pairwise_moments,
     pattern_statistics,
+    restrict,
     sample_conditional_gaussian,
 )
 from .persistence import SaveLoadMixin
@@ -79,6 +92,18 @@ SHRINKAGE_GRID = (math.inf, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
 #: ``shrinkage="auto"`` stops descending the grid once the held-out error of the first fold has
 #: risen at this many penalties in a row (the skipped, smaller penalties overfit and are slow).
 PATH_PATIENCE = 2
+
+#: Tolerance on the change of the objective for the validation fits of ``shrinkage="auto"``
+#: (the final fit uses ``fit_gaussian_marginal``'s default, 1e-8): the held-out errors it
+#: changes are far below their standard errors.
+VALIDATION_TOL = 1e-5
+
+#: After the first fold of ``shrinkage="auto"``, a finite penalty whose held-out squared error
+#: on that fold exceeds the fold's best by more than this many (row-clustered, paired) standard
+#: errors is not fitted on the other folds: with the noise of the pooled estimate about
+#: ``1 / sqrt(cv)`` of that fold's, it could neither become the best nor come within one
+#: standard error of it.
+PRUNE_Z = 4.0
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -112,6 +137,54 @@ def gaussian_pattern_loss(
     s = _pattern_stats(x, mask) if stats is None else stats
     # one implementation of the grouped loss: infer.gaussian's, which averages over the rows
     return grouped_marginal_loss(s, loc, precision) * s.num_rows
+
+
+def _leave_one_out_errors(z: Tensor, mask: Tensor, loc: Tensor, precision: Tensor) -> Tensor:
+    r"""Each observed entry minus its conditional mean given the other observed entries of its
+    row under :math:`N(\mu, P^{-1})`; zero where missing.
+
+    With :math:`K = (\Sigma_{oo})^{-1}` on the row's observed set, the error of entry
+    :math:`j` is :math:`(K (x_o - \mu_o))_j / K_{jj}` (the conditional of :math:`x_j` given
+    :math:`x_{o \setminus j}` has precision :math:`K_{jj}`), so one factorisation per row gives
+    all of them. A row with one observed entry gets its deviation from the mean.
+
+    :param z: ``(n, d)``; :param mask: boolean ``(n, d)``; :param loc: ``(d,)``;
+    :param precision: ``(d, d)``.
+    :returns: ``(n, d)``.
+    """
+    covariance = torch.cholesky_inverse(torch.linalg.cholesky(precision))
+    chol = torch.linalg.cholesky(restrict(covariance, mask))  # Sigma_oo, identity elsewhere
+    centred = torch.where(mask, z - loc, torch.zeros((), dtype=z.dtype, device=z.device))
+    solved = torch.cholesky_solve(centred.unsqueeze(-1), chol).squeeze(-1)  # K (x_o - mu_o)
+    diagonal = torch.diagonal(torch.cholesky_inverse(chol), dim1=-2, dim2=-1)
+    return torch.where(mask, solved / diagonal, torch.zeros_like(solved))
+
+
+def _clustered_se(differences: Tensor, counts: Tensor) -> float:
+    r"""Standard error of :math:`\sum_i D_i / \sum_i N_i` (a mean over entries whose errors
+    are correlated within rows) with rows as independent clusters: the ratio estimator's
+    :math:`\sqrt{n/(n-1) \sum_i (D_i - \bar m N_i)^2} / \sum_i N_i`.
+
+    :param differences: ``(n,)`` per-row sums :math:`D_i`; :param counts: ``(n,)`` entries
+        :math:`N_i` per row.
+    """
+    rows = differences.numel()
+    if rows < 2:
+        return float(differences.abs().sum())
+    total = counts.sum()
+    mean = differences.sum() / total
+    spread = ((differences - mean * counts) ** 2).sum() * rows / (rows - 1)
+    return float(spread.sqrt() / total)
+
+
+def _standardised_gain(differences: Tensor, counts: Tensor) -> float:
+    """``sum(differences) / sum(counts)`` in units of its row-clustered standard error
+    (:func:`_clustered_se`); +-inf where that is zero and the gain is not."""
+    gain = float(differences.sum()) / float(counts.sum())
+    se = _clustered_se(differences, counts)
+    if se > 0:
+        return gain / se
+    return math.copysign(math.inf, gain) if gain != 0 else 0.0
 
 
 def _precision_from(raw: Tensor, d: int) -> Tensor:
@@ -268,16 +341,26 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         intervals).
     :param shrinkage_grid: candidates for ``"auto"`` (default :data:`SHRINKAGE_GRID`).
     :param cv: folds of the penalty choice: the rows with two or more observed entries are
-        split at random into ``cv`` folds; in turn, each fold's rows hide one observed entry
-        each, the model is fitted along the grid to the rest, and the hidden entries are
-        predicted by conditional means (every eligible row is held out once). The grid is
-        descended from the largest penalty; once the first fold's held-out error has risen at
-        :data:`PATH_PATIENCE` penalties in a row, the smaller ones are skipped.
+        split at random into ``cv`` folds; in turn, each fold's rows are left out, the model is
+        fitted along the grid to the other rows, and each observed entry of the left-out rows
+        is predicted by its conditional mean given the rest of its row (every eligible row is
+        held out once). The grid is descended from the largest penalty, each fit starting from
+        the previous one, at the validation tolerance :data:`VALIDATION_TOL`; once the first
+        fold's held-out error has risen at :data:`PATH_PATIENCE` penalties in a row, the
+        smaller ones are skipped, and penalties that fold rules out by more than
+        :data:`PRUNE_Z` standard errors are not fitted on the others.
     :param selection: ``"one_se"`` (default): the largest penalty whose held-out squared error
         exceeds the best penalty's by at most one standard error of the paired difference
-        (entry by entry, so the noise shared by all penalties cancels); ``"best"``: the penalty
-        with the smallest held-out error. Because the grid includes ``math.inf`` (mean
-        imputation), ``"one_se"`` keeps mean imputation unless a penalty beats it clearly.
+        (the same entries under both penalties, so the noise they share cancels; rows as
+        clusters); ``"best"``: the penalty with the smallest held-out error. Because the grid
+        includes ``math.inf`` (mean imputation), ``"one_se"`` first tests it (``alpha``) and
+        keeps mean imputation unless a penalty beats it significantly.
+    :param alpha: level of that test (one-sided, Bonferroni over the finite penalties fitted on
+        every fold): the diagonal model is left only if some penalty's held-out gain over it
+        exceeds the :math:`1 - \alpha / m` quantile of Student's t (rows - 1 degrees of
+        freedom; about :math:`\Phi^{-1}(1 - \alpha / m)`) in standard errors; ``None``: no
+        test (the
+        plain one-standard-error rule over the whole grid).
     :param sample_posterior: fill gaps with a draw from the conditional instead of its mean.
     :param n_imputations: completed tables returned by :meth:`multiple_imputations`.
     :param max_iter: L-BFGS iterations (Gaussian) or Adam steps (other energies).
@@ -294,10 +377,14 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
 
     Attributes after ``fit``: ``location_`` ``(d,)`` and ``precision_`` ``(d, d)`` (standard
     units, Gaussian), ``energy_`` (the trained network otherwise), ``standardizer_``
-    (:class:`~pyro_msm.tables.Standardizer`), ``shrinkage_`` (the penalty used),
-    ``validation_rmse_`` (dict penalty -> RMSE in standard units on the hidden entries, for
+    (:class:`~pyro_msm.tables.Standardizer`), ``shrinkage_`` (the penalty of the final fit),
+    ``cv_shrinkage_`` (for ``"auto"``: the grid penalty chosen on the folds, of which
+    ``shrinkage_`` is the scaled value; None for a fixed penalty), ``validation_rmse_`` (dict
+    penalty -> RMSE in standard units on the held-out entries, NaN where not fitted, for
     ``"auto"``), ``validation_se_`` (dict penalty -> standard error of its mean squared error
-    minus the best penalty's, paired over the hidden entries), ``n_iter_`` (L-BFGS
+    minus the best penalty's, paired over the held-out entries), ``validation_z_`` (the test
+    statistic: the largest standardised gain of a finite penalty over the diagonal model; NaN
+    when not tested), ``n_iter_`` (L-BFGS
     iterations of the final fit, or Adam steps),
     ``n_features_in_`` and ``feature_names_in_`` (for DataFrames).
     """
@@ -308,8 +395,9 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         *,
         shrinkage: float | str = "auto",
         shrinkage_grid: Sequence[float] | None = None,
-        cv: int = 2,
+        cv: int = 5,
         selection: str = "one_se",
+        alpha: float | None = 0.05,
         sample_posterior: bool = False,
         n_imputations: int = 5,
         max_iter: int = 100,
@@ -325,6 +413,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         self.shrinkage_grid = shrinkage_grid
         self.cv = cv
         self.selection = selection
+        self.alpha = alpha
         self.sample_posterior = sample_posterior
         self.n_imputations = n_imputations
         self.max_iter = max_iter
@@ -380,6 +469,10 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"cv must be an integer of at least 2, got {self.cv!r}")
         if self.selection not in ("one_se", "best"):
             raise ValueError(f"selection must be 'one_se' or 'best', got {self.selection!r}")
+        if self.alpha is not None and not (
+            isinstance(self.alpha, (int, float)) and 0.0 < self.alpha < 1.0
+        ):
+            raise ValueError(f"alpha must be in (0, 1) or None, got {self.alpha!r}")
         self._compute()
         if int(self.n_imputations) < 1 or int(self.max_iter) < 1:
             raise ValueError("n_imputations and max_iter must be at least 1")
@@ -412,6 +505,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         factory = _energy_factory(self.energy)
         self.validation_rmse_: dict[float, float] = {}
         self.validation_se_: dict[float, float] = {}
+        self.validation_z_ = math.nan
         if factory is None:
             self._fit_gaussian(z, mask, rng)
             self.energy_ = None
@@ -427,6 +521,7 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
             shrinkage, init = self._select_shrinkage(z, mask, grid, rng)
         else:
             shrinkage, init = float(self.shrinkage), None
+            self.cv_shrinkage_ = None
         if init is None and not math.isinf(shrinkage):
             # start from the diagonal fit: the inverse of a pairwise covariance can be badly
             # conditioned (collinear columns) and slows L-BFGS down by orders of magnitude
@@ -454,53 +549,61 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
     def _select_shrinkage(
         self, z: Tensor, mask: Tensor, grid: list[float], rng: np.random.RandomState
     ) -> tuple[float, tuple[Tensor, Tensor] | None]:
-        """``cv``-fold choice of the penalty on held-out observed entries (class documentation):
-        per fold, one observed entry hidden in each of the fold's rows, fits along the grid from
-        the largest penalty down (warm starts), squared errors pooled over the folds; then the
-        ``selection`` rule. Returns the penalty and a fit at it (a warm start)."""
+        """``cv``-fold choice of the penalty by rows (class documentation): each fold's rows
+        are left out of the fit, and each of their observed entries is predicted from the rest
+        of its row (:func:`_leave_one_out_errors`); fits along the grid from the largest penalty
+        down, warm-started from the previous fold's fit at the same penalty (or the previous
+        penalty's), at the looser tolerance :data:`VALIDATION_TOL`; errors pooled per row over
+        the folds; then the ``selection`` rule with row-clustered standard errors. Returns the
+        penalty for the whole table (the chosen one scaled by the mean training share, as a
+        ridge penalty on a mean loss scales with ``1 / n``) and a fit at it (a warm start)."""
         n, d = mask.shape
         device = z.device
+        present = mask.any(-1)
         eligible = (mask.sum(-1) >= 2).cpu().numpy()
         folds = np.full(n, -1)
         rows = np.nonzero(eligible)[0]
         folds[rows] = rng.permutation(len(rows)) % int(self.cv)
-        # one observed entry per held-out row, uniformly among its observed ones: the patterns
-        # (and so the cost of a fit) grow by at most a factor d, and no row loses all its entries
-        scores = torch.as_tensor(rng.random_sample((n, d)), device=device)
-        column = scores.masked_fill(~mask, -1.0).argmax(-1)
         folds_t = torch.as_tensor(folds, device=device)
-        errors: dict[float, list[Tensor]] = {value: [] for value in grid}
-        fits: dict[float, tuple[Tensor, Tensor]] = {}
+        # per penalty: per held-out row, the summed squared error and the number of entries
+        errors: dict[float, list[Tensor] | None] = {value: [] for value in grid}
+        counts: list[Tensor] = []
+        fits: dict[float, list[tuple[Tensor, Tensor]]] = {value: [] for value in grid}
+        trained = []
         path = list(grid)  # shortened by the first fold (below) for the others
         first = True
         for fold in range(int(self.cv)):
-            chosen = folds_t == fold
-            if int(chosen.sum()) < 2:
+            held = folds_t == fold
+            if int(held.sum()) < 1:
                 continue
-            hide = torch.zeros_like(mask)
-            hide[chosen.nonzero().flatten(), column[chosen]] = True
-            train = mask & ~hide
-            stats = _pattern_stats(z, train)
+            train = present & ~held
+            z_train, m_train = z[train], mask[train]
+            stats = _pattern_stats(z_train, m_train)
+            trained.append(stats.num_rows)
+            z_held, m_held = z[held], mask[held]
+            counts.append(m_held.sum(-1).to(torch.float64))
             init = None
             if not math.isinf(path[0]):
-                init = fit_gaussian_marginal(z, train, math.inf, stats=stats)
+                init = fit_gaussian_marginal(z_train, m_train, math.inf, stats=stats)
             previous, rises = math.inf, 0
             for index, value in enumerate(path):
                 if errors[value] is None:
                     continue  # failed on an earlier fold: out of the running
                 try:
                     loc, precision = fit_gaussian_marginal(
-                        z, train, value, init=init, max_iter=self.max_iter, stats=stats
-                    )
+                        z_train, m_train, value, init=init, max_iter=self.max_iter,
+                        tol=VALIDATION_TOL, stats=stats,
+                    )  # fmt: skip
                 except FloatingPointError:
                     errors[value] = None
                     current = math.inf
                 else:
-                    mean, _ = conditional_gaussian(z, train, loc, precision)
-                    squared = ((mean - z)[hide] ** 2).to(torch.float64)
+                    residual = _leave_one_out_errors(z_held, m_held, loc, precision)
+                    squared = (residual.to(torch.float64) ** 2).sum(-1)
                     errors[value].append(squared)
-                    init = fits[value] = (loc, precision)
-                    current = float(squared.mean())
+                    fits[value].append((loc, precision))
+                    init = (loc, precision)
+                    current = float(squared.sum())
                 # early stop of the path (first fold): the held-out error rose at
                 # PATH_PATIENCE penalties in a row, so smaller ones (slow, overfitted) are skipped
                 rises = rises + 1 if current > previous else 0
@@ -508,36 +611,80 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
                 if first and rises >= PATH_PATIENCE:
                     path = path[: index + 1]
                     break
+            if first:
+                path = self._prune(path, errors, counts[0])
             first = False
         for value in grid:
             if value not in path:
                 errors[value] = None  # not fitted: the path stopped before it
-        usable = {v: torch.cat(e) for v, e in errors.items() if e}
+        usable = {
+            v: torch.cat(e) for v, e in errors.items() if e and len(e) == len(counts)
+        }
         for value in grid:  # in grid order; NaN where failed or not fitted
             self.validation_rmse_[value] = math.nan
         if not usable or len(grid) == 1:
             value = grid[-1] if len(grid) == 1 else math.inf
+            self.cv_shrinkage_ = value
             return value, None
-        mse = {v: e.mean() for v, e in usable.items()}
-        best = min(mse, key=lambda v: float(mse[v]))
-        chosen_value = best
+        count = torch.cat(counts)
+        total = float(count.sum())
+        mse = {v: float(e.sum()) / total for v, e in usable.items()}
+        best = min(mse, key=lambda v: mse[v])
         for value in grid:  # largest penalty first
-            if value not in usable:
-                continue
-            diff = usable[value] - usable[best]
-            se = diff.std() / math.sqrt(diff.numel()) if diff.numel() > 1 else diff.abs().sum()
-            self.validation_rmse_[value] = float(mse[value].sqrt())
-            self.validation_se_[value] = float(se)
-            if self.selection == "one_se" and chosen_value == best and value != best:
-                if float(diff.mean()) <= float(se) and value > best:
-                    chosen_value = value
+            if value in usable:
+                self.validation_rmse_[value] = math.sqrt(mse[value])
+                self.validation_se_[value] = _clustered_se(usable[value] - usable[best], count)
+        chosen_value = best
+        if self.selection == "one_se":
+            pool = list(usable)
+            finite = [v for v in usable if not math.isinf(v)]
+            if self.alpha is not None and math.inf in usable and finite:
+                # the test of the diagonal model (mean imputation) against every finite penalty
+                diagonal = usable[math.inf]
+                self.validation_z_ = max(
+                    _standardised_gain(diagonal - usable[v], count) for v in finite
+                )
+                # Student's t with (rows - 1) degrees of freedom: few rows, few clusters
+                rows = int(count.numel())
+                threshold = float(
+                    student_t.ppf(1.0 - float(self.alpha) / len(finite), max(rows - 1, 1))
+                )
+                pool = finite if self.validation_z_ > threshold else [math.inf]
+            low = min(pool, key=lambda v: mse[v])
+            chosen_value = max(  # the one-standard-error rule within the pool
+                v for v in pool
+                if mse[v] - mse[low] <= _clustered_se(usable[v] - usable[low], count)
+            )
+        # the fits saw a (cv - 1) / cv share of the rows; the whole table's penalty is smaller
+        share = float(np.mean(trained)) / max(int(present.sum()), 1)
+        final = chosen_value * share
+        self.cv_shrinkage_ = chosen_value
         if self.verbose:
             print(
-                f"ScoreMatchingImputer: shrinkage {chosen_value:g} (validation RMSE "
-                f"{self.validation_rmse_[chosen_value]:.4f}; best {best:g} at "
-                f"{self.validation_rmse_[best]:.4f})"
+                f"ScoreMatchingImputer: shrinkage {final:g} ({chosen_value:g} on the folds; "
+                f"validation RMSE {self.validation_rmse_[chosen_value]:.4f}; best {best:g} "
+                f"at {self.validation_rmse_[best]:.4f})"
             )
-        return chosen_value, fits.get(chosen_value)
+        warm = fits[chosen_value][-1] if fits[chosen_value] else None
+        return final, warm
+
+    @staticmethod
+    def _prune(path: list[float], errors: dict, count: Tensor) -> list[float]:
+        """The path without the finite penalties that the first fold already rules out
+        (:data:`PRUNE_Z`)."""
+        first = {v: e[0] for v, e in errors.items() if e}
+        if len(first) < 2:
+            return path
+        best = min(first, key=lambda v: float(first[v].sum()))
+        total = float(count.sum())
+        keep = []
+        for value in path:
+            if value in first and not math.isinf(value) and value != best:
+                excess = float((first[value] - first[best]).sum()) / total
+                if excess > PRUNE_Z * _clustered_se(first[value] - first[best], count):
+                    continue
+            keep.append(value)
+        return keep
 
     def _model(self, d: int):
         import pyro

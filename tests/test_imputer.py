@@ -14,7 +14,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 
 from pyro_msm import ScoreMatchingImputer
-from pyro_msm.imputer import gaussian_pattern_loss
+from pyro_msm.imputer import _clustered_se, _leave_one_out_errors, gaussian_pattern_loss
 from pyro_msm.infer.gaussian import conditional_gaussian, marginal_score_matching_loss
 
 
@@ -177,9 +177,55 @@ def test_bad_options_name_the_argument():
         ({"dtype": "float16"}, "dtype"),
         ({"cv": 1}, "cv"),
         ({"selection": "min"}, "selection"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": "0.05"}, "alpha"),
     ):
         with pytest.raises(ValueError, match=word):
             ScoreMatchingImputer(**kwargs).fit(table)
+
+
+def test_leave_one_out_errors_are_the_conditional_means_with_one_more_entry_hidden():
+    g = torch.Generator().manual_seed(3)
+    n, d = 40, 5
+    z = torch.randn(n, d, dtype=torch.float64, generator=g)
+    mask = torch.rand(n, d, generator=g) > 0.3
+    mask[:, 1] = True
+    loc = torch.randn(d, dtype=torch.float64, generator=g)
+    a = torch.randn(d, d, dtype=torch.float64, generator=g)
+    precision = a @ a.T + 0.5 * torch.eye(d, dtype=torch.float64)
+    errors = _leave_one_out_errors(z, mask, loc, precision)
+    assert torch.equal(errors[~mask], torch.zeros_like(errors[~mask]))
+    for j in range(d):  # hide column j where observed: its conditional mean given the rest
+        hidden = mask.clone()
+        hidden[:, j] = False
+        mean, _ = conditional_gaussian(z, hidden, loc, precision)
+        rows = mask[:, j]
+        assert torch.allclose(errors[rows, j], (z - mean)[rows, j], atol=1e-12)
+
+
+def test_clustered_standard_error_is_the_plain_one_with_one_entry_per_row():
+    g = torch.Generator().manual_seed(4)
+    values = torch.randn(50, dtype=torch.float64, generator=g)
+    ones = torch.ones(50, dtype=torch.float64)
+    assert math.isclose(_clustered_se(values, ones), float(values.std() / math.sqrt(50)),
+                        rel_tol=1e-12)
+    # rows of two identical entries carry one row's information: twice the per-entry sum
+    assert math.isclose(_clustered_se(2 * values, 2 * ones), _clustered_se(values, ones),
+                        rel_tol=1e-12)
+
+
+def test_independent_columns_give_mean_imputation_exactly():
+    # no column predicts another: the diagonal model (mean imputation) must be kept
+    for seed in range(3):
+        g = np.random.default_rng(seed)
+        x = g.normal(size=(300, 5)) * [1.0, 2.0, 0.5, 3.0, 1.0] + [0.0, 5.0, -1.0, 2.0, 9.0]
+        table = np.where(g.random(x.shape) > 0.2, x, np.nan)
+        imp = ScoreMatchingImputer(random_state=seed).fit(table)
+        assert math.isinf(imp.shrinkage_) and math.isinf(imp.cv_shrinkage_)
+        out = imp.transform(table)
+        means = np.broadcast_to(np.nanmean(table, 0), x.shape)
+        gaps = np.isnan(table)
+        assert np.allclose(out[gaps], means[gaps], rtol=0, atol=1e-12)
 
 
 def test_one_standard_error_rule_keeps_mean_imputation_without_clear_evidence():
@@ -192,15 +238,53 @@ def test_one_standard_error_rule_keeps_mean_imputation_without_clear_evidence():
     best = ScoreMatchingImputer(random_state=0, selection="best").fit(table)
     rmse = one_se.validation_rmse_
     assert math.isinf(one_se.shrinkage_)
-    assert rmse[best.shrinkage_] == min(rmse.values())
+    b = best.cv_shrinkage_
+    assert rmse[b] == np.nanmin(list(rmse.values()))
     se = one_se.validation_se_
-    b = best.shrinkage_
     # the rule in numbers: mean imputation is within one paired SE of the best
     assert rmse[math.inf] ** 2 - rmse[b] ** 2 <= se[math.inf] + 1e-12
-    # with strong correlation the evidence is clear and a finite penalty is chosen
+    # with strong correlation the evidence is clear and a finite penalty is chosen; the whole
+    # table's penalty is the folds' one scaled by the training share (cv - 1) / cv
     y = x + 2.0 * x[:, :1]
     fitted = ScoreMatchingImputer(random_state=0).fit(np.where(np.isnan(table), np.nan, y))
     assert not math.isinf(fitted.shrinkage_)
+    assert 0.75 < fitted.shrinkage_ / fitted.cv_shrinkage_ < 0.85
+    assert fitted.validation_z_ > 10 and one_se.validation_z_ < 2.5
+
+
+def test_too_few_rows_to_test_keep_the_diagonal_model():
+    # two rows: two clusters cannot estimate a standard error, and Student's t with one degree
+    # of freedom says so (the normal quantile would have accepted z = 5 here)
+    x = np.array([[0.0, 1.0, np.nan], [1.0, 0.0, 2.0]])
+    imp = ScoreMatchingImputer(random_state=0).fit(x)
+    assert math.isinf(imp.shrinkage_)
+
+
+def test_pruned_path_and_loose_validation_fits_choose_as_the_full_search(monkeypatch):
+    # the first fold's pruning (PRUNE_Z) and the validation tolerance are shortcuts: the full,
+    # tight search on every fold chooses the same penalty with the same held-out errors
+    import pyro_msm.imputer as module
+
+    g = np.random.default_rng(9)
+    x = g.normal(size=(300, 5))
+    x = x + 2.0 * x[:, :1]  # strong correlation: the large penalties are far off the best
+    table = np.where(g.random(x.shape) > 0.2, x, np.nan)
+    grid = (math.inf, 3.0, 1.0, 0.3, 0.1)  # the small penalties are slow to fit tightly
+    fast = ScoreMatchingImputer(random_state=0, shrinkage_grid=grid).fit(table)
+    monkeypatch.setattr(module, "PRUNE_Z", math.inf)
+    monkeypatch.setattr(module, "VALIDATION_TOL", 1e-8)
+    full = ScoreMatchingImputer(random_state=0, shrinkage_grid=grid).fit(table)
+    assert fast.cv_shrinkage_ == full.cv_shrinkage_ and not math.isinf(fast.shrinkage_)
+    pruned = 0
+    for value, rmse in full.validation_rmse_.items():
+        if math.isnan(fast.validation_rmse_[value]):
+            pruned += 1
+            # pruned: far from the best on the pooled folds too
+            gap = rmse**2 - min(full.validation_rmse_.values()) ** 2
+            assert math.isnan(rmse) or gap > 3 * full.validation_se_[value]
+        else:
+            assert abs(fast.validation_rmse_[value] - rmse) < 1e-3 * rmse
+    assert pruned >= 1  # the shortcut was taken
 
 
 # scikit-learn's own protocol checks; a fixed penalty keeps each of the ~40 fits to one L-BFGS
