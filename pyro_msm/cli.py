@@ -553,6 +553,13 @@ def _svi_fit(
     return losses
 
 
+def _json_number(value: float | None) -> float | str | None:
+    """A float for strict JSON: ``inf`` as the string ``"inf"`` (mean imputation), NaN as null."""
+    if value is None or math.isnan(value):
+        return None
+    return value if math.isfinite(value) else str(value)
+
+
 def _run_fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         return _fit(args)
@@ -616,15 +623,19 @@ def _fit(args: argparse.Namespace) -> int:  # noqa: C901 - one linear recipe
         imputer = ScoreMatchingImputer(random_state=args.seed).fit(df)
         loc, precision = imputer.location_, imputer.precision_
         diagnostics.update(
-            shrinkage=imputer.shrinkage_,
+            shrinkage=_json_number(imputer.shrinkage_),
             lbfgs_iterations=imputer.n_iter_,
             validation_rmse={str(k): v for k, v in imputer.validation_rmse_.items()},
             validation_se={str(k): v for k, v in imputer.validation_se_.items()},
             selection=imputer.selection,
+            cv_shrinkage=_json_number(imputer.cv_shrinkage_),
+            validation_z=_json_number(imputer.validation_z_),
+            alpha=imputer.alpha,
         )
-        print(f"penalty chosen on held-out entries ({imputer.cv}-fold, one-standard-error "
-              f"rule): {imputer.shrinkage_:g} "
-              f"(validation RMSE in sd units: {imputer.validation_rmse_})")  # fmt: skip
+        print(f"penalty chosen on held-out entries ({imputer.cv}-fold, {imputer.selection}, "
+              f"test against mean imputation at alpha={imputer.alpha}): "
+              f"{imputer.shrinkage_:g} (validation z {imputer.validation_z_:.2f}; "
+              f"RMSE in sd units: {imputer.validation_rmse_})")  # fmt: skip
         imputer.save(path("imputer.pkl"))
     elif args.model == "gaussian":
         from pyro.distributions import constraints
