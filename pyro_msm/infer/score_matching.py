@@ -44,6 +44,7 @@ from .sites import (
     DataSite,
     FillUnobserved,
     PerturbObserved,
+    ProvideModelTrace,
     RejectLatent,
     find_data_sites,
     guide_log_prob,
@@ -153,6 +154,19 @@ def _log_prob_through_draws(fn: Distribution, x: Tensor, mask: Tensor, draws: Te
     zero = torch.zeros((), dtype=a.dtype, device=a.device)
     a = torch.where(mask, zero, a)
     return value + (a * (draws - draws.detach())).sum(-1)
+
+
+def _complete_from_guide(model_trace, site: DataSite, guide_trace) -> None:
+    """Set ``site.value`` to the rows completed by the guide's draw of ``{name}_unobserved``
+    (observed entries from the data), ``(r, n, d)``, as :func:`~pyro_msm.observe` computes them
+    when the model is replayed against the guide's trace."""
+    name = f"{site.name}_unobserved"
+    draw = guide_trace.nodes[name]["value"] if name in guide_trace.nodes else None
+    if draw is None:  # no guide site: the zero-filled rows, as a replay would leave them
+        return
+    fn = model_trace.nodes[name]["fn"]  # MissingCoordinates: the data and mask as observed
+    n, d = site.data.shape
+    site.value = torch.where(fn.observed_mask, fn.data, draw).reshape(-1, n, d)
 
 
 def _take(t: Tensor, rows: Tensor, dim: int = 0) -> Tensor:
@@ -392,6 +406,9 @@ class MissingScoreMatching(ELBO):
         self.diagnostics: dict[str, Any] = {}
         self._step = 0
         self._last_model_loss = math.nan
+        #: whether the model has one data site (then a guided step runs the model once); None
+        #: until the first guided step
+        self._single_site: bool | None = None
         self._warned: set[tuple[str, str]] = set()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -837,9 +854,26 @@ class MissingScoreMatching(ELBO):
         perturbation = PerturbObserved(self.objective.perturb) if self.objective.perturbs else None
         if perturbation is not None:  # the guide and the model see the same noisy rows
             guide, model = perturbation(guide), perturbation(model)
-        guide_trace = poutine.trace(_particle_plate(guide, r, dim)).get_trace(*args, **kwargs)
-        model_trace = self._model_trace(_particle_plate(model, r, dim), guide_trace, args, kwargs)
-        sites = find_data_sites(model_trace)
+        model_trace, sites = None, None
+        if self._single_site is not False:
+            # one run of the model, outside the particle plate: its trace gives the loss the data
+            # site and the guide (through ProvideModelTrace) the site's data, mask and plates,
+            # where the guide's hidden run of the model and the loss's replay took two
+            model_trace = self._model_trace(model, None, args, kwargs)
+            sites = find_data_sites(model_trace)
+            self._single_site = len(sites) == 1
+        guided = _particle_plate(guide, r, dim)
+        if self._single_site:
+            guided = ProvideModelTrace(model_trace)(guided)
+        guide_trace = poutine.trace(guided).get_trace(*args, **kwargs)
+        if self._single_site:
+            # with one data site nothing in the model depends on the completed rows, so
+            # completing them here equals replaying the model against the guide's draws
+            _complete_from_guide(model_trace, sites[0], guide_trace)
+        else:  # a later site may depend on an earlier site's completed rows: replay
+            replayed = _particle_plate(model, r, dim)
+            model_trace = self._model_trace(replayed, guide_trace, args, kwargs)
+            sites = find_data_sites(model_trace)
         guide_lp = guide_log_prob(guide_trace, sites)
         require_guide_sites(self.estimator, sites, guide_lp)
         objective, kl = 0.0, 0.0
