@@ -566,3 +566,28 @@ def test_auto_chunks_are_cache_sized_on_the_cpu_only_without_closed_forms():
         assert loss._points_per_chunk(network, x) == AUTO_CHUNK_ENTRIES // 6
     em = MissingScoreMatching("em", 4, objective="truncated")
     assert em._points_per_chunk(network, x) == AUTO_CHUNK_ENTRIES_CPU // 6
+
+
+def test_row_ordered_pattern_factors_draw_what_the_gathered_factors_draw():
+    """When most rows have a pattern of their own the proposal keeps its factors in row order
+    and hands a chunk of consecutive rows a view of them; the draws and log densities equal
+    those of the per-pattern factors gathered row by row (the path of a sharded preparation)."""
+    torch.manual_seed(6)
+    x = mcar(torch.randn(40, 12, dtype=D64), 0.4)
+    mask = ~torch.isnan(x)
+    proposal = GaussianConditionalProposal.fit(x, mask)
+    data = torch.nan_to_num(x)
+    row_order = proposal.prepare(data, mask)
+    assert row_order._row_order
+    every = torch.arange(40)
+    gathered = GaussianConditionalProposal.fit(x, mask).prepare(data, mask, rows=every)
+    assert not gathered._row_order
+    for rows in (torch.arange(5, 23), torch.tensor([3, 9, 10, 30]), torch.arange(40)):
+        assert row_order._factors(rows).shape == (len(rows), 12, 12)
+        torch.testing.assert_close(row_order._factors(rows), gathered._factors(rows))
+        out = []
+        for prepared in (row_order, gathered):
+            torch.manual_seed(7)
+            out.append(prepared.sample(rows, 3))
+        for a, b in zip(*out, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
