@@ -302,28 +302,38 @@ def test_spline_flow_trains():
 
 
 # -- subsampling ----------------------------------------------------------------------------------
-def test_subsampled_plate_replays_the_guides_indices():
+def test_subsampled_plate_replays_the_guides_indices(monkeypatch):
+    from pyro_msm.infer import score_matching
+
     n, b = 50, 10
     x = mcar(GaussianEnergy(MU3, P3).sample((n,)), 0.3)
     record: list = []
+    completed: list = []
+    complete = score_matching._complete_from_guide
+
+    def spy(model_trace, site, guide_trace):
+        complete(model_trace, site, guide_trace)
+        completed.append((guide_trace.nodes["rows"]["value"].clone(), site.value.detach()))
+
+    monkeypatch.setattr(score_matching, "_complete_from_guide", spy)
     model = gaussian_model(MU3, P3, subsample_size=b, record=record)
     guide = AmortizedFlow(model, hidden_dims=(8, 8))
-    loss = MissingScoreMatching("variational", num_particles=3, guide_steps=1)
+    loss = MissingScoreMatching("variational", num_particles=3, guide_steps=1, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), loss)
     seen = set()
     for _ in range(6):
         record.clear()
+        completed.clear()
         assert math.isfinite(svi.step(x))
-        # one run inside the guide (missing entries zero), then the loss's replay of the model
-        assert len(record) % 2 == 0
-        for (idx_guide, _), (idx_model, completed) in zip(record[::2], record[1::2], strict=True):
-            assert idx_guide.shape == (b,) and torch.equal(idx_guide, idx_model)
-            seen.add(tuple(idx_model.tolist()))
-            obs = ~torch.isnan(x[idx_model])
-            assert completed.shape[-2:] == (b, 3)
-            assert torch.equal(
-                completed[..., obs], x[idx_model][obs].expand_as(completed[..., obs])
-            )
+        # one run of the model, whose trace the guide reads; the loss completes its rows with
+        # the guide's draws, inside the same subsample
+        ((idx_model, _),) = record
+        ((idx_guide, rows),) = completed
+        assert idx_guide.shape == (b,) and torch.equal(idx_guide, idx_model)
+        seen.add(tuple(idx_model.tolist()))
+        obs = ~torch.isnan(x[idx_model])
+        assert rows.shape[-2:] == (b, 3)
+        assert torch.equal(rows[..., obs], x[idx_model][obs].expand_as(rows[..., obs]))
     assert len(seen) >= 2  # so the index equality is not trivially true
     with pyro.plate("_pyro_msm_particles", 2, dim=-2):
         guide_trace = poutine.trace(guide).get_trace(x)

@@ -175,31 +175,39 @@ def test_condition_on_mask_trains():
 
 
 # -- subsampling ----------------------------------------------------------------------------------
-def test_subsampled_plate_replays_the_guides_indices():
+def test_subsampled_plate_replays_the_guides_indices(monkeypatch):
+    from pyro_msm.infer import score_matching
+
     n, b = 50, 10
     x = mcar(GaussianEnergy(MU3, P3).sample((n,)), 0.3)
     record: list = []
+    completed: list = []
+    complete = score_matching._complete_from_guide
+
+    def spy(model_trace, site, guide_trace):
+        complete(model_trace, site, guide_trace)
+        completed.append((guide_trace.nodes["rows"]["value"].clone(), site.value.detach()))
+
+    monkeypatch.setattr(score_matching, "_complete_from_guide", spy)
     model = gaussian_model(MU3, P3, subsample_size=b, record=record)
     guide = AmortizedNormal(model, hidden_dims=(16,))
-    loss = MissingScoreMatching("variational", num_particles=3, guide_steps=1)
+    loss = MissingScoreMatching("variational", num_particles=3, guide_steps=1, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), loss)
     for _ in range(6):
         record.clear()
+        completed.clear()
         value = svi.step(x)
         assert math.isfinite(value)
-        # one run inside the guide (missing entries zero), then the loss's replay of the model
-        assert len(record) % 2 == 0
-        for (idx_guide, inner), (idx_model, completed) in zip(
-            record[::2], record[1::2], strict=True
-        ):
-            assert idx_guide.shape == (b,) and torch.equal(idx_guide, idx_model)
-            obs = ~torch.isnan(x[idx_model])
-            assert completed.shape[-2:] == (b, 3)
-            assert torch.equal(
-                completed[..., obs], x[idx_model][obs].expand_as(completed[..., obs])
-            )
-            assert torch.equal(inner[~obs], torch.zeros(int((~obs).sum())))
-            assert (completed[..., ~obs] != 0).all()  # guide draws, not zeros
+        # one run of the model (missing entries zero), whose trace the guide reads; the loss
+        # completes that run's rows with the guide's draws, inside the same subsample
+        ((idx_model, inner),) = record
+        ((idx_guide, rows),) = completed
+        assert idx_guide.shape == (b,) and torch.equal(idx_guide, idx_model)
+        obs = ~torch.isnan(x[idx_model])
+        assert torch.equal(inner[~obs], torch.zeros(int((~obs).sum())))
+        assert rows.shape[-2:] == (b, 3)
+        assert torch.equal(rows[..., obs], x[idx_model][obs].expand_as(rows[..., obs]))
+        assert (rows[..., ~obs] != 0).all()  # guide draws, not zeros
     # the plate's scale n / b reaches the loss through the replayed model
     with pyro.plate("_pyro_msm_particles", 2, dim=-2):
         guide_trace = poutine.trace(guide).get_trace(x)
@@ -342,3 +350,24 @@ def test_joint_autoguides_are_refused_with_a_working_alternative(autoguide, erro
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), MissingScoreMatching("variational"))
     with pytest.raises(error, match="AmortizedNormal"):
         svi.step(x)
+
+
+def test_guide_reads_the_provided_model_trace_instead_of_running_the_model():
+    from pyro_msm.infer.sites import FillUnobserved, ProvideModelTrace, provided_model_trace
+
+    x = mcar(GaussianEnergy(MU3, P3).sample((20,)), 0.3)
+    record: list = []
+    model = gaussian_model(MU3, P3, record=record)
+    guide = AmortizedNormal(model, hidden_dims=(8,))
+    assert provided_model_trace() is None
+    guide(x)  # creates the parameters
+    record.clear()
+    torch.manual_seed(0)
+    alone = guide(x)["x_unobserved"]
+    assert len(record) == 1  # its own hidden run of the model
+    model_trace = poutine.trace(FillUnobserved()(model)).get_trace(x)
+    record.clear()
+    torch.manual_seed(0)
+    provided = ProvideModelTrace(model_trace)(guide)(x)["x_unobserved"]
+    assert record == []  # read from the trace; the same draw
+    assert torch.equal(provided, alone)

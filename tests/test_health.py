@@ -252,3 +252,17 @@ def test_held_out_monitor_stops_after_patience_and_restores_the_best():
     assert torch.allclose(pyro.param("loc").detach(), loc)
     again = monitor.evaluate()
     assert again == pytest.approx(monitor.best_loss)  # fixed draws: the same value
+
+
+def test_gradient_check_tells_an_overflowing_norm_from_a_non_finite_gradient():
+    """The gradients are checked through one fused norm; a norm that overflows while every
+    entry is finite is not an error, a single non-finite entry is (named)."""
+    big = torch.nn.Parameter(torch.zeros(3))
+    other = torch.nn.Parameter(torch.zeros(2))
+    big.grad = torch.full((3,), 3e38)  # float32: finite entries, infinite norm
+    other.grad = torch.ones(2)
+    names = {id(big): "big", id(other): "other"}
+    FitHealth().check_step(1.0, [big, other], gradients=True, names=names)
+    other.grad = torch.tensor([1.0, math.nan])
+    with pytest.raises(FitHealthError, match="gradient of other"):
+        FitHealth().check_step(1.0, [big, other], gradients=True, names=names)

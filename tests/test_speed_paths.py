@@ -116,6 +116,109 @@ def test_chunked_variational_model_step_equals_one_pass(table):
     torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("estimator", ["variational", "hybrid"])
+@pytest.mark.parametrize("energy", ["gaussian", "mlp"])
+def test_variational_model_step_equals_the_one_graph_formula(table, estimator, energy):
+    """A model step builds each chunk's particles from its own draws and gives the KL its
+    gradient to the guide through the score at the draws; values and the gradients of model and
+    guide equal the formula written as one graph (the model's density at the draws twice: live,
+    for the guide, and detached, for the surrogate's weights; every row with r particles)."""
+    from pyro import poutine
+
+    from pyro_msm.infer.derivatives import log_prob
+    from pyro_msm.infer.estimators import variational_particles, weighted_particles
+    from pyro_msm.infer.objectives import ExactObjective
+    from pyro_msm.infer.score_matching import _particle_plate
+    from pyro_msm.infer.sites import find_data_sites, guide_log_prob
+
+    net = EnergyMLP(6, (8,)).double()
+
+    def model(x):
+        with pyro.plate("rows", x.shape[0]):
+            if energy == "gaussian":
+                mu = pyro.param("mu", torch.full((6,), 0.3, dtype=D64))
+                fn = GaussianEnergy(mu, torch.eye(6, dtype=D64) * 1.5)
+            else:
+                pyro.module("energy", net)
+                fn = MLPEnergy(net)
+            pyro_msm.observe("x", fn, obs=x)
+
+    r = 5
+    pyro.clear_param_store()
+    torch.manual_seed(3)
+    guide = AmortizedNormal(model, hidden_dims=(8,)).double()
+    guide(table)  # creates the guide's parameters
+    model(table)
+    params = [p.unconstrained() for p in pyro.get_param_store().values()]
+    loss = MissingScoreMatching(estimator, r, chunk_size=37, max_plate_nesting=1)
+    torch.manual_seed(4)
+    value, grads = step(loss, model, guide, table, params)
+
+    torch.manual_seed(4)
+    for p in params:
+        p.grad = None
+    guide_trace = poutine.trace(_particle_plate(guide, r, -2)).get_trace(table)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(table)
+    (site,) = find_data_sites(model_trace)
+    log_q = guide_log_prob(guide_trace, [site])["x"]
+    draws, x, mask = site.value, site.data, site.mask
+    live, detached = log_prob(site.fn, draws), log_prob(site.fn, draws.detach())
+    if estimator == "hybrid":
+        particles = weighted_particles(site.fn, x, mask, draws, log_q.detach())
+    else:
+        particles = variational_particles(site.fn, x, mask, draws, detached)
+    rows = mask.any(-1).to(D64)
+    objective = (ExactObjective()(site.fn, particles) * rows).sum()
+    kl = ((log_q - live + detached - detached.detach()).mean(0) * rows).sum()
+    (objective + kl - kl.detach()).backward()
+    assert value == pytest.approx(float(objective.detach()), rel=1e-10)
+    assert loss.diagnostics["kl"] == pytest.approx(float(kl), rel=1e-10)
+    for got, p in zip(grads, params, strict=True):
+        torch.testing.assert_close(got, p.grad, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("estimator", ["variational", "hybrid"])
+@pytest.mark.parametrize("objective", ["exact", "denoising"])
+def test_one_model_run_per_guided_step_equals_the_replay(table, estimator, objective):
+    """With one data site a guided step runs the model once (the guide reads that trace, the
+    loss completes the rows itself); values and gradients of model and guide, over model and
+    guide steps of a subsampled plate, equal the replay of the model against the guide's
+    trace (the path taken by models with several data sites)."""
+    net = EnergyMLP(6, (8,)).double()
+
+    def model(x):
+        pyro.module("energy", net)
+        with pyro.plate("rows", x.shape[0], subsample_size=40) as idx:
+            pyro_msm.observe("x", MLPEnergy(net), obs=x[idx])
+
+    out = []
+    for single in (None, False):
+        pyro.clear_param_store()
+        torch.manual_seed(5)
+        guide = AmortizedNormal(model, hidden_dims=(8,)).double()
+        loss = MissingScoreMatching(
+            estimator, 3, objective=objective, guide_steps=2, max_plate_nesting=1
+        )
+        loss._single_site = single  # False: the replay path
+        steps = []
+        for _ in range(3):
+            for p in pyro.get_param_store().values():
+                p.unconstrained().grad = None
+            value = loss.loss_and_grads(model, guide, table)
+            grads = {k: p.unconstrained().grad for k, p in pyro.get_param_store().items()}
+            steps.append((value, loss.diagnostics["kl"], grads))
+        assert loss._single_site is (single is None)
+        out.append(steps)
+    for (v0, k0, g0), (v1, k1, g1) in zip(*out, strict=True):
+        assert v1 == pytest.approx(v0, rel=1e-12) and k1 == pytest.approx(k0, rel=1e-12)
+        assert g0.keys() == g1.keys()
+        for key in g0:
+            if g0[key] is None:
+                assert g1[key] is None
+            else:
+                torch.testing.assert_close(g1[key], g0[key], rtol=1e-10, atol=1e-12)
+
+
 def test_cached_proposal_is_a_fresh_fit_on_the_same_table(table):
     mask = ~torch.isnan(table)
     x = torch.nan_to_num(table)
@@ -463,3 +566,28 @@ def test_auto_chunks_are_cache_sized_on_the_cpu_only_without_closed_forms():
         assert loss._points_per_chunk(network, x) == AUTO_CHUNK_ENTRIES // 6
     em = MissingScoreMatching("em", 4, objective="truncated")
     assert em._points_per_chunk(network, x) == AUTO_CHUNK_ENTRIES_CPU // 6
+
+
+def test_row_ordered_pattern_factors_draw_what_the_gathered_factors_draw():
+    """When most rows have a pattern of their own the proposal keeps its factors in row order
+    and hands a chunk of consecutive rows a view of them; the draws and log densities equal
+    those of the per-pattern factors gathered row by row (the path of a sharded preparation)."""
+    torch.manual_seed(6)
+    x = mcar(torch.randn(40, 12, dtype=D64), 0.4)
+    mask = ~torch.isnan(x)
+    proposal = GaussianConditionalProposal.fit(x, mask)
+    data = torch.nan_to_num(x)
+    row_order = proposal.prepare(data, mask)
+    assert row_order._row_order
+    every = torch.arange(40)
+    gathered = GaussianConditionalProposal.fit(x, mask).prepare(data, mask, rows=every)
+    assert not gathered._row_order
+    for rows in (torch.arange(5, 23), torch.tensor([3, 9, 10, 30]), torch.arange(40)):
+        assert row_order._factors(rows).shape == (len(rows), 12, 12)
+        torch.testing.assert_close(row_order._factors(rows), gathered._factors(rows))
+        out = []
+        for prepared in (row_order, gathered):
+            torch.manual_seed(7)
+            out.append(prepared.sample(rows, 3))
+        for a, b in zip(*out, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -390,7 +390,10 @@ DEMO_ESTIMATORS: tuple[EstimatorSpec, ...] = tuple(
 #: row on a guide step, chosen by accuracy per second on the demo's problem (d=10, n=1000, 30%
 #: MCAR, 300 model steps, seed 0; score MSE over the exact marginal answer, and seconds of the
 #: fit on a loaded 2-core machine): 10 steps x 1 particle (the paper's) 1.073 in 329 s; 3 x 1
-#: 1.079 in 176 s; 1 x 1 1.095 in 97 s; 0 1.108 in 40 s; 1 x 10 1.061 in 106 s.
+#: 1.079 in 176 s; 1 x 1 1.095 in 97 s; 0 1.108 in 40 s; 1 x 10 1.061 in 106 s. Re-measured
+#: after the one-model-run guided steps (issue 10, fourth pass; CPU seconds over the IW fit's):
+#: 1 x 10 with r=10 1.061 at 3.2x; 1 x 10 with r=5 on model steps 1.097; no guide step
+#: with r=10 1.108 at 1.7x, r=20 1.087, r=40 1.078 (slower than 1 x 10): 1 x 10 stays.
 DEMO_GUIDE_STEPS = 1
 DEMO_GUIDE_PARTICLES = 10
 

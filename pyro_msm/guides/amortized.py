@@ -56,9 +56,12 @@ class AmortizedNormal(MaskedSiteGuide):
     observed entries, which the model's density does not see, would grow without bound under
     a KL objective (PYRO_NOTES item 4).
 
-    On each call the guide runs the model once with every Pyro effect hidden (nothing is
-    sampled, and the model's parameters stay out of the guide's trace) to read the current
-    batch's data, mask and plates (with the subsample indices of subsampled plates); it then
+    On each call the guide reads the current batch's data, mask and plates (with the subsample
+    indices of subsampled plates) from the model's trace that
+    :class:`~pyro_msm.infer.MissingScoreMatching` provides for the step
+    (:func:`~pyro_msm.infer.sites.provided_model_trace`), or, called on its own, from a run of
+    the model with every Pyro effect hidden (nothing is sampled, and the model's parameters
+    stay out of the guide's trace); it then
     re-enters the same plates with the same indices, so the model replays consistently against
     the guide's trace. This also works inside the vectorised particle plate of
     :class:`~pyro_msm.infer.MissingScoreMatching`, where draws have shape

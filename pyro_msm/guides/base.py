@@ -15,7 +15,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 
-from ..infer.sites import FillUnobserved
+from ..infer.sites import FillUnobserved, provided_model_trace
 from ..primitives import PERTURB_TYPE, MissingCoordinates
 
 __all__ = ["MaskedSiteGuide", "MissingBlockDistribution"]
@@ -58,7 +58,9 @@ class MaskedSiteGuide(PyroModule):
     """Base class of guides for ``{site}_unobserved`` of a :func:`~pyro_msm.observe` site.
 
     It finds, on each call, the current batch's data, mask and plates (with the subsample
-    indices of subsampled plates) by running the model with every effect hidden, so a subclass
+    indices of subsampled plates) in the model's trace the loss provides
+    (:func:`~pyro_msm.infer.sites.provided_model_trace`), else by running the model with every
+    effect hidden, so a subclass
     only builds its distribution and samples it inside :meth:`_site_plates`.
 
     :param model: the model the guide is for; it is called with the guide's arguments.
@@ -141,8 +143,12 @@ class MaskedSiteGuide(PyroModule):
         return plates
 
     def _site(self, *args: Any, **kwargs: Any) -> tuple[str, MissingCoordinates, list]:
-        """The site's name (without suffix), its ``MissingCoordinates`` and its plates."""
-        trace = self._model_trace(*args, **kwargs)
+        """The site's name (without suffix), its ``MissingCoordinates`` and its plates. The
+        model's trace is the one the loss provides for this step
+        (:func:`~pyro_msm.infer.sites.provided_model_trace`), else a hidden run of the model."""
+        trace = provided_model_trace()
+        if trace is None:
+            trace = self._model_trace(*args, **kwargs)
         name, node = self._find_site(trace)
         return name, node["fn"], self._plates(trace, node)
 

@@ -242,13 +242,18 @@ class FitHealth:
             raise FitHealthError(self._diagnose(value, params, site_losses, names))
         if gradients and self.check_gradients and params:
             grads = [p.grad for p in params if p.grad is not None]
-            if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+            # one fused norm over all gradients (a non-finite entry makes it non-finite); only
+            # then each gradient is checked, which also tells an overflow of the norm itself
+            # (every entry finite) from a non-finite gradient
+            bad = []
+            if grads and not bool(torch.nn.utils.get_total_norm(grads).isfinite()):
                 names = parameter_names(params) if names is None else names
                 bad = [
                     names.get(id(p), "?")
                     for p in params
                     if p.grad is not None and not bool(p.grad.isfinite().all())
                 ]
+            if bad:
                 raise FitHealthError(
                     f"the loss is finite ({value:.6g}) but the gradient of {', '.join(bad)} is "
                     "not: a derivative overflowed. Lower the learning rate, standardise the "

@@ -241,6 +241,19 @@ class _GaussianRows(PreparedProposal):
             _, self.factors = conditional_gaussian(
                 self.loc.expand(len(patterns), d), patterns, self.loc, self.precision
             )
+        n = x.shape[0]
+        if (
+            self.factors is not None
+            and self.slot is None
+            and 2 * len(patterns) > n
+            and n * d * d <= FACTOR_CACHE_ENTRIES
+        ):
+            # most rows have a pattern of their own (high d): keep the factors in row order, so
+            # a step's chunk of consecutive rows takes a view of them instead of gathering a
+            # copy of (rows, d, d) factors (at d=200 that copy was most of an IW step)
+            self.factors = self.factors[self.inverse]
+            self.inverse = torch.arange(n, device=mask.device)
+            self._row_order = True
         self.mean: Tensor | None = None
         if self.factors is not None:  # conditional means of the rows, in bounded chunks
             step = max(1, 2**24 // (d * d))
@@ -251,8 +264,16 @@ class _GaussianRows(PreparedProposal):
                 means = torch.cat([self._means(c) for c in wanted.split(step)])
                 self.mean = means if rows is None else self.x.index_copy(0, rows, means)
 
+    _row_order = False
+
     def _factors(self, rows: Tensor) -> Tensor:
         assert self.factors is not None
+        if self._row_order and rows.device.type == "cpu" and len(rows) > 1:
+            # consecutive increasing rows (the loss's chunks): a view; read on the CPU only,
+            # where reading an index costs no device synchronisation
+            first, last = int(rows[0]), int(rows[-1])
+            if last - first + 1 == len(rows) and bool((rows[1:] > rows[:-1]).all()):
+                return self.factors.narrow(0, first, len(rows))
         pattern = self.inverse[rows]
         return self.factors[pattern if self.slot is None else self.slot[pattern]]
 

@@ -44,6 +44,7 @@ from .sites import (
     DataSite,
     FillUnobserved,
     PerturbObserved,
+    ProvideModelTrace,
     RejectLatent,
     find_data_sites,
     guide_log_prob,
@@ -119,6 +120,53 @@ class _Group:
 def _single_particle(z: Tensor, scored: Tensor, row_weight: Tensor) -> Particles:
     """One particle of weight one per row."""
     return Particles(z.unsqueeze(0), torch.ones_like(row_weight).unsqueeze(0), scored, row_weight)
+
+
+def _ones_per_row(x: Tensor) -> Tensor:
+    """Row weights one (complete rows: every coordinate observed)."""
+    return torch.ones(x.shape[:1], dtype=x.dtype, device=x.device)
+
+
+def _log_prob_through_draws(fn: Distribution, x: Tensor, mask: Tensor, draws: Tensor) -> Tensor:
+    r"""The model's log density at the completed draws, ``(r, n)``, whose gradient flows to the
+    draws only (to the guide that drew them), not to the model's parameters.
+
+    Its value is :math:`\log q_\theta(z)`; its gradient is that of
+    :math:`a(z)_u \cdot x'_u` with the score :math:`a` held fixed, which is the chain rule
+    through the draws. The score comes from the energy's closed form where it has one, else
+    from one reverse pass to the points (no parameter gradients, no graph kept), so a model
+    step does not evaluate the model's density twice (live and detached) and carry both
+    graphs into its backward.
+    """
+    z = torch.where(mask, x, draws.detach())
+    if not draws.requires_grad:
+        return log_prob(fn, z).detach()
+    base = _unwrap(fn)
+    closed = base.score(z) if isinstance(base, Energy) else None
+    with torch.enable_grad():
+        if closed is not None:
+            value, a = log_prob(fn, z).detach(), closed.detach().expand(z.shape)
+        else:
+            point = z.requires_grad_(True)
+            lp = log_prob(fn, point)
+            (a,) = torch.autograd.grad(lp.sum(), point)
+            value = lp.detach()
+    zero = torch.zeros((), dtype=a.dtype, device=a.device)
+    a = torch.where(mask, zero, a)
+    return value + (a * (draws - draws.detach())).sum(-1)
+
+
+def _complete_from_guide(model_trace, site: DataSite, guide_trace) -> None:
+    """Set ``site.value`` to the rows completed by the guide's draw of ``{name}_unobserved``
+    (observed entries from the data), ``(r, n, d)``, as :func:`~pyro_msm.observe` computes them
+    when the model is replayed against the guide's trace."""
+    name = f"{site.name}_unobserved"
+    draw = guide_trace.nodes[name]["value"] if name in guide_trace.nodes else None
+    if draw is None:  # no guide site: the zero-filled rows, as a replay would leave them
+        return
+    fn = model_trace.nodes[name]["fn"]  # MissingCoordinates: the data and mask as observed
+    n, d = site.data.shape
+    site.value = torch.where(fn.observed_mask, fn.data, draw).reshape(-1, n, d)
 
 
 def _take(t: Tensor, rows: Tensor, dim: int = 0) -> Tensor:
@@ -358,6 +406,9 @@ class MissingScoreMatching(ELBO):
         self.diagnostics: dict[str, Any] = {}
         self._step = 0
         self._last_model_loss = math.nan
+        #: whether the model has one data site (then a guided step runs the model once); None
+        #: until the first guided step
+        self._single_site: bool | None = None
         self._warned: set[tuple[str, str]] = set()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -750,19 +801,49 @@ class MissingScoreMatching(ELBO):
 
     # -- estimators with a guide: variational and hybrid --------------------------------------
     def _guided_groups(
-        self, site: DataSite, particles: Particles
+        self, site: DataSite, draws: Tensor, log_q: Tensor, noise_scale: Tensor | None
     ) -> tuple[Distribution, list[_Group]]:
-        """Groups of rows for particles drawn from the guide: complete rows keep their first
-        particle only (the others are identical)."""
+        """Groups of rows for particles drawn from the guide. Each chunk's particles are built
+        from that chunk's draws only (the model's log density at them, and for ``"hybrid"`` the
+        importance weights, row by row), so a chunk's graph is its own: differentiating chunk
+        after chunk does not run the backward of the whole table's log density once per chunk.
+        Complete rows keep one particle (the others are identical) and need no log density.
+
+        :param draws: ``(r, n, d)`` guide draws (detached here).
+        :param log_q: ``(r, n)`` the guide's log density of the missing block (for ``"hybrid"``).
+        """
+        x, mask, draws = site.data, site.mask, draws.detach()
+        hybrid = self.estimator == "hybrid"
+
+        def finish(particles: Particles, rows: Tensor) -> Particles:
+            particles.clean = _take(site.clean, rows)
+            particles.noise_scale = None if noise_scale is None else _take(noise_scale, rows)
+            return particles
+
+        def draw(fn: Distribution) -> Callable[[Tensor], Particles]:
+            def particles_of(rows: Tensor) -> Particles:
+                xr, mr, dr = _take(x, rows), _take(mask, rows), _take(draws, rows, 1)
+                if hybrid:
+                    particles = weighted_particles(fn, xr, mr, dr, _take(log_q, rows, 1))
+                else:
+                    particles = variational_particles(fn, xr, mr, dr)
+                return finish(particles, rows)
+
+            return particles_of
+
         row_fn = self._row_fn(site.fn)
         if row_fn is None:
-            rows = torch.arange(site.mask.shape[0], device=site.mask.device)
-            r = particles.z.shape[0]
-            return site.fn, [_Group(rows, r, lambda c: _slice_particles(particles, c, False))]
-        complete, partial = self._split_rows(site.mask)
+            rows = torch.arange(mask.shape[0], device=mask.device)
+            return site.fn, [_Group(rows, draws.shape[0], draw(site.fn))]
+        complete, partial = self._split_rows(mask)
+
+        def classical(rows: Tensor) -> Particles:
+            xr = _take(x, rows)
+            return finish(_single_particle(xr, _take(mask, rows), _ones_per_row(xr)), rows)
+
         return row_fn, [
-            _Group(complete, 1, lambda c: _slice_particles(particles, c, True)),
-            _Group(partial, particles.z.shape[0], lambda c: _slice_particles(particles, c, False)),
+            _Group(complete, 1, classical),
+            _Group(partial, draws.shape[0], draw(row_fn)),
         ]
 
     def _variational_terms(self, model, guide, args, kwargs, model_step: bool, backward=False):
@@ -773,9 +854,26 @@ class MissingScoreMatching(ELBO):
         perturbation = PerturbObserved(self.objective.perturb) if self.objective.perturbs else None
         if perturbation is not None:  # the guide and the model see the same noisy rows
             guide, model = perturbation(guide), perturbation(model)
-        guide_trace = poutine.trace(_particle_plate(guide, r, dim)).get_trace(*args, **kwargs)
-        model_trace = self._model_trace(_particle_plate(model, r, dim), guide_trace, args, kwargs)
-        sites = find_data_sites(model_trace)
+        model_trace, sites = None, None
+        if self._single_site is not False:
+            # one run of the model, outside the particle plate: its trace gives the loss the data
+            # site and the guide (through ProvideModelTrace) the site's data, mask and plates,
+            # where the guide's hidden run of the model and the loss's replay took two
+            model_trace = self._model_trace(model, None, args, kwargs)
+            sites = find_data_sites(model_trace)
+            self._single_site = len(sites) == 1
+        guided = _particle_plate(guide, r, dim)
+        if self._single_site:
+            guided = ProvideModelTrace(model_trace)(guided)
+        guide_trace = poutine.trace(guided).get_trace(*args, **kwargs)
+        if self._single_site:
+            # with one data site nothing in the model depends on the completed rows, so
+            # completing them here equals replaying the model against the guide's draws
+            _complete_from_guide(model_trace, sites[0], guide_trace)
+        else:  # a later site may depend on an earlier site's completed rows: replay
+            replayed = _particle_plate(model, r, dim)
+            model_trace = self._model_trace(replayed, guide_trace, args, kwargs)
+            sites = find_data_sites(model_trace)
         guide_lp = guide_log_prob(guide_trace, sites)
         require_guide_sites(self.estimator, sites, guide_lp)
         objective, kl = 0.0, 0.0
@@ -784,25 +882,19 @@ class MissingScoreMatching(ELBO):
             x, mask = site.data, site.mask
             self.health.check_data(site.name, x, mask)
             draws = site.value
-            log_q = guide_lp.get(site.name, torch.zeros(draws.shape[:-1], dtype=x.dtype))
-            live = log_prob(site.fn, draws)  # gradient to the guide through the draws
+            log_q = guide_lp.get(site.name)
+            if log_q is None:
+                log_q = torch.zeros(draws.shape[:-1], dtype=x.dtype, device=x.device)
+            weights = site.scale * _has_observed(mask).to(x.dtype)
             if model_step:
-                detached = log_prob(site.fn, draws.detach())  # gradient to the model only
-                if self.estimator == "hybrid":
-                    particles = weighted_particles(site.fn, x, mask, draws, log_q.detach())
-                else:
-                    particles = variational_particles(site.fn, x, mask, draws, detached)
-                particles.clean = site.clean
-                if perturbation is not None:
-                    particles.noise_scale = perturbation.cache[site.name][1]
+                noise = None if perturbation is None else perturbation.cache[site.name][1]
                 self._warn_dropped_rows(site)
-                row_fn, groups = self._guided_groups(site, particles)
+                row_fn, groups = self._guided_groups(site, draws, log_q, noise)
                 objective = objective + self._objective_total(site, row_fn, groups, ess, backward)
-                weights = site.scale * _has_observed(mask).to(x.dtype)
-                # the KL's model term carries no gradient to the model: -live + detached cancels
-                kl_rows = log_q - live + detached - detached.detach()
+                # the KL's model term, with its gradient to the guide only (through the draws)
+                kl_rows = log_q - _log_prob_through_draws(site.fn, x, mask, draws)
             else:
-                weights = site.scale * _has_observed(mask).to(x.dtype)
+                live = log_prob(site.fn, draws)  # gradient to the guide through the draws
                 kl_rows = log_q - live
             kl = kl + (kl_rows.mean(0) * weights).sum()
         if ess:

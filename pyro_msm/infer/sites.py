@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from pyro.distributions import Delta, Independent, MaskedDistribution
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import effectful
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
@@ -25,6 +26,9 @@ __all__ = [
     "find_data_sites",
     "guide_log_prob",
     "memo",
+    "MODEL_TRACE_TYPE",
+    "ProvideModelTrace",
+    "provided_model_trace",
 ]
 
 
@@ -119,6 +123,42 @@ class PerturbObserved(Messenger):
         if name not in self.cache:
             self.cache[name] = self.perturb(data, mask)
         msg["value"] = self.cache[name][0]
+        msg["done"] = True
+
+
+#: Effect type through which a guide asks for the model's trace of the current step.
+MODEL_TRACE_TYPE = "pyro_msm_model_trace"
+
+
+def _no_model_trace() -> Trace | None:
+    return None
+
+
+_ask_model_trace = effectful(_no_model_trace, type=MODEL_TRACE_TYPE)
+
+
+def provided_model_trace() -> Trace | None:
+    """The model's trace of the current step when the caller provides one
+    (:class:`ProvideModelTrace`, installed by :class:`~pyro_msm.infer.MissingScoreMatching`
+    around its guide), else None: a guide that needs the model's data site reads it there
+    instead of running the model again."""
+    return _ask_model_trace()
+
+
+class ProvideModelTrace(Messenger):
+    """Answer :func:`provided_model_trace` with ``trace``: a trace of the model with the same
+    arguments, outside any particle plate, its missing coordinates filled
+    (:class:`FillUnobserved`), as a guide's own hidden run of the model would record it.
+
+    :param trace: the model's trace.
+    """
+
+    def __init__(self, trace: Trace) -> None:
+        super().__init__()
+        self.trace = trace
+
+    def _pyro_pyro_msm_model_trace(self, msg) -> None:
+        msg["value"] = self.trace
         msg["done"] = True
 
 
