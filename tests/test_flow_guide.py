@@ -301,49 +301,6 @@ def test_spline_flow_trains():
     assert torch.equal(draws[observed], x[observed])
 
 
-# -- subsampling ----------------------------------------------------------------------------------
-def test_subsampled_plate_replays_the_guides_indices(monkeypatch):
-    from pyro_msm.infer import score_matching
-
-    n, b = 50, 10
-    x = mcar(GaussianEnergy(MU3, P3).sample((n,)), 0.3)
-    record: list = []
-    completed: list = []
-    complete = score_matching._complete_from_guide
-
-    def spy(model_trace, site, guide_trace):
-        complete(model_trace, site, guide_trace)
-        completed.append((guide_trace.nodes["rows"]["value"].clone(), site.value.detach()))
-
-    monkeypatch.setattr(score_matching, "_complete_from_guide", spy)
-    model = gaussian_model(MU3, P3, subsample_size=b, record=record)
-    guide = AmortizedFlow(model, hidden_dims=(8, 8))
-    loss = MissingScoreMatching("variational", num_particles=3, guide_steps=1, max_plate_nesting=1)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), loss)
-    seen = set()
-    for _ in range(6):
-        record.clear()
-        completed.clear()
-        assert math.isfinite(svi.step(x))
-        # one run of the model, whose trace the guide reads; the loss completes its rows with
-        # the guide's draws, inside the same subsample
-        ((idx_model, _),) = record
-        ((idx_guide, rows),) = completed
-        assert idx_guide.shape == (b,) and torch.equal(idx_guide, idx_model)
-        seen.add(tuple(idx_model.tolist()))
-        obs = ~torch.isnan(x[idx_model])
-        assert rows.shape[-2:] == (b, 3)
-        assert torch.equal(rows[..., obs], x[idx_model][obs].expand_as(rows[..., obs]))
-    assert len(seen) >= 2  # so the index equality is not trivially true
-    with pyro.plate("_pyro_msm_particles", 2, dim=-2):
-        guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    assert torch.equal(model_trace.nodes["rows"]["value"], guide_trace.nodes["rows"]["value"])
-    sites = find_data_sites(model_trace)
-    assert sites[0].scale.tolist() == [n / b] * b
-    assert guide_log_prob(guide_trace, sites)["x"].shape == (2, b)
-
-
 # -- parameters, shapes and errors ----------------------------------------------------------------
 def test_parameters_follow_the_data_dtype_and_names():
     x = mcar(torch.randn(5, 3, dtype=torch.float64), 0.3)

@@ -22,6 +22,7 @@ from pyro.infer.autoguide import AutoNormal
 import pyro_msm
 from pyro_msm.distributions import GaussianEnergy
 from pyro_msm.guides import AmortizedNormal, no_guide
+from pyro_msm.guides.flow import AmortizedFlow
 from pyro_msm.infer import MissingScoreMatching
 from pyro_msm.infer.gaussian import conditional_gaussian
 from pyro_msm.infer.sites import find_data_sites, guide_log_prob
@@ -175,7 +176,15 @@ def test_condition_on_mask_trains():
 
 
 # -- subsampling ----------------------------------------------------------------------------------
-def test_subsampled_plate_replays_the_guides_indices(monkeypatch):
+@pytest.mark.parametrize(
+    "make_guide",
+    [
+        lambda model: AmortizedNormal(model, hidden_dims=(16,)),
+        lambda model: AmortizedFlow(model, hidden_dims=(8, 8)),
+    ],
+    ids=["normal", "flow"],
+)
+def test_subsampled_plate_replays_the_guides_indices(monkeypatch, make_guide):
     from pyro_msm.infer import score_matching
 
     n, b = 50, 10
@@ -190,9 +199,10 @@ def test_subsampled_plate_replays_the_guides_indices(monkeypatch):
 
     monkeypatch.setattr(score_matching, "_complete_from_guide", spy)
     model = gaussian_model(MU3, P3, subsample_size=b, record=record)
-    guide = AmortizedNormal(model, hidden_dims=(16,))
+    guide = make_guide(model)
     loss = MissingScoreMatching("variational", num_particles=3, guide_steps=1, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), loss)
+    seen = set()
     for _ in range(6):
         record.clear()
         completed.clear()
@@ -203,17 +213,21 @@ def test_subsampled_plate_replays_the_guides_indices(monkeypatch):
         ((idx_model, inner),) = record
         ((idx_guide, rows),) = completed
         assert idx_guide.shape == (b,) and torch.equal(idx_guide, idx_model)
+        seen.add(tuple(idx_model.tolist()))
         obs = ~torch.isnan(x[idx_model])
         assert torch.equal(inner[~obs], torch.zeros(int((~obs).sum())))
         assert rows.shape[-2:] == (b, 3)
         assert torch.equal(rows[..., obs], x[idx_model][obs].expand_as(rows[..., obs]))
         assert (rows[..., ~obs] != 0).all()  # guide draws, not zeros
+    assert len(seen) >= 2  # so the index equality is not trivially true
     # the plate's scale n / b reaches the loss through the replayed model
     with pyro.plate("_pyro_msm_particles", 2, dim=-2):
         guide_trace = poutine.trace(guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
     assert torch.equal(model_trace.nodes["rows"]["value"], guide_trace.nodes["rows"]["value"])
-    assert find_data_sites(model_trace)[0].scale.tolist() == [n / b] * b
+    sites = find_data_sites(model_trace)
+    assert sites[0].scale.tolist() == [n / b] * b
+    assert guide_log_prob(guide_trace, sites)["x"].shape == (2, b)
 
 
 def test_subsample_indices_vary_between_steps():

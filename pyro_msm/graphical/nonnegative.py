@@ -377,6 +377,22 @@ def _truncated_moments(mean: Tensor, sd: Tensor, cap: Tensor) -> tuple[Tensor, .
     return h0, h1, h2, f0, s * f1, s * e1, s * s * e2
 
 
+def _conditional_model(
+    precision: Tensor, eta: Tensor | None, observed: Tensor, like: Tensor, caller: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""The pieces of the univariate truncated-normal conditionals of ``x_j`` given the rest:
+    the symmetrised :math:`K`, its diagonal (checked positive), :math:`\eta` (zeros when
+    ``None``) and the missing mask, on ``like``'s device and dtype."""
+    k = 0.5 * (precision + precision.mT).to(like)
+    diag = k.diagonal()
+    if not bool((diag > 0).all()):
+        raise ValueError(f"{caller}: precision needs a positive diagonal")
+    d = like.shape[-1]
+    e = torch.zeros(d, dtype=like.dtype, device=like.device) if eta is None else eta.to(like)
+    missing = ~observed.to(device=like.device, dtype=torch.bool)
+    return k, diag, e, missing
+
+
 def rao_blackwellised_statistics(
     z: Tensor,
     observed: Tensor,
@@ -433,12 +449,10 @@ def rao_blackwellised_statistics(
     """
     _check_multiplier(diagonal_multiplier)
     d = z.shape[-1]
-    k = 0.5 * (precision + precision.mT).to(z)
-    diag = k.diagonal()
-    if not bool((diag > 0).all()):
-        raise ValueError("rao_blackwellised_statistics: precision needs a positive diagonal")
-    e = torch.zeros(d, dtype=z.dtype, device=z.device) if eta is None else eta.to(z)
-    missing = ~observed.to(device=z.device, dtype=torch.bool).expand(z.shape)
+    k, diag, e, missing = _conditional_model(
+        precision, eta, observed, z, "rao_blackwellised_statistics"
+    )
+    missing = missing.expand(z.shape)
     rows = z.reshape(-1, d)
     missing = missing.reshape(-1, d)
     h, hp = _weights(rows, caps)
@@ -719,13 +733,9 @@ def truncated_conditional_gibbs(
         copositive has no normalisable truncated model; raise the penalty).
     """
     x = z.clone()
-    d = x.shape[-1]
-    k = 0.5 * (precision + precision.mT).to(x)
-    diag = k.diagonal()
-    if not bool((diag > 0).all()):
-        raise ValueError("truncated_conditional_gibbs: precision needs a positive diagonal")
-    e = torch.zeros(d, dtype=x.dtype, device=x.device) if eta is None else eta.to(x)
-    missing = ~observed.to(device=x.device, dtype=torch.bool)
+    k, diag, e, missing = _conditional_model(
+        precision, eta, observed, x, "truncated_conditional_gibbs"
+    )
     columns = torch.nonzero(missing.any(0)).flatten()
     if num_sweeps < 1 or columns.numel() == 0:
         return x
