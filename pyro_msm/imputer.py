@@ -344,7 +344,8 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         split at random into ``cv`` folds; in turn, each fold's rows are left out, the model is
         fitted along the grid to the other rows, and each observed entry of the left-out rows
         is predicted by its conditional mean given the rest of its row (every eligible row is
-        held out once). The grid is descended from the largest penalty, each fit starting from
+        held out once; with fewer eligible rows than ``cv``, each row is its own fold). The
+        grid is descended from the largest penalty, each fit starting from
         the previous one, at the validation tolerance :data:`VALIDATION_TOL`; once the first
         fold's held-out error has risen at :data:`PATH_PATIENCE` penalties in a row, the
         smaller ones are skipped, and penalties that fold rules out by more than
@@ -552,8 +553,9 @@ class ScoreMatchingImputer(SaveLoadMixin, TransformerMixin, BaseEstimator):
         """``cv``-fold choice of the penalty by rows (class documentation): each fold's rows
         are left out of the fit, and each of their observed entries is predicted from the rest
         of its row (:func:`_leave_one_out_errors`); fits along the grid from the largest penalty
-        down, warm-started from the previous fold's fit at the same penalty (or the previous
-        penalty's), at the looser tolerance :data:`VALIDATION_TOL`; errors pooled per row over
+        down, each warm-started from the same fold's fit at the previous penalty (the first
+        from the fold's diagonal fit), at the looser tolerance :data:`VALIDATION_TOL`; folds
+        left empty (``cv`` above the eligible rows) are skipped; errors pooled per row over
         the folds; then the ``selection`` rule with row-clustered standard errors. Returns the
         penalty for the whole table (the chosen one scaled by the mean training share, as a
         ridge penalty on a mean loss scales with ``1 / n``) and a fit at it (a warm start)."""

@@ -122,6 +122,18 @@ def test_closed_form_marginal_gradient_is_the_derivative_of_the_loss(rate):
     assert numeric == pytest.approx(analytic, rel=1e-6, abs=1e-8)
 
 
+@pytest.mark.parametrize("fn", [grouped_marginal_loss, grouped_marginal_gradient])
+def test_marginal_loss_and_gradient_refuse_parameters_of_another_width(fn):
+    x = torch.randn(20, 3, dtype=torch.float64)
+    mask = torch.rand(20, 3) > 0.3
+    stats = pattern_statistics(torch.where(mask, x, torch.zeros((), dtype=x.dtype)), mask)
+    eye = torch.eye(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"precision \(3, 3\).*got \(3,\) and \(4, 4\)"):
+        fn(stats, torch.zeros(3, dtype=torch.float64), eye)
+    with pytest.raises(ValueError, match=r"loc must be \(3,\)"):
+        fn(stats, torch.zeros(4, dtype=torch.float64), eye[:3, :3])
+
+
 # --------------------------------------------------------------------------------------------------
 # the exact solvers
 # --------------------------------------------------------------------------------------------------

@@ -398,6 +398,38 @@ def test_weight_moments_broadcast_and_vectorise():
     assert bool((p0 >= 0).all() and (p0 <= 1).all() and (h0 <= c).all() and (p1 <= c).all())
 
 
+@pytest.mark.parametrize(
+    "mean, sd, cap, name",
+    [(0.5, 0.0, 1.0, "sd"), (0.5, -1.0, 1.0, "sd"), (0.5, 1.0, 0.0, "cap"),
+     (float("nan"), 1.0, 1.0, "mean"), (0.5, 1.0, float("inf"), "cap")],
+)  # fmt: skip
+def test_weight_moments_refuse_invalid_parameters(mean, sd, cap, name):
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        nn.truncated_normal_weight_moments(t(mean), t(sd), t(cap))
+
+
+@pytest.mark.parametrize("fn", ["rao_blackwellised_statistics", "truncated_conditional_gibbs"])
+def test_conditional_steps_refuse_mismatched_shapes(fn):
+    z = torch.rand(10, 3, dtype=torch.float64)
+    observed = torch.rand(10, 3) > 0.3
+    eye = torch.eye(3, dtype=torch.float64)
+    caps = torch.ones(3, dtype=torch.float64)
+
+    def call(zz, obs, prec, eta):
+        if fn == "rao_blackwellised_statistics":
+            return nn.rao_blackwellised_statistics(zz, obs, prec, eta, caps)
+        return nn.truncated_conditional_gibbs(zz, obs, prec, eta)
+
+    call(z, observed, eye, None)  # the right shapes pass
+    with pytest.raises(ValueError, match=rf"{fn}: precision must be \(3, 3\)"):
+        call(z, observed, torch.eye(4, dtype=torch.float64), None)
+    with pytest.raises(ValueError, match=rf"{fn}: eta must be \(3,\)"):
+        call(z, observed, eye, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=rf"{fn}: observed must be \(n, d\)"):
+        call(z, observed[:, :2], eye, None)
+
+
 def test_rao_blackwellised_statistics_equal_plain_ones_without_missing_entries():
     x = _rows(80, 4, 8)
     caps = nn.nonnegative_caps(x)

@@ -260,6 +260,20 @@ def test_too_few_rows_to_test_keep_the_diagonal_model():
     assert math.isinf(imp.shrinkage_)
 
 
+def test_more_folds_than_rows_is_leave_one_row_out():
+    # every row has >= 2 observed entries, so all 24 are eligible: cv = 24 puts each row in
+    # its own fold, and a larger cv leaves the extra folds empty, which are skipped: the same
+    # folds, the same validation errors, the same penalty and fit
+    x, mask, _, _ = _gaussian(24, seed=3, rate=0.2)
+    mask[:, :2] = True
+    table = np.where(mask, x, np.nan)
+    loo = ScoreMatchingImputer(cv=24, random_state=0).fit(table)
+    many = ScoreMatchingImputer(cv=1000, random_state=0).fit(table)
+    assert loo.shrinkage_ == many.shrinkage_
+    assert loo.validation_rmse_ == pytest.approx(many.validation_rmse_, nan_ok=True)
+    np.testing.assert_allclose(loo.transform(table), many.transform(table), rtol=0, atol=0)
+
+
 def test_pruned_path_and_loose_validation_fits_choose_as_the_full_search(monkeypatch):
     # the first fold's pruning (PRUNE_Z) and the validation tolerance are shortcuts: the full,
     # tight search on every fold chooses the same penalty with the same held-out errors

@@ -347,10 +347,17 @@ def truncated_normal_weight_moments(
     :param sd: :math:`s > 0`.
     :param cap: :math:`c > 0`.
     :returns: the five moments, each of the broadcast shape.
+    :raises ValueError: if ``mean`` is not finite or ``sd`` or ``cap`` is not positive and
+        finite.
 
     References: Johnson, Kotz & Balakrishnan, *Continuous Univariate Distributions* 1, ch. 13
     (moments of the truncated normal).
     """
+    for name, value, positive in (("mean", mean, False), ("sd", sd, True), ("cap", cap, True)):
+        bad = ~torch.isfinite(value) | (value <= 0 if positive else False)
+        if bool(bad.any()):
+            kind = "positive and finite" if positive else "finite"
+            raise ValueError(f"truncated_normal_weight_moments: {name} must be {kind}")
     return _truncated_moments(mean, sd, cap)[:5]
 
 
@@ -382,12 +389,25 @@ def _conditional_model(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""The pieces of the univariate truncated-normal conditionals of ``x_j`` given the rest:
     the symmetrised :math:`K`, its diagonal (checked positive), :math:`\eta` (zeros when
-    ``None``) and the missing mask, on ``like``'s device and dtype."""
+    ``None``) and the missing mask, on ``like``'s device and dtype; shapes checked against the
+    ``(..., n, d)`` rows ``like``."""
+    d = like.shape[-1]
+    if precision.shape != (d, d):
+        raise ValueError(
+            f"{caller}: precision must be ({d}, {d}) for rows of {d} columns, "
+            f"got {tuple(precision.shape)}"
+        )
+    if eta is not None and eta.shape != (d,):
+        raise ValueError(f"{caller}: eta must be ({d},), got {tuple(eta.shape)}")
+    if observed.dim() != 2 or observed.shape[-1] != d or observed.shape[0] != like.shape[-2]:
+        raise ValueError(
+            f"{caller}: observed must be (n, d) = {tuple(like.shape[-2:])} like the rows, "
+            f"got {tuple(observed.shape)}"
+        )
     k = 0.5 * (precision + precision.mT).to(like)
     diag = k.diagonal()
     if not bool((diag > 0).all()):
         raise ValueError(f"{caller}: precision needs a positive diagonal")
-    d = like.shape[-1]
     e = torch.zeros(d, dtype=like.dtype, device=like.device) if eta is None else eta.to(like)
     missing = ~observed.to(device=like.device, dtype=torch.bool)
     return k, diag, e, missing
@@ -442,7 +462,8 @@ def rao_blackwellised_statistics(
     :param diagonal_multiplier: :math:`\delta \ge 1`.
     :returns: :class:`NonnegativeStatistics` (equal to :func:`nonnegative_statistics` of ``z``
         when nothing is missing).
-    :raises ValueError: if the diagonal of :math:`K` is not positive.
+    :raises ValueError: if the diagonal of :math:`K` is not positive, or ``precision``,
+        ``eta`` or ``observed`` does not match the rows' shape.
 
     References: Gelfand & Smith, "Sampling-based approaches to calculating marginal
     densities", JASA 85, 1990 (Rao-Blackwellised Gibbs estimates).
@@ -728,7 +749,8 @@ def truncated_conditional_gibbs(
         exact Gibbs chain while their average has less variance (the chains are negatively
         correlated).
     :returns: the new states (a new tensor).
-    :raises ValueError: if the diagonal of :math:`K` is not positive.
+    :raises ValueError: if the diagonal of :math:`K` is not positive, or ``precision``,
+        ``eta`` or ``observed`` does not match the rows' shape.
     :raises FloatingPointError: if a chain leaves the finite numbers (a :math:`K` that is not
         copositive has no normalisable truncated model; raise the penalty).
     """

@@ -157,6 +157,15 @@ def _centred_scatter(n_k: Tensor, s_k: Tensor, scatter: Tensor, mu: Tensor) -> T
     return scatter - outer - outer.mT + n_k[:, None, None] * mu_mu
 
 
+def _check_gaussian(stats: PatternStatistics, loc: Tensor, precision: Tensor, caller: str) -> None:
+    d = stats.patterns.shape[-1]
+    if loc.shape != (d,) or precision.shape != (d, d):
+        raise ValueError(
+            f"{caller}: loc must be ({d},) and precision ({d}, {d}) for statistics of {d} "
+            f"columns, got {tuple(loc.shape)} and {tuple(precision.shape)}"
+        )
+
+
 def grouped_marginal_loss(stats: PatternStatistics, loc: Tensor, precision: Tensor) -> Tensor:
     r"""Mean over rows of the exact marginal Hyvarinen loss of :math:`N(\mu, P^{-1})`
     (:func:`marginal_score_matching_loss`), from per-pattern statistics.
@@ -172,8 +181,10 @@ def grouped_marginal_loss(stats: PatternStatistics, loc: Tensor, precision: Tens
     :param stats: from :func:`pattern_statistics`.
     :param loc: ``(d,)``. :param precision: ``(d, d)`` positive definite.
     :returns: a scalar tensor.
+    :raises ValueError: if ``loc`` or ``precision`` does not match the statistics' columns.
     :raises torch.linalg.LinAlgError: if ``precision`` is not positive definite.
     """
+    _check_gaussian(stats, loc, precision, "grouped_marginal_loss")
     p = 0.5 * (precision + precision.mT)
     covariance = torch.cholesky_inverse(torch.linalg.cholesky(p)).reshape(-1)
     total = torch.zeros((), dtype=p.dtype, device=p.device)
@@ -210,8 +221,10 @@ def grouped_marginal_gradient(
     :param loc: ``(d,)``. :param precision: ``(d, d)`` symmetric positive definite.
     :returns: ``(value, grad_loc, grad_precision)``; the value is a scalar tensor, the
         precision gradient symmetric.
+    :raises ValueError: if ``loc`` or ``precision`` does not match the statistics' columns.
     :raises torch.linalg.LinAlgError: if ``precision`` is not positive definite.
     """
+    _check_gaussian(stats, loc, precision, "grouped_marginal_gradient")
     p = 0.5 * (precision + precision.mT)
     d = p.shape[-1]
     covariance = torch.cholesky_inverse(torch.linalg.cholesky(p))
