@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(summary, f)
-    if distributed.is_distributed():
-        torch.distributed.destroy_process_group()
+    distributed.shutdown()
     return 0
 
 

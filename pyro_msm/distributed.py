@@ -28,6 +28,7 @@ __all__ = [
     "world",
     "is_distributed",
     "init_from_environment",
+    "shutdown",
     "shard_bounds",
     "shard",
     "all_reduce_sum",
@@ -79,6 +80,19 @@ def init_from_environment(backend: str | None = None) -> World:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     return world()
+
+
+def shutdown() -> None:
+    """Tear down the default process group after every rank has reached this call.
+
+    The barrier matters with gloo: a rank that destroys its group while a peer still finishes a
+    collective closes the peer's connections under it, and the peer aborts (``terminate called
+    without an active exception``, exit signal SIGABRT). Does nothing without a process group.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def shard_bounds(n: int, rank: int | None = None, size: int | None = None) -> tuple[int, int]:

@@ -2,7 +2,6 @@
 with the same global batch and seed (MissingScoreMatching(data_parallel=True))."""
 
 import os
-import socket
 
 import pyro
 import pytest
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_msm import MissingScoreMatching
+from pyro_msm.distributed import shutdown
 from pyro_msm.guides import GaussianConditionalGuide
 from pyro_msm.infer.proposals import (
     MomentMatchedProposal,
@@ -89,10 +89,9 @@ def _sharded(distributed: bool) -> dict[str, torch.Tensor]:
     }
 
 
-def _rank(rank: int, size: int, port: int, estimator: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _rank(rank: int, size: int, init_method: str, estimator: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=size)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=size)
     try:
         if estimator == "sharded":
             params = _sharded(True)
@@ -104,19 +103,18 @@ def _rank(rank: int, size: int, port: int, estimator: str, out: str) -> None:
         if rank == 0:
             torch.save(params, out)
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous(tmp_path) -> str:
+    """A file rendezvous for the spawned ranks: no TCP port to race other processes for."""
+    return f"file://{tmp_path / 'rendezvous'}"
 
 
 @pytest.mark.parametrize("estimator", ["iw", "variational", "iw-sliced"])
 def test_two_ranks_fit_what_one_process_fits(estimator, tmp_path):
     out = str(tmp_path / "params.pt")
-    mp.spawn(_rank, args=(2, _free_port(), estimator, out), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, _rendezvous(tmp_path), estimator, out), nprocs=2, join=True)
     two = torch.load(out)
     one = _fit(estimator, False)
     assert one.keys() == two.keys()
@@ -134,7 +132,7 @@ def test_sharded_ranks_fit_the_proposal_of_the_whole_table(tmp_path):
     the two ranks' losses are the whole table's, which differ if each rank used its own means);
     the reported loss and ESS are the same on both ranks."""
     out = str(tmp_path / "sharded.pt")
-    mp.spawn(_rank, args=(2, _free_port(), "sharded", out), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, _rendezvous(tmp_path), "sharded", out), nprocs=2, join=True)
     ranks = torch.load(out)["per_rank"]
     one = _sharded(False)
     assert [int(r["rows"]) for r in ranks] == [60, 60]
@@ -255,3 +253,9 @@ def test_rank_zero_scores_its_rows_as_one_process_does(proposal, monkeypatch):
     want = one[order < 60]
     assert mine.shape == want.shape == (int((order < 60).sum()),)
     torch.testing.assert_close(mine, want, rtol=1e-12, atol=1e-12)
+
+
+def test_shutdown_without_a_process_group_does_nothing():
+    assert not dist.is_initialized()
+    shutdown()
+    assert not dist.is_initialized()

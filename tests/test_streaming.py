@@ -1,7 +1,6 @@
 """Streaming tables from disk and the sufficient statistics summed over chunks and ranks."""
 
 import os
-import socket
 
 import numpy as np
 import pandas as pd
@@ -80,15 +79,13 @@ def test_shard_bounds_partition():
         distributed.shard_bounds(10, 3, 3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous(tmp_path) -> str:
+    """A file rendezvous for the spawned ranks: no TCP port to race other processes for."""
+    return f"file://{tmp_path / 'rendezvous'}"
 
 
-def _rank_moments(rank: int, size: int, port: int, path: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=size)
+def _rank_moments(rank: int, size: int, init_method: str, path: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=size)
     try:
         acc = MomentAccumulator(4)
         for chunk in read_chunks(path, chunk_size=97, dtype=torch.float64):
@@ -104,13 +101,13 @@ def _rank_moments(rank: int, size: int, port: int, path: str, out: str) -> None:
                 out,
             )
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()
 
 
 def test_two_ranks_give_the_single_process_statistics(csv_and_parquet, tmp_path):
     df, csv, _ = csv_and_parquet
     out = str(tmp_path / "moments.pt")
-    mp.spawn(_rank_moments, args=(2, _free_port(), str(csv), out), nprocs=2, join=True)
+    mp.spawn(_rank_moments, args=(2, _rendezvous(tmp_path), str(csv), out), nprocs=2, join=True)
     got = torch.load(out)
     x = torch.tensor(df.to_numpy())
     ref_mean, ref_cov = pairwise_moments(torch.nan_to_num(x), ~torch.isnan(x))
