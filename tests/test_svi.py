@@ -120,6 +120,7 @@ def test_evaluate_loss_matches_loss_and_leaves_params_alone(estimator):
     loss = make_loss(estimator)
     guide = guide_for(estimator, gaussian_model)
     svi = SVI(gaussian_model, guide, Adam({"lr": 0.05}), loss)
+    pyro.set_rng_seed(0)  # the step's draws set the parameters below: same test whatever ran before
     svi.step(data)  # create every parameter, then clear the gradients SVI leaves behind
     for _, p in pyro.get_param_store().named_parameters():
         p.grad = None
@@ -134,7 +135,8 @@ def test_evaluate_loss_matches_loss_and_leaves_params_alone(estimator):
 
     assert isinstance(evaluated, float) and math.isfinite(evaluated)
     assert evaluated == direct
-    assert evaluated == pytest.approx(differentiable, rel=1e-6, abs=1e-6)
+    # float32: the no-grad and the differentiable evaluations may sum in another order
+    assert evaluated == pytest.approx(differentiable, rel=1e-5, abs=1e-6)
     after = model_params()
     assert before.keys() == after.keys()
     for name in before:
