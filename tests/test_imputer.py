@@ -233,6 +233,20 @@ def test_independent_columns_give_mean_imputation_exactly():
         assert np.allclose(out[gaps], means[gaps], rtol=0, atol=1e-12)
 
 
+def test_products_without_linear_structure_keep_mean_imputation():
+    # x3 = x1 x2 + e depends on x1 and x2 but is uncorrelated with them: no linear predictor
+    # beats the column mean, so the diagonal model is kept (heavy-tailed squared errors and all)
+    for seed in range(2):
+        g = np.random.default_rng(100 + seed)
+        x = g.normal(size=(400, 6))
+        x[:, 2] = x[:, 0] * x[:, 1] + 0.3 * g.normal(size=400)
+        x[:, 5] = x[:, 3] * x[:, 4] + 0.3 * g.normal(size=400)
+        table = np.where(g.random(x.shape) > 0.2, x, np.nan)
+        imp = ScoreMatchingImputer(random_state=seed).fit(table)
+        assert math.isinf(imp.shrinkage_)
+        assert imp.validation_z_ < imp.validation_threshold_
+
+
 def test_one_standard_error_rule_keeps_mean_imputation_without_clear_evidence():
     # independent columns: no penalty beats the diagonal model (mean imputation) clearly, so the
     # one-standard-error rule keeps it; "best" takes whatever minimised the held-out error
