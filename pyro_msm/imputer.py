@@ -103,7 +103,7 @@ PATH_PATIENCE = 2
 #: (the final fit uses ``fit_gaussian_marginal``'s default, 1e-8): against 1e-5, the held-out
 #: RMSEs of the penalties near the best move by < 5e-4 (their paired standard errors are
 #: >= 1e-3) and the fits take 25-35% fewer loss evaluations; only the overfitted smallest
-#: penalties move more (by up to 1%), far from the chosen one.
+#: penalties move more (by up to 1.2%), far from the chosen one.
 VALIDATION_TOL = 1e-4
 
 #: After the first fold of ``shrinkage="auto"``, a finite penalty whose held-out squared error
