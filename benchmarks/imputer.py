@@ -22,6 +22,12 @@ noise of the masks.
     python benchmarks/imputer.py            # full run (a few minutes on 2 cores)
     python benchmarks/imputer.py --smoke    # seconds; run by tests/test_benchmarks_imputer.py
     python benchmarks/imputer.py --tables diabetes,interaction --reps 20 --draws 1
+    python benchmarks/imputer.py --tables interaction,airquality,truncated_gaussian,wine,diabetes \
+        --reps 2 --draws 1 --count-evaluations   # the cost of a fit in loss evaluations
+
+``--count-evaluations`` counts the calls of
+:func:`~pyro_msm.infer.gaussian.grouped_marginal_loss` (one per L-BFGS objective evaluation) in
+each score-matching fit: a cost measure that the load of the machine does not change.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import math
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +92,29 @@ def _hide(x: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
     return hide
 
 
+@contextmanager
+def _counting_evaluations():
+    """Count the calls of the grouped loss that :mod:`pyro_msm.imputer` makes (yields a list
+    whose one element is the running count)."""
+    from pyro_msm import imputer
+
+    original = imputer.grouped_marginal_loss
+    count = [0]
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    imputer.grouped_marginal_loss = counted
+    try:
+        yield count
+    finally:
+        imputer.grouped_marginal_loss = original
+
+
 def _run_method(name: str, table: np.ndarray, draws: int, seed: int):
-    """(filled table, lower, upper or None, seconds, score matching's penalty or NaN)."""
+    """(filled table, lower, upper or None, seconds, score matching's penalty or NaN,
+    score matching's loss evaluations in ``fit`` or NaN)."""
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
 
@@ -94,9 +122,11 @@ def _run_method(name: str, table: np.ndarray, draws: int, seed: int):
 
     start = time.perf_counter()
     lower = upper = None
-    penalty = math.nan
+    penalty = evaluations = math.nan
     if name == "score_matching":
-        imp = ScoreMatchingImputer(random_state=seed).fit(table)
+        with _counting_evaluations() as count:
+            imp = ScoreMatchingImputer(random_state=seed).fit(table)
+        evaluations = count[0]
         filled = imp.transform(table)
         lower, upper = imp.interval(table, prob=0.9)
         penalty = imp.shrinkage_
@@ -117,7 +147,7 @@ def _run_method(name: str, table: np.ndarray, draws: int, seed: int):
         filled = SimpleImputer().fit_transform(table)
         sd = np.nanstd(table, axis=0, ddof=1)
         lower, upper = filled - 1.645 * sd, filled + 1.645 * sd
-    return filled, lower, upper, time.perf_counter() - start, penalty
+    return filled, lower, upper, time.perf_counter() - start, penalty, evaluations
 
 
 def run(
@@ -141,7 +171,7 @@ def run(
             for method in order:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    filled, lower, upper, seconds, penalty = _run_method(
+                    filled, lower, upper, seconds, penalty, evaluations = _run_method(
                         method, table, draws, seed + rep
                     )
                 err = ((filled - x) / sd)[hide]
@@ -155,6 +185,7 @@ def run(
                     "coverage90": math.nan,
                     "seconds": seconds,
                     "penalty": penalty,
+                    "evaluations": evaluations,
                 }
                 if lower is not None:
                     inside = (x >= lower - 1e-12) & (x <= upper + 1e-12)
@@ -206,9 +237,94 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     out["sm_kept_mean"] = sm.groupby("table", sort=False)["penalty"].agg(
         lambda p: float(np.isinf(p).mean())
     )
+    out["evals_sm"] = sm.groupby("table", sort=False)["evaluations"].median()
     out["sec_sm"] = table["seconds"]["score_matching"]
     out["sec_iterative"] = table["seconds"]["iterative"]
     return out
+
+
+def _simulated_table(family: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """An ``(n, 6)`` table: ``gaussian``, ``student_t3`` (independent columns), ``products``
+    (the interaction design: dependent, but no column is a linear function of the others: no
+    linear structure), ``rho=R`` (equicorrelated Gaussian) or ``t3_rho=R`` (multivariate t
+    with 3 degrees of freedom)."""
+    d = 6
+    if family == "gaussian":
+        return rng.normal(size=(n, d))
+    if family == "student_t3":
+        return rng.standard_t(3, size=(n, d))
+    if family == "products":
+        x = rng.normal(size=(n, d))
+        x[:, 2] = x[:, 0] * x[:, 1] + 0.3 * rng.normal(size=n)
+        x[:, 5] = x[:, 3] * x[:, 4] + 0.3 * rng.normal(size=n)
+        return x
+    name, value = family.split("=")
+    rho = float(value)
+    z = rng.multivariate_normal(np.zeros(d), (1 - rho) * np.eye(d) + rho, size=n)
+    if name == "rho":
+        return z
+    return z / np.sqrt(rng.chisquare(3, size=(n, 1)) / 3)
+
+
+def selection_simulation(
+    reps: int, rate: float, seed: int, families: list[str], sizes: list[int]
+) -> pd.DataFrame:
+    """How often ``ScoreMatchingImputer`` leaves mean imputation, with the test's standard
+    error widened for the folds' shared training rows (the default) and without (the plain
+    row-clustered one), on null tables (no linear structure: departing is a false departure)
+    and structured ones (departing is the power), and what each rule's imputations cost or
+    gain: the RMSE on the hidden entries over mean imputation's."""
+    from pyro_msm import ScoreMatchingImputer, imputer
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for family in families:
+        for n in sizes:
+            for rep in range(reps):
+                x = _simulated_table(family, n, rng)
+                hide = _hide(x, rate, rng)
+                table = np.where(hide, np.nan, x)
+                sd = x.std(0, ddof=1)
+                mean_fill = np.where(hide, np.nanmean(table, 0), x)
+                rmse_mean = float(np.sqrt(np.mean((((mean_fill - x) / sd)[hide]) ** 2)))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    widened = ScoreMatchingImputer(random_state=rep).fit(table)
+                # the same folds (same seed) with the plain standard error: z times the widening
+                factor = imputer._resampling_variance_factor([n // 5] * 5, [n - n // 5] * 5)
+                z, threshold = widened.validation_z_, widened.validation_threshold_
+                left = not math.isinf(widened.shrinkage_)
+                left_plain = z * math.sqrt(factor) > threshold
+                rmse = float(np.sqrt(np.mean((((widened.transform(table) - x) / sd)[hide]) ** 2)))
+                rmse_plain = rmse
+                if left_plain and not left:  # refit with the plain standard error
+                    original = imputer._resampling_variance_factor
+                    imputer._resampling_variance_factor = lambda held, trained: 1.0
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            plain = ScoreMatchingImputer(random_state=rep).fit(table)
+                    finally:
+                        imputer._resampling_variance_factor = original
+                    filled = plain.transform(table)
+                    rmse_plain = float(np.sqrt(np.mean((((filled - x) / sd)[hide]) ** 2)))
+                rows.append(
+                    {
+                        "family": family, "n": n, "rep": rep, "z": z, "threshold": threshold,
+                        "left": left, "left_plain": bool(left_plain),
+                        "ratio": rmse / rmse_mean, "ratio_plain": rmse_plain / rmse_mean,
+                    }
+                )  # fmt: skip
+            done = pd.DataFrame([r for r in rows if r["family"] == family and r["n"] == n])
+            print(
+                f"{family} n={n}: left mean imputation {done['left'].mean():.3f} "
+                f"(plain SE {done['left_plain'].mean():.3f}) of {len(done)}; RMSE / mean's "
+                f"median {done['ratio'].median():.4f} (plain {done['ratio_plain'].median():.4f}), "
+                f"mean {done['ratio'].mean():.4f} (plain {done['ratio_plain'].mean():.4f}), "
+                f"max {done['ratio'].max():.4f} (plain {done['ratio_plain'].max():.4f})",
+                flush=True,
+            )
+    return pd.DataFrame(rows)
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -220,8 +336,34 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", help="write the tidy rows here")
     parser.add_argument("--tables", help="comma-separated subset of the tables (default: all)")
+    parser.add_argument(
+        "--count-evaluations",
+        action="store_true",
+        help="print the loss evaluations of each score-matching fit and their total",
+    )
+    parser.add_argument(
+        "--selection-simulation",
+        type=int,
+        metavar="REPS",
+        help="instead of the benchmark: REPS simulated tables per family and size, the rate "
+        "at which the penalty choice leaves mean imputation (selection_simulation)",
+    )
+    parser.add_argument(
+        "--families",
+        default="gaussian,student_t3,products,rho=0.1,rho=0.2,t3_rho=0.2",
+        help="--selection-simulation's table families",
+    )
+    parser.add_argument("--sizes", default="150,600", help="--selection-simulation's rows")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.selection_simulation:
+        rows = selection_simulation(
+            args.selection_simulation, args.rate, args.seed, args.families.split(","),
+            [int(v) for v in args.sizes.split(",")],
+        )  # fmt: skip
+        if args.csv:
+            rows.to_csv(args.csv, index=False)
+        return rows
     reps = 1 if args.smoke else args.reps
     draws = 2 if args.smoke else args.draws
     start = time.perf_counter()
@@ -230,6 +372,12 @@ def main(argv=None) -> pd.DataFrame:
     if args.csv:
         rows.to_csv(args.csv, index=False)
     summary = summarise(rows)
+    if args.count_evaluations:
+        sm = rows[rows["method"] == "score_matching"]
+        counts = sm.pivot_table(index="table", columns="rep", values="evaluations", sort=False)
+        print("loss evaluations per score-matching fit (grouped_marginal_loss calls):")
+        print(counts.astype(int).to_string())
+        print(f"total: {int(sm['evaluations'].sum())}")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary.round(3).to_string())
     print(f"\n{reps} repetition(s), {args.rate:.0%} of observed entries hidden; "

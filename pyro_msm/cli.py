@@ -630,11 +630,13 @@ def _fit(args: argparse.Namespace) -> int:  # noqa: C901 - one linear recipe
             selection=imputer.selection,
             cv_shrinkage=_json_number(imputer.cv_shrinkage_),
             validation_z=_json_number(imputer.validation_z_),
+            validation_threshold=_json_number(imputer.validation_threshold_),
             alpha=imputer.alpha,
         )
         print(f"penalty chosen on held-out entries ({imputer.cv}-fold, {imputer.selection}, "
               f"test against mean imputation at alpha={imputer.alpha}): "
-              f"{imputer.shrinkage_:g} (validation z {imputer.validation_z_:.2f}; "
+              f"{imputer.shrinkage_:g} (validation z {imputer.validation_z_:.2f} against "
+              f"{imputer.validation_threshold_:.2f}; "
               f"RMSE in sd units: {imputer.validation_rmse_})")  # fmt: skip
         imputer.save(path("imputer.pkl"))
     elif args.model == "gaussian":

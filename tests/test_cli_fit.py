@@ -37,7 +37,8 @@ def test_fit_gaussian_writes_every_output_in_original_units(tmp_path, capsys):
     assert "shrinkage" in summary["diagnostics"] and expected <= set(summary["files"])
     # the selection's evidence is recorded: the fold penalty and the test against mean imputation
     diag = summary["diagnostics"]
-    assert {"cv_shrinkage", "validation_z", "alpha"} <= set(diag) and diag["alpha"] == 0.05
+    assert {"cv_shrinkage", "validation_z", "validation_threshold", "alpha"} <= set(diag)
+    assert diag["alpha"] == 0.05
     assert diag["cv_shrinkage"] == "inf" or diag["cv_shrinkage"] > 0
     precision = pd.read_csv(out / "precision.csv", index_col=0)
     assert list(precision.index) == list(source.columns)
