@@ -208,6 +208,7 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from .experiments.gaussian import (
         DEMO_ESTIMATORS,
+        DEMO_GUIDE_HIDDEN_DIMS,
         DEMO_GUIDE_PARTICLES,
         EXACT_LABEL,
         compare_estimators,
@@ -223,7 +224,8 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(
         f"{complete_rows} of {problem.n} rows are complete; {args.steps} model updates per fit, "
         f"Adam lr {args.lr:g}, r={args.num_particles} particles, "
-        f"{args.guide_steps} guide steps per variational model step",
+        f"{args.guide_steps} guide steps per variational model step (guide MLP "
+        f"{'-'.join(map(str, DEMO_GUIDE_HIDDEN_DIMS))})",
         flush=True,
     )
     with warnings.catch_warnings():
