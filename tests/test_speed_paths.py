@@ -374,6 +374,7 @@ def test_speed_benchmark_smoke(capsys):
     threads = torch.get_num_threads()
     try:
         module.main(["--smoke"])
+        module.main(["--smoke", "--sections", "demo"])
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
@@ -383,6 +384,7 @@ def test_speed_benchmark_smoke(capsys):
         "variational cycle",
         "sliced with",
         "peak memory",
+        "demo: variational fit / IW fit",
     ):
         assert what in out
     ratios = [float(line.split()[-3]) for line in out.splitlines() if "  <= " in line]
