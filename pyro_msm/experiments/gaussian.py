@@ -402,9 +402,9 @@ DEFAULT_ESTIMATORS: tuple[EstimatorSpec, ...] = (
 
 #: Hidden widths of the variational guide's MLP in ``pyro-msm demo`` (the paper's is 200-200).
 #: On the demo's problem (d=10, n=1000, 30% MCAR, 300 model steps, seed 0) 64-64 is as accurate
-#: (score MSE over the exact marginal answer 1.054 against 1.060) and its fit faster: the
-#: 200-200 network's forward and backward on every row were a third of a variational cycle
-#: (issue 10, fifth pass, docs/benchmarks.md).
+#: (score MSE over the exact marginal answer 1.054 against 1.060-1.065) and its fit takes about
+#: a fifth less CPU time: the 200-200 network's products on every row were the largest op of a
+#: variational cycle (issue 10, fifth pass, docs/benchmarks.md).
 DEMO_GUIDE_HIDDEN_DIMS: tuple[int, ...] = (64, 64)
 
 #: The methods of ``pyro-msm demo`` (IW's default proposal; the paper's guide family for
