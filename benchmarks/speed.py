@@ -13,11 +13,15 @@ a warm-up), so that machine noise hits them alike:
    variational cycle (one model step at r = 50 and 10 guide steps) over the same;
 3. sliced IW with missing data at d = 200 over d = 10;
 4. peak resident memory of one full-batch IW step (Gaussian model, d = 50, r = 10, 30% MCAR)
-   at n = 10^4 and 10^5, each in a fresh process.
+   at n = 10^4 and 10^5, each in a fresh process;
+5. (``--sections demo``, not in the defaults) the demo's variational fit over its IW fit, the
+   two fits of ``pyro-msm demo``'s problem and settings interleaved, with each fit's score MSE
+   over the exact marginal answer ("x exact").
 
     python benchmarks/speed.py                   # the full table (several minutes)
     python benchmarks/speed.py --smoke           # tiny sizes (a test runs this)
     python benchmarks/speed.py --device cuda     # time on a GPU (memory: see --memory-n)
+    python benchmarks/speed.py --sections demo   # variational / IW fit of the demo (minutes)
 """
 
 from __future__ import annotations
@@ -249,6 +253,63 @@ def missing_data_rows(args, device) -> list[tuple[str, float, str]]:
     return out
 
 
+def demo_rows(args) -> list[tuple[str, float, str]]:
+    """Section 5: wall and CPU time of the demo's variational fit over its IW fit."""
+    import warnings
+
+    from pyro_msm.cli import DEMO_DEFAULTS, SMOKE_DEFAULTS
+    from pyro_msm.experiments.gaussian import (
+        DEMO_ESTIMATORS,
+        DEMO_GUIDE_PARTICLES,
+        DEMO_GUIDE_STEPS,
+        fit_gaussian,
+        score_mse,
+        simulate_gaussian,
+    )
+
+    sizes = SMOKE_DEFAULTS if args.smoke else DEMO_DEFAULTS
+    problem = simulate_gaussian(sizes["dim"], sizes["n"], sizes["missing_rate"], "mcar", seed=0)
+    common = {"steps": sizes["steps"], "lr": 0.02, "num_particles": 10, "seed": 0}
+    specs = {s.label: s for s in DEMO_ESTIMATORS if s.label in ("iw", "variational")}
+
+    def fit(label: str) -> tuple[float, float, float]:
+        spec = specs[label]
+        wall, cpu = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = fit_gaussian(
+                problem.observed,
+                problem.mask,
+                spec.estimator,
+                guide_steps=DEMO_GUIDE_STEPS,
+                guide_particles=DEMO_GUIDE_PARTICLES,
+                guide=spec.guide,
+                guide_hidden_dims=spec.guide_hidden_dims,
+                **common,
+            )
+        mse = score_mse(result.loc, result.precision, problem.loc, problem.precision)
+        return time.perf_counter() - wall, time.process_time() - cpu, mse
+
+    exact = fit_gaussian(problem.observed, problem.mask, "closed_form", **common)
+    reference = score_mse(exact.loc, exact.precision, problem.loc, problem.precision)
+    runs: dict[str, list[tuple[float, float, float]]] = {label: [] for label in specs}
+    for _ in range(args.reps):
+        for label in specs:
+            runs[label].append(fit(label))
+    median = {
+        label: [statistics.median(run[k] for run in runs[label]) for k in range(2)]
+        for label in specs
+    }
+    out = []
+    for k, clock in enumerate(("wall", "CPU")):
+        ratio = median["variational"][k] / median["iw"][k]
+        out += show([(f"demo: variational fit / IW fit, {clock} time", ratio, "<= 2")])
+    for label in specs:
+        ratio = runs[label][-1][2] / reference
+        out += show([(f"demo: {label} x exact (score MSE / exact marginal's)", ratio, "-")])
+    return out
+
+
 def memory_child(n: int, d: int, r: int, device: str) -> None:
     """One full-batch IW step of a Gaussian model; prints the peak memory in MB as JSON."""
     import resource
@@ -341,6 +402,8 @@ def main(argv: list[str] | None = None) -> None:
         rows += missing_data_rows(args, device)
     if "memory" in args.sections:
         rows += memory_rows(args, args.device)
+    if "demo" in args.sections:
+        rows += demo_rows(args)
     width = max(len(r[0]) for r in rows) if rows else 10
     print(f"{'what':<{width}}  {'ratio':>9}  goal")
     for what, value, goal in rows:

@@ -29,8 +29,8 @@ DEMO_DEFAULTS = {"dim": 10, "n": 1000, "missing_rate": 0.3, "steps": 300}
 SMOKE_DEFAULTS = {"dim": 3, "n": 100, "missing_rate": 0.3, "steps": 5}
 #: Measured wall-clock time of ``pyro-msm demo`` with its defaults (see docs/benchmarks.md).
 DEMO_MEASURED = (
-    "34 s of wall time on the project's 2-core machine, otherwise idle (measured; 122 s at "
-    "load average 9)"
+    "about 35 s of wall time on the project's 2-core machine (measured: 34 s idle with the "
+    "former 200-200 variational guide, 37 s at load average 5-7 with today's 64-64 one)"
 )
 
 
@@ -208,6 +208,7 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from .experiments.gaussian import (
         DEMO_ESTIMATORS,
+        DEMO_GUIDE_HIDDEN_DIMS,
         DEMO_GUIDE_PARTICLES,
         EXACT_LABEL,
         compare_estimators,
@@ -223,7 +224,8 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(
         f"{complete_rows} of {problem.n} rows are complete; {args.steps} model updates per fit, "
         f"Adam lr {args.lr:g}, r={args.num_particles} particles, "
-        f"{args.guide_steps} guide steps per variational model step",
+        f"{args.guide_steps} guide steps per variational model step (guide MLP "
+        f"{'-'.join(map(str, DEMO_GUIDE_HIDDEN_DIMS))})",
         flush=True,
     )
     with warnings.catch_warnings():

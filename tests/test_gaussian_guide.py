@@ -161,3 +161,30 @@ def test_fit_gaussian_trains_the_named_guide():
     assert not any(name.startswith("AmortizedNormal") for name in names)
     with pytest.raises(ValueError, match="unknown guide"):
         fit_gaussian(x, mask, "variational", guide="nope", steps=1)
+
+
+def test_fit_gaussian_sizes_the_amortized_guide():
+    """``guide_hidden_dims`` sets the widths of the amortised guide's MLP (the default is the
+    paper's 200-200), and the demo's variational method carries its own widths."""
+    from pyro_msm.experiments.gaussian import (
+        DEMO_ESTIMATORS,
+        DEMO_GUIDE_HIDDEN_DIMS,
+        fit_gaussian,
+        make_guide,
+    )
+
+    model = fixed_model(MU, P)
+    assert make_guide(model).hidden_dims == (200, 200)
+    assert make_guide(model, hidden_dims=[16, 8]).hidden_dims == (16, 8)
+    x, mask = table(60, 0.3, seed=4)
+    for widths, expected in ((None, [200, 200]), ((16, 8), [16, 8])):
+        fit_gaussian(x, mask, "variational", steps=1, guide_steps=1, guide_hidden_dims=widths)
+        weights = [
+            value.shape[0]
+            for name, value in pyro.get_param_store().items()
+            if name.startswith("AmortizedNormal.net") and name.endswith("weight")
+        ]
+        assert weights == expected + [x.shape[1]]
+    (variational,) = [s for s in DEMO_ESTIMATORS if s.estimator == "variational"]
+    assert variational.guide_hidden_dims == DEMO_GUIDE_HIDDEN_DIMS
+    assert all(s.guide_hidden_dims is None for s in DEMO_ESTIMATORS if s is not variational)

@@ -92,6 +92,32 @@ def test_particle_plate_shapes_and_replayed_model_sees_the_data():
     torch.testing.assert_close(lp, expected)
 
 
+def test_guide_density_in_a_particle_plate_has_the_gradients_of_the_expanded_density():
+    """The loss reads a plate-expanded Normal's density from its distinct means and scales: the
+    value and the gradients to the guide's parameters are those of the density evaluated on
+    the expanded (particles, rows, d) parameters entry by entry."""
+    x = mcar(GaussianEnergy(MU3, P3).sample((9,)), 0.4).double()
+    missing = torch.isnan(x)
+    model = gaussian_model(MU3.double(), P3.double())
+    guide = AmortizedNormal(model, hidden_dims=(5,)).double()
+    r = 4
+    with pyro.plate("_pyro_msm_particles", r, dim=-2):
+        guide_trace = poutine.trace(guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    params = [p.unconstrained() for p in pyro.get_param_store().values()]
+    draws = guide_trace.nodes["x_unobserved"]["value"]
+    lp = guide_log_prob(guide_trace, find_data_sites(model_trace))["x"]
+    fn = guide_trace.nodes["x_unobserved"]["fn"].base_dist.base_dist  # the expanded Normal
+    assert fn.loc.shape == fn.scale.shape == (r, 9, 3)
+    expected = (normal_log_density(draws, fn.loc.clone(), fn.scale.clone()) * missing).sum(-1)
+    torch.testing.assert_close(lp, expected, rtol=1e-13, atol=1e-13)
+    weights = torch.randn(r, 9, dtype=torch.float64)
+    got = torch.autograd.grad((lp * weights).sum(), params, retain_graph=True)
+    want = torch.autograd.grad((expected * weights).sum(), params)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-13)
+
+
 def test_parameters_follow_the_data_dtype():
     x = mcar(GaussianEnergy(MU3.double(), P3.double()).sample((5,)), 0.3)
     guide = AmortizedNormal(gaussian_model(MU3.double(), P3.double()))

@@ -13,9 +13,9 @@ from .sampling import mala_sample
 __all__ = ["Energy", "FunctionEnergy"]
 
 
-def unexpand(m: Tensor) -> Tensor:
+def unexpand(m: Tensor, min_dim: int = 2) -> Tensor:
     """``m`` without its leading batch dimensions that are broadcast views (stride 0), keeping
-    at least the last two; ``result.expand(m.shape)`` is ``m`` again.
+    at least the last ``min_dim`` (2: matrices); ``result.expand(m.shape)`` is ``m`` again.
 
     When ``m`` is exactly ``base.expand(...)`` of its view base, that base is returned: indexing
     the broadcast dimensions away (``m[0]``) would cost a backward pass that materialises the
@@ -23,13 +23,13 @@ def unexpand(m: Tensor) -> Tensor:
     base = m._base
     if (
         base is not None
-        and 2 <= base.dim() <= m.dim()
+        and min_dim <= base.dim() <= m.dim()
         and m.shape[m.dim() - base.dim() :] == base.shape
         and m.storage_offset() == base.storage_offset()
         and m.stride() == base.expand(m.shape).stride()
     ):
         m = base
-    while m.dim() > 2 and m.shape[0] > 1 and m.stride(0) == 0:
+    while m.dim() > min_dim and m.shape[0] > 1 and m.stride(0) == 0:
         m = m[0]
     return m
 

@@ -86,7 +86,12 @@ def log_prob(fn: Distribution, z: Tensor) -> Tensor:
 
 
 def score(fn: Distribution, z: Tensor) -> Tensor:
-    """The score :math:`\\nabla_z \\log q(z)`, shape of ``z``."""
+    """The score :math:`\\nabla_z \\log q(z)`, shape of ``z``.
+
+    By autodiff, a distribution that scores any rows (batch shape ``()``) is evaluated on ``z``
+    flattened to a matrix of rows: a network then runs on 2-D inputs, without the reshapes
+    (and their backward and double-backward nodes) that batched inputs add to every layer.
+    """
     base = _unwrap(fn)
     if isinstance(base, Energy):
         a = base.score(z)
@@ -94,6 +99,8 @@ def score(fn: Distribution, z: Tensor) -> Tensor:
             return a.expand(z.shape)
     with torch.enable_grad():
         point = z if z.requires_grad else z.detach().requires_grad_(True)
+        if point.dim() > 2 and fn.batch_shape == torch.Size():
+            return _autodiff_score(fn, point.reshape(-1, point.shape[-1])).reshape(point.shape)
         return _autodiff_score(fn, point)
 
 

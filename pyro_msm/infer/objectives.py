@@ -258,9 +258,13 @@ class DenoisingObjective(Objective):
         if not scales or any(not float(s) > 0 for s in scales):
             raise ValueError(f"noise_scale must be positive, got {noise_scale}")
         self.noise_scales = [float(s) for s in scales]
+        self._scales: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     def perturb(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        scales = torch.tensor(self.noise_scales, dtype=x.dtype, device=x.device)
+        key = (x.dtype, x.device)
+        if key not in self._scales:  # made once per dtype and device, not every step
+            self._scales[key] = torch.tensor(self.noise_scales, dtype=x.dtype, device=x.device)
+        scales = self._scales[key]
         pick = torch.randint(len(self.noise_scales), x.shape[:-1], device=x.device)
         sigma = scales[pick].unsqueeze(-1)
         noise = torch.randn_like(x) * sigma
@@ -273,10 +277,11 @@ class DenoisingObjective(Objective):
         a = score(fn, particles.z)
         mean_a = weighted_mean(particles.weights, a)
         noisy = particles.z[0]
-        target = -(noisy - particles.clean) / sigma**2
+        variance = sigma**2
+        target = -(noisy - particles.clean) / variance
         residual = (mean_a - target) * particles.scored.to(a.dtype)
         # sigma^2 keeps the scale comparable across noise levels (Song & Ermon, 2019)
-        return (sigma.squeeze(-1) ** 2) * (residual * residual).sum(-1)
+        return variance.squeeze(-1) * (residual * residual).sum(-1)
 
 
 def boundary_distance_weight(support, cap: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:

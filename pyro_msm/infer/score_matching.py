@@ -644,7 +644,9 @@ class MissingScoreMatching(ELBO):
             if particles.outside is not None:
                 dropped_rows = dropped_rows + particles.outside.sum()
         if row_losses:
-            self._site_losses[site.name] = torch.cat(row_losses)
+            self._site_losses[site.name] = (
+                row_losses[0] if len(row_losses) == 1 else torch.cat(row_losses)
+            )
         site_ess = torch.cat(row_ess) if row_ess else None
         mean_ess = self._global_ess(site_ess, site.data)  # all ranks' rows under data_parallel
         if mean_ess is not None:
@@ -686,7 +688,8 @@ class MissingScoreMatching(ELBO):
         """The estimators without a guide: the distribution rows are scored with and the groups
         of rows with their particles."""
         mask, clean = site.mask, site.data
-        all_rows = torch.arange(x.shape[0], device=x.device)
+        def all_rows() -> Tensor:
+            return torch.arange(x.shape[0], device=x.device)
         row_fn = self._row_fn(fn)
 
         def finish(particles: Particles, rows: Tensor) -> Particles:
@@ -694,8 +697,9 @@ class MissingScoreMatching(ELBO):
             particles.noise_scale = None if noise_scale is None else _take(noise_scale, rows)
             return particles
 
-        def single(particles: Particles, rows: Tensor = all_rows) -> _Group:
+        def single(particles: Particles, rows: Tensor | None = None) -> _Group:
             """One particle per row (the estimators' baselines, and complete rows)."""
+            rows = all_rows() if rows is None else rows
             return _Group(rows, 1, lambda c: finish(_slice_particles(particles, c, True), c))
 
         baselines = {
@@ -764,7 +768,7 @@ class MissingScoreMatching(ELBO):
                 particles = weighted_particles(fn, x, mask, full, log_full, frozen=frozen)
                 return finish(particles, rows)
 
-            return fn, [_Group(all_rows, r, importance_all)]
+            return fn, [_Group(all_rows(), r, importance_all)]
         return row_fn, [
             single(zeroed_particles(x, mask), complete),
             _Group(partial, r, importance, importance),

@@ -14,8 +14,9 @@ from pyro.poutine.runtime import effectful
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Normal
 
+from ..distributions.energy import unexpand
 from ..primitives import SITE_KEY, MissingCoordinates
 
 __all__ = [
@@ -238,6 +239,11 @@ def _coordinatewise_log_prob(name: str, fn: Distribution, value: Tensor) -> Tens
     if isinstance(fn, MaskedDistribution):
         inner = _coordinatewise_log_prob(name, fn.base_dist, value)
         return torch.where(fn._mask, inner, torch.zeros((), dtype=inner.dtype, device=inner.device))
+    if isinstance(fn, Normal) and type(fn).log_prob is Normal.log_prob:
+        # a plate's expand() left (particles, rows, d) views of (rows, d) means and (d,) scales:
+        # the density of the distinct ones, broadcast, takes the logarithm of d scales, not of
+        # every entry (and its backward sums no expanded copies); the values are the same
+        fn = Normal(unexpand(fn.loc, 1), unexpand(fn.scale, 1), validate_args=False)
     lp = fn.log_prob(value)
     if lp.shape != value.shape:
         raise TypeError(
