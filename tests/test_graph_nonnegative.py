@@ -509,3 +509,73 @@ def test_rao_blackwellised_e_step_has_the_monte_carlo_expectation_with_less_vari
     z = (rb.mean(0) - plain.mean(0)) / se.clamp(min=1e-12)
     assert float(z.abs().max()) < 5.0 and float(z.abs().mean()) < 1.2
     assert float(rb.var(0).sum()) < 0.5 * float(plain.var(0).sum())
+
+
+def _rao_blackwellised_by_rows(z, observed, k, eta, caps, centred):
+    """The Rao-Blackwellised statistics term by term, chain by chain and row by row, from the
+    definition in rao_blackwellised_statistics's docstring."""
+    m, n, d = z.shape
+    p = d if centred else d + 1
+    gamma = torch.zeros(d, p, p, dtype=torch.float64)
+    g = torch.zeros(d, p, dtype=torch.float64)
+    sd = k.diagonal().rsqrt()
+    for c in range(m):
+        for r in range(n):
+            x, miss = z[c, r], ~observed[r]
+            mean = (eta - x @ k + x * k.diagonal()) / k.diagonal()
+            mom = nn._truncated_moments(mean, sd, caps)  # conditional of each x_a given the rest
+            xt = x if centred else torch.cat([x, torch.ones(1, dtype=torch.float64)])
+            ex = xt.clone()  # E[x_a] where missing
+            ex[:d] = torch.where(miss, mom[5], x)
+            outer = torch.outer(xt, xt)
+            for a in range(d):
+                for b in range(p):
+                    am, bm = bool(miss[a]), b < d and bool(miss[b])
+                    if a == b and am:
+                        outer[a, a] = mom[6][a]
+                    elif am and bm:
+                        outer[a, b] = 0.5 * (ex[a] * xt[b] + xt[a] * ex[b])
+                    elif am:
+                        outer[a, b] = ex[a] * xt[b]
+                    elif bm:
+                        outer[a, b] = xt[a] * ex[b]
+                    outer[b, a] = outer[a, b]
+            for j in range(d):
+                if miss[j]:
+                    w0, w1, w2, p0, p1 = (v[j] for v in mom[:5])
+                    term = w0 * torch.outer(xt, xt)
+                    term[j, :] = w1 * xt
+                    term[:, j] = w1 * xt
+                    term[j, j] = w2
+                    gj = p0 * xt
+                    gj[j] = p1 + w0
+                else:
+                    h = torch.minimum(x[j], caps[j])
+                    hp = (x[j] < caps[j]).to(torch.float64)
+                    term = h * outer
+                    gj = hp * ex
+                    gj[j] = hp * x[j] + h
+                gamma[j] += term
+                g[j] += gj
+    return gamma / (m * n), g / (m * n)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_rao_blackwellised_statistics_equal_their_row_by_row_definition(centred):
+    # the chain-aware product (observed parts once per row, only missing columns per chain)
+    # gives the statistics of the definition, term by term
+    d, n, m = 4, 12, 3
+    k, eta = _random_model(d, 12)
+    x = _rows(n, d, 13)
+    observed = mcar_mask((n, d), 0.45, seed=14)
+    observed[0] = False  # a row with every entry missing
+    observed[1] = True  # and a complete one
+    caps = nn.nonnegative_caps(x, observed)
+    g = torch.Generator().manual_seed(15)
+    chains = nn.truncated_conditional_gibbs(
+        x.expand(m, n, d).clone(), observed, k, eta, num_sweeps=2, generator=g
+    )
+    rb = nn.rao_blackwellised_statistics(chains, observed, k, eta, caps, centred=centred)
+    gamma, gvec = _rao_blackwellised_by_rows(chains, observed, k, eta, caps, centred)
+    torch.testing.assert_close(rb.gamma, gamma, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(rb.g, gvec, rtol=1e-12, atol=1e-13)

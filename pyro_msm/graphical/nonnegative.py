@@ -214,13 +214,68 @@ def _weighted_outer(w: Tensor, left: Tensor, right: Tensor) -> Tensor:
     return out.reshape(d, p, p)
 
 
+def _augment(rows: Tensor, centred: bool) -> Tensor:
+    r""":math:`\tilde x = (x; 1)` (just :math:`x` when centred), on the last dimension."""
+    return rows if centred else torch.cat([rows, torch.ones_like(rows[..., :1])], -1)
+
+
+def _chain_outer(
+    weights: Tensor,
+    za: Tensor,
+    missing: Tensor,
+    delta: Tensor,
+    v: Tensor,
+    second: Tensor,
+) -> Tensor:
+    r"""The Rao-Blackwellised :math:`\sum_{m,r}` of :math:`w_{mrj}\tilde x_{mra}\tilde x_{mrb}`
+    plus, where :math:`x_{rj}` is observed, :math:`w_{rj}(\delta_{mra} v_{mrb} + v_{mra}
+    \delta_{mrb} + 1\{a = b\}q_{mra})` (:func:`rao_blackwellised_statistics`), ``(d, p, p)``,
+    over ``M`` chains of the same ``n`` rows.
+
+    The chains share the observed entries: where :math:`x_{rj}` is observed, :math:`w_{mrj}`
+    is the same for every chain, so that part is one ``(d, r) x (r, p p)`` product with the
+    per-row sums over the chains of the outer products, formed once per row; only where
+    :math:`x_{rj}` is missing do the chains need their own products, column by column over the
+    rows where it is missing. The dense ``(d p, M r) x (M r, p)`` products
+    (:func:`_weighted_outer`, the term and its correction) cost ``2M`` times a product over the
+    rows; this costs about :math:`1 + \rho M` of them at a missing fraction :math:`\rho`.
+
+    :param weights: :math:`w`, ``(M, n, d)``.
+    :param za: :math:`\tilde x`, ``(M, n, p)``.
+    :param missing: boolean ``(n, d)``.
+    :param delta: :math:`\delta`, ``(M, n, p)``.
+    :param v: :math:`v`, ``(M, n, p)``.
+    :param second: :math:`q`, ``(M, n, p)``.
+    """
+    m, n, p = za.shape
+    d = weights.shape[-1]
+    shared = torch.where(missing, 0.0, weights[0])
+    out = torch.zeros(d, p * p, dtype=za.dtype, device=za.device)
+    step = max(1, _CHUNK // (p * p))
+    idx = torch.arange(p, device=za.device)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        zc, dc, vc = za[:, lo:hi], delta[:, lo:hi], v[:, lo:hi]
+        cross = torch.einsum("mra,mrb->rab", dc, vc)
+        outer = torch.einsum("mra,mrb->rab", zc, zc) + cross + cross.mT
+        outer[:, idx, idx] += second[:, lo:hi].sum(0)
+        out += shared[lo:hi].T @ outer.reshape(hi - lo, p * p)
+    out = out.reshape(d, p, p)
+    for j in torch.nonzero(missing.any(0)).flatten().tolist():
+        rows = torch.nonzero(missing[:, j]).flatten()
+        zj = za[:, rows].reshape(-1, p)
+        out[j] += (zj * weights[:, rows, j].reshape(-1, 1)).T @ zj
+    return out
+
+
 def _moment_statistics(
     rows: Tensor,
     moments: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
     caps: Tensor,
     centred: bool,
     diagonal_multiplier: float,
-    correction: tuple[Tensor, Tensor] | None = None,
+    gamma_sum: Tensor | None = None,
+    g_correction: Tensor | None = None,
 ) -> NonnegativeStatistics:
     r"""Build :math:`(\Gamma_j, g_j)` from per-row weight moments, the one implementation behind
     :func:`nonnegative_statistics` (the weights of the rows themselves) and
@@ -234,15 +289,16 @@ def _moment_statistics(
     :math:`\Gamma_{j,jj}` averages :math:`w_2`, :math:`g_{j,a}` averages :math:`p_0 \tilde x_a`
     and :math:`g_{j,j}` averages :math:`p_1 + w_0`: one ``(d p, r) x (r, p)`` product
     (:func:`_weighted_outer`) and rank-one corrections of row and column :math:`j`.
-    ``correction``: sums over the rows added to :math:`(\Gamma, g)` before averaging."""
+    ``gamma_sum``: the sum over the rows of :math:`w_0\tilde x_a\tilde x_b`, with any
+    correction, if the caller formed it (:func:`_chain_outer`); ``g_correction``: a sum over
+    the rows added to :math:`g` before averaging."""
     w0, w1, w2, p0, p1 = moments
     r, d = rows.shape
-    za = rows if centred else torch.cat([rows, torch.ones_like(rows[:, :1])], 1)
-    gamma = _weighted_outer(w0, za, za)
+    za = _augment(rows, centred)
+    gamma = _weighted_outer(w0, za, za) if gamma_sum is None else gamma_sum.clone()
     g = p0.T @ za
-    if correction is not None:
-        gamma = gamma + correction[0]
-        g = g + correction[1]
+    if g_correction is not None:
+        g = g + g_correction
     gamma = gamma / r
     idx = torch.arange(d, device=rows.device)
     # row/column j: w1 x_b in place of w0 x_j x_b (zero for plain weights), then the corner
@@ -473,6 +529,8 @@ def rao_blackwellised_statistics(
     k, diag, e, missing = _conditional_model(
         precision, eta, observed, z, "rao_blackwellised_statistics"
     )
+    n = missing.shape[0]
+    chain_missing = missing
     missing = missing.expand(z.shape)
     rows = z.reshape(-1, d)
     missing = missing.reshape(-1, d)
@@ -492,17 +550,28 @@ def rao_blackwellised_statistics(
         where, conditional[6] - rows[where] * conditional[5]
     )  # E[x_a^2] - x_a E[x_a]: makes the diagonal x_a^2 + 2 delta_a v_a + q_a = E[x_a^2]
     v = torch.where(missing, 0.5 * rows, rows)
-    u, up = torch.where(missing, 0.0, h), torch.where(missing, 0.0, hp)
+    up = torch.where(missing, 0.0, hp)
     if not centred:
         pad = torch.zeros_like(rows[:, :1])
         delta, second = torch.cat([delta, pad], 1), torch.cat([second, pad], 1)
         v = torch.cat([v, torch.ones_like(pad)], 1)
-    cross = _weighted_outer(u, delta, v)
-    idx = torch.arange(delta.shape[1], device=z.device)
-    cross = cross + cross.mT
-    cross[:, idx, idx] += u.T @ second
+    p = delta.shape[1]
+    gamma_sum = _chain_outer(
+        moments[0].reshape(-1, n, d),
+        _augment(rows, centred).reshape(-1, n, p),
+        chain_missing,
+        delta.reshape(-1, n, p),
+        v.reshape(-1, n, p),
+        second.reshape(-1, n, p),
+    )
     return _moment_statistics(
-        rows, moments, caps, centred, diagonal_multiplier, correction=(cross, up.T @ delta)
+        rows,
+        moments,
+        caps,
+        centred,
+        diagonal_multiplier,
+        gamma_sum=gamma_sum,
+        g_correction=up.T @ delta,
     )
 
 
