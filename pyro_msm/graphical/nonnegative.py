@@ -757,12 +757,17 @@ def _lower_truncated_normal(lower: Tensor, u: Tensor) -> Tensor:
     (Robert 1995). Unlike :func:`~pyro_msm.distributions.paper.truncated_standard_normal`
     (which reflects intervals lying above zero), the map is increasing in ``u`` and
     continuous in :math:`a`, which common random numbers need."""
-    log_tail = torch.special.log_ndtr(-lower)
-    log_q = torch.log1p(-u) + log_tail
+    return _lower_truncated_normal_log(lower, torch.log1p(-u))
+
+
+def _lower_truncated_normal_log(lower: Tensor, log_v: Tensor) -> Tensor:
+    r""":func:`_lower_truncated_normal` at :math:`\log(1 - u)` (formed once where the same
+    uniforms serve many E-steps)."""
+    log_q = log_v + torch.special.log_ndtr(-lower)
     t = -torch.special.ndtri(torch.exp(log_q))
     deep = log_q < -700.0
     if bool(deep.any()):
-        t = torch.where(deep, lower - torch.log1p(-u) / lower.clamp(min=1.0), t)
+        t = torch.where(deep, lower - log_v / lower.clamp(min=1.0), t)
     return torch.maximum(t, lower)
 
 
@@ -777,6 +782,58 @@ def _uniforms(
     keys = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
     strata = keys.argsort(0).to(like.dtype)  # a uniformly random permutation per entry
     return (strata + u) / m
+
+
+class _FixedScan:
+    r"""The updates of a fixed-scan Gibbs sweep (:func:`truncated_conditional_gibbs` with
+    ``fixed_scan=True``): for every sweep and every column with missing entries, in index order,
+    the rows where it is missing and :math:`\log(1 - u)` of the uniforms of its update, drawn
+    once in the order the sampler consumes them, so that an EM path with common random numbers
+    (the same seed at every E-step) draws and transforms them once, not at every E-step.
+
+    :param missing: boolean ``(n, d)``.
+    :param lead: the leading (chain) shape of the states.
+    :param num_sweeps: sweeps.
+    :param like: a tensor of the states' dtype and device.
+    :param generator: random generator (seeds the uniforms).
+    :param stratified: stratify over the chains (:func:`truncated_conditional_gibbs`).
+    """
+
+    def __init__(
+        self,
+        missing: Tensor,
+        lead: torch.Size,
+        num_sweeps: int,
+        like: Tensor,
+        generator: torch.Generator | None,
+        stratified: bool,
+    ) -> None:
+        columns = torch.nonzero(missing.any(0)).flatten().tolist()
+        where = [torch.nonzero(missing[:, j]).flatten() for j in columns]
+        self.updates = [
+            (j, rows, torch.log1p(-_uniforms((*lead, rows.numel()), like, generator, stratified)))
+            for _ in range(int(num_sweeps))
+            for j, rows in zip(columns, where, strict=True)
+        ]
+
+    def run(self, x: Tensor, k: Tensor, diag: Tensor, e: Tensor) -> None:
+        """The sweeps on the states ``x`` ``(..., n, d)``, in place."""
+        sd = diag.rsqrt()
+        for j, rows, log_v in self.updates:
+            xr = x[..., rows, :]
+            mean = (e[j] - xr @ k[:, j] + xr[..., j] * diag[j]) / diag[j]
+            t = _lower_truncated_normal_log(-mean / sd[j], log_v)
+            x[..., rows, j] = (mean + sd[j] * t).clamp(min=0.0)
+
+
+def _check_chains(x: Tensor) -> Tensor:
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(
+            "truncated_conditional_gibbs: the chains diverged (the fitted K is not copositive, "
+            "so the truncated model is not normalisable); raise the smallest penalty or the "
+            "diagonal_multiplier"
+        )
+    return x
 
 
 def truncated_conditional_gibbs(
@@ -832,14 +889,7 @@ def truncated_conditional_gibbs(
         return x
     sd = diag.rsqrt()
     if fixed_scan:  # one coordinate at a time, only the rows where it is missing
-        where = [torch.nonzero(missing[:, j]).flatten() for j in columns.tolist()]
-        for _ in range(int(num_sweeps)):
-            for j, rows in zip(columns.tolist(), where, strict=True):
-                xr = x[..., rows, :]
-                mean = (e[j] - xr @ k[:, j] + xr[..., j] * diag[j]) / diag[j]
-                u = _uniforms(mean.shape, x, generator, stratified)
-                t = _lower_truncated_normal(-mean / sd[j], u)
-                x[..., rows, j] = (mean + sd[j] * t).clamp(min=0.0)
+        _FixedScan(missing, x.shape[:-2], num_sweeps, x, generator, stratified).run(x, k, diag, e)
     else:
         blocks = [b.to(x.device) for b in colour_classes((k != 0).cpu())]
         blocks = [b[missing[:, b].any(0)] for b in blocks]
@@ -852,13 +902,7 @@ def truncated_conditional_gibbs(
                 t = _lower_truncated_normal(-mean / sd[idx], u)
                 new = (mean + sd[idx] * t).clamp(min=0.0)
                 x[..., idx] = torch.where(missing[:, idx], new, x[..., idx])
-    if not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(
-            "truncated_conditional_gibbs: the chains diverged (the fitted K is not copositive, "
-            "so the truncated model is not normalisable); raise the smallest penalty or the "
-            "diagonal_multiplier"
-        )
-    return x
+    return _check_chains(x)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -999,6 +1043,9 @@ def nonnegative_path(
         chains = truncated_conditional_gibbs(chains, observed, k0, eta0, generator=generator)
         stats = e_stats(chains, k0, eta0)
         theta = _diagonal_solution(stats)
+        # common random numbers, whole path: one seed, one fixed scan, uniforms drawn once
+        generator.manual_seed(int(seed) + 1)
+        scan = _FixedScan(~observed, chains.shape[:-2], num_sweeps, chains, generator, True)
     else:
         stats = stats_of(data)
         theta = _diagonal_solution(stats)
@@ -1025,17 +1072,10 @@ def nonnegative_path(
             def em_map(current: Tensor, gamma: float = gamma, state: dict = state) -> tuple:
                 """One EM iteration (E-step with common random numbers, exact M-step)."""
                 kk, ee, _ = _split(current, d, centred)
-                generator.manual_seed(int(seed) + 1)  # common random numbers, whole path
-                draws = truncated_conditional_gibbs(
-                    chains,
-                    observed,
-                    kk,
-                    ee,
-                    num_sweeps=num_sweeps,
-                    generator=generator,
-                    fixed_scan=True,
-                    stratified=True,
-                )
+                draws = chains.clone()
+                kc, diag, ec, _ = _conditional_model(kk, ee, observed, draws, "nonnegative_path")
+                scan.run(draws, kc, diag, ec)  # the path's common random numbers
+                _check_chains(draws)
                 st = e_stats(draws, kk, ee)
                 new, it, ok_m, kkt_m = _fista(st, gamma, current, tol=tol, max_iter=max_iter)
                 state["its"] += it
