@@ -239,6 +239,11 @@ def test_em_on_complete_data_is_the_exact_solution():
     torch.testing.assert_close(em.precisions, exact.precisions, atol=1e-8, rtol=0)
     torch.testing.assert_close(em.info["eta"], exact.info["eta"], atol=1e-8, rtol=0)
     assert max(em.info["em_iterations"]) <= 2  # a fixed point after one M-step
+    # fixed imputation: the E-step statistics are the data's, so the path is the exact one
+    fixed = nn.nonnegative_path(x, num_penalties=6, tol=1e-9, method="em", imputation_ratio=0.3)
+    assert fixed.info["imputation_penalty"] > 0 and fixed.info["em_iterations"][0] >= 1
+    torch.testing.assert_close(fixed.penalties, exact.penalties)
+    torch.testing.assert_close(fixed.precisions, exact.precisions, atol=1e-8, rtol=0)
 
 
 def test_em_with_missing_entries_recovers_the_truth():
@@ -272,6 +277,8 @@ def test_bad_input_is_refused_with_a_remedy():
         nn.nonnegative_path(x, cap=0.0)
     with pytest.raises(ValueError, match="num_draws"):
         nn.nonnegative_path(xm, num_draws=0)
+    with pytest.raises(ValueError, match="imputation_ratio"):
+        nn.nonnegative_path(xm, imputation_ratio=0.0)
     with pytest.raises(TypeError, match="one penalty"):
         nn.nonnegative_score_matching(x, penalties=[1.0])
 

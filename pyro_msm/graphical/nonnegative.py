@@ -942,6 +942,7 @@ def nonnegative_path(
     max_em_iter: int = 30,
     squarem: bool = True,
     rao_blackwell: bool = True,
+    imputation_ratio: float | None = None,
     seed: int = 0,
     progress: bool = False,
     label: str | None = None,
@@ -975,12 +976,21 @@ def nonnegative_path(
         (:func:`rao_blackwellised_statistics`); False, or where they are not positive
         semi-definite (an M-step without a minimiser), the plain Monte Carlo averages of the
         draws (:func:`nonnegative_statistics`).
+    :param imputation_ratio: None: EM at every penalty (each penalty's E-step imputes under
+        its own penalised model). A number :math:`r > 0`: **fixed imputation**, EM only at
+        :math:`r` times the empty-graph penalty, then the exact path (from the empty-graph
+        penalty of the new statistics when ``penalties`` is None) on that fit's E-step
+        statistics: every penalty then sees the same imputation model, so an edge that a
+        large penalty removes is not imputed as absent, and the path costs one EM fit
+        (docs/benchmarks.md compares the two).
     :param seed: seeds the Gibbs draws.
     :param progress: tqdm bar over penalties.
     :param label: method label (default ``"nonnegative_sm"`` / ``"nonnegative_em"``).
     :returns: a :class:`~pyro_msm.graphical.PenaltyPath` (``locs`` = :math:`\mu = K^{-1}\eta`);
         ``info`` holds ``eta`` ``(k, d)``, ``kkt``, ``iterations``, ``em_iterations``,
-        ``converged`` per penalty, ``caps`` and ``method``.
+        ``converged`` per penalty, ``caps``, ``method`` and ``imputation_penalty`` (NaN
+        unless ``imputation_ratio``; the EM iterations are then counted at the first
+        penalty).
     :raises ValueError: for negative observed entries, ``method="exact"`` with missing
         entries, or bad settings (each names the argument).
     """
@@ -996,6 +1006,10 @@ def nonnegative_path(
         ("max_em_iter", max_em_iter, 1),
     ):
         _check_int(name, value, minimum)
+    if imputation_ratio is not None and not (
+        imputation_ratio > 0 and math.isfinite(imputation_ratio)
+    ):
+        raise ValueError(f"imputation_ratio must be positive or None, got {imputation_ratio}")
     if not tol > 0 or not em_tol > 0:
         raise ValueError(f"tol and em_tol must be positive, got {tol} and {em_tol}")
     data, observed = as_data_and_mask(x, mask)
@@ -1056,70 +1070,81 @@ def nonnegative_path(
         if grid.numel() == 0 or not bool((grid >= 0).all()):
             raise ValueError("penalties must be a non-empty sequence of non-negative numbers")
 
+    def rel(a: Tensor, b: Tensor) -> float:
+        return float((a - b).norm()) / max(float(b.norm()), 1e-300)
+
+    def run_em(gamma: float, theta: Tensor) -> tuple:
+        """EM (SQUAREM-accelerated) at one penalty from ``theta``; returns
+        ``(theta, stats, kkt, fista_iterations, em_iterations, converged)``."""
+        assert chains is not None
+        state = {"its": 0, "ok": True, "evals": 0}
+
+        def em_map(current: Tensor) -> tuple:
+            """One EM iteration (E-step with common random numbers, exact M-step)."""
+            kk, ee, _ = _split(current, d, centred)
+            draws = chains.clone()
+            kc, diag, ec, _ = _conditional_model(kk, ee, observed, draws, "nonnegative_path")
+            scan.run(draws, kc, diag, ec)  # the path's common random numbers
+            _check_chains(draws)
+            st = e_stats(draws, kk, ee)
+            new, it, ok_m, kkt_m = _fista(st, gamma, current, tol=tol, max_iter=max_iter)
+            state["its"] += it
+            state["ok"] = state["ok"] and ok_m
+            state["evals"] += 1
+            return new, st, kkt_m
+
+        em_ok, accelerate, stats, kkt = False, squarem, None, math.nan
+        t0 = safe = theta  # the previous penalty's solution (or the diagonal start)
+        while state["evals"] < max_em_iter and not em_ok:
+            try:
+                t1, stats, kkt = em_map(t0)
+                theta = t1
+                if rel(t1, t0) <= em_tol:
+                    em_ok = True
+                    break
+                t2, stats, kkt = em_map(t1)
+                theta = t2
+                if rel(t2, t1) <= em_tol:
+                    em_ok = True
+                    break
+                if not accelerate or state["evals"] >= max_em_iter:
+                    t0 = t2
+                    continue
+                r = t1 - t0
+                v = t2 - t1 - r
+                alpha = min(-float(r.norm()) / max(float(v.norm()), 1e-300), -1.0)
+                # SQUAREM (Varadhan & Roland 2008), stabilised by one EM step
+                t3, stats, kkt = em_map(t0 - 2.0 * alpha * r + alpha * alpha * v)
+                t0 = theta = t3
+            except (ValueError, FloatingPointError):
+                if not accelerate:
+                    raise
+                # an extrapolation, or an M-step on its draws, left the model (a
+                # non-positive diagonal, diverging chains): plain EM for this penalty
+                # from the previous penalty's solution, whose E-step is known to work
+                accelerate = False
+                t0 = theta = safe
+        return theta, stats, kkt, state["its"], state["evals"], bool(state["ok"]) and em_ok
+
+    stage_em_its, stage_ok, imputation_penalty = 0, True, math.nan
+    if use_em and imputation_ratio is not None:
+        # fixed imputation: EM at one penalty, then the exact path on its E-step statistics
+        imputation_penalty = imputation_ratio * nonnegative_max_penalty(stats)
+        _, stats, _, _, stage_em_its, stage_ok = run_em(imputation_penalty, theta)
+        theta = _diagonal_solution(stats)
+        if penalties is None:
+            grid = penalty_grid(nonnegative_max_penalty(stats), num_penalties, penalty_ratio)
     precisions, etas, locs = [], [], []
     kkts, iterations, em_iterations, converged = [], [], [], []
     losses: list[float] = []
     bar = tqdm(grid.tolist(), desc="nonnegative", disable=not progress, leave=False)
     for gamma in bar:
-        its, ok = 0, True
-        if not use_em:
+        if not use_em or imputation_ratio is not None:
             theta, its, ok, kkt = _fista(stats, gamma, theta, tol=tol, max_iter=max_iter)
-            em_its = 0
+            em_its, ok = stage_em_its, ok and stage_ok
+            stage_em_its = 0
         else:
-            assert chains is not None
-            state = {"its": 0, "ok": True, "evals": 0}
-
-            def em_map(current: Tensor, gamma: float = gamma, state: dict = state) -> tuple:
-                """One EM iteration (E-step with common random numbers, exact M-step)."""
-                kk, ee, _ = _split(current, d, centred)
-                draws = chains.clone()
-                kc, diag, ec, _ = _conditional_model(kk, ee, observed, draws, "nonnegative_path")
-                scan.run(draws, kc, diag, ec)  # the path's common random numbers
-                _check_chains(draws)
-                st = e_stats(draws, kk, ee)
-                new, it, ok_m, kkt_m = _fista(st, gamma, current, tol=tol, max_iter=max_iter)
-                state["its"] += it
-                state["ok"] = state["ok"] and ok_m
-                state["evals"] += 1
-                return new, st, kkt_m
-
-            def rel(a: Tensor, b: Tensor) -> float:
-                return float((a - b).norm()) / max(float(b.norm()), 1e-300)
-
-            em_ok, accelerate = False, squarem
-            t0 = safe = theta  # the previous penalty's solution (or the diagonal start)
-            while state["evals"] < max_em_iter and not em_ok:
-                try:
-                    t1, stats, kkt = em_map(t0)
-                    theta = t1
-                    if rel(t1, t0) <= em_tol:
-                        em_ok = True
-                        break
-                    t2, stats, kkt = em_map(t1)
-                    theta = t2
-                    if rel(t2, t1) <= em_tol:
-                        em_ok = True
-                        break
-                    if not accelerate or state["evals"] >= max_em_iter:
-                        t0 = t2
-                        continue
-                    r = t1 - t0
-                    v = t2 - t1 - r
-                    alpha = min(-float(r.norm()) / max(float(v.norm()), 1e-300), -1.0)
-                    # SQUAREM (Varadhan & Roland 2008), stabilised by one EM step
-                    t3, stats, kkt = em_map(t0 - 2.0 * alpha * r + alpha * alpha * v)
-                    t0 = theta = t3
-                except (ValueError, FloatingPointError):
-                    if not accelerate:
-                        raise
-                    # an extrapolation, or an M-step on its draws, left the model (a
-                    # non-positive diagonal, diverging chains): plain EM for this penalty
-                    # from the previous penalty's solution, whose E-step is known to work
-                    accelerate = False
-                    t0 = theta = safe
-            its, em_its = state["its"], state["evals"]
-            ok = bool(state["ok"])
-            ok = ok and em_ok
+            theta, stats, kkt, its, em_its, ok = run_em(gamma, theta)
         kk, ee, loc = _split(theta, d, centred)
         precisions.append(kk)
         etas.append(ee)
@@ -1145,6 +1170,7 @@ def nonnegative_path(
             "caps": caps,
             "method": "em" if use_em else "exact",
             "centred": centred,
+            "imputation_penalty": imputation_penalty,
         },
     )
 
