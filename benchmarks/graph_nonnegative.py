@@ -9,7 +9,9 @@ every contender on the same table: path-AUC of edge recovery and seconds per pat
   (exact on complete data, Monte Carlo EM with the Rao-Blackwellised E-step with missing
   entries), non-centred model (default); with ``--centred`` also the centred model
   (``eta = 0``, ``*_centred``), with ``--plain-em`` also EM with plain Monte Carlo statistics
-  (``nonnegative_em_plain``, ``--plain-draws`` chains per row);
+  (``nonnegative_em_plain``, ``--plain-draws`` chains per row), with ``--fixed-imputation R``
+  also fixed imputation (``nonnegative_em_fixed``: EM at R times the empty-graph penalty,
+  then the exact path on its E-step statistics, ``imputation_ratio=R``);
 - ``mean_glasso``: mean imputation + graphical lasso; ``em_glasso``: EM graphical lasso
   (:mod:`pyro_msm.graphical.baselines`), both Gaussian (misspecified on the orthant);
 - ``oracle_sm`` / ``oracle_glasso``: the complete data (before masking) through the exact
@@ -92,6 +94,18 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
                     lambda xm=xm, em=em: nonnegative_path(xm, centred=True, **em),
                 )
             )
+        if args.fixed_imputation is not None:
+            fixed = dict(em, imputation_ratio=args.fixed_imputation)
+            contenders.append(
+                ("nonnegative_em_fixed", lambda xm=xm, f=fixed: nonnegative_path(xm, **f))
+            )
+            if args.centred:
+                contenders.append(
+                    (
+                        "nonnegative_em_fixed_centred",
+                        lambda xm=xm, f=fixed: nonnegative_path(xm, centred=True, **f),
+                    )
+                )
         if args.plain_em:
             contenders.append(
                 ("nonnegative_em_plain", lambda xm=xm, em=em: nonnegative_path(
@@ -147,6 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--plain-em", action="store_true", help="also EM without Rao-Blackwellisation"
+    )
+    parser.add_argument(
+        "--fixed-imputation",
+        type=float,
+        default=None,
+        metavar="R",
+        help="also EM at R x the empty-graph penalty then the exact path (imputation_ratio=R)",
     )
     parser.add_argument("--plain-draws", type=int, default=20, help="chains per row, --plain-em")
     parser.add_argument("--with-iw", action="store_true", help="the library's IW path, 1 seed")
