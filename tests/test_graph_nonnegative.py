@@ -233,14 +233,15 @@ def test_gibbs_conditional_of_a_missing_coordinate_given_an_observed_one():
 def test_em_on_complete_data_is_the_exact_solution():
     x = _rows(300, 5, 6)
     exact = nn.nonnegative_path(x, num_penalties=6, tol=1e-9)
-    em = nn.nonnegative_path(x, num_penalties=6, tol=1e-9, method="em")
+    em = nn.nonnegative_path(x, num_penalties=6, tol=1e-9, method="em", imputation_ratio=None)
     assert em.info["method"] == "em" and exact.info["method"] == "exact"
     torch.testing.assert_close(em.penalties, exact.penalties)
     torch.testing.assert_close(em.precisions, exact.precisions, atol=1e-8, rtol=0)
     torch.testing.assert_close(em.info["eta"], exact.info["eta"], atol=1e-8, rtol=0)
     assert max(em.info["em_iterations"]) <= 2  # a fixed point after one M-step
-    # fixed imputation: the E-step statistics are the data's, so the path is the exact one
-    fixed = nn.nonnegative_path(x, num_penalties=6, tol=1e-9, method="em", imputation_ratio=0.3)
+    # fixed imputation (the default): the E-step statistics are the data's, so the path is
+    # the exact one
+    fixed = nn.nonnegative_path(x, num_penalties=6, tol=1e-9, method="em")
     assert fixed.info["imputation_penalty"] > 0 and fixed.info["em_iterations"][0] >= 1
     torch.testing.assert_close(fixed.penalties, exact.penalties)
     torch.testing.assert_close(fixed.precisions, exact.precisions, atol=1e-8, rtol=0)
@@ -261,6 +262,23 @@ def test_em_with_missing_entries_recovers_the_truth():
     cc = nn.nonnegative_score_matching(x[rows], penalty=0.0, centred=True)
     err_cc = float((cc.precision - precision).norm() / precision.norm())
     assert err_em < 0.15 and err_em < err_cc, (err_em, err_complete, err_cc)
+
+
+def test_fixed_imputation_path_is_exact_on_its_statistics_and_recovers_the_truth():
+    adjacency, _, x = _truncated_data(8, 1500, seed=5)
+    xm = torch.where(mcar_mask(x.shape, 0.3, seed=6), x, torch.nan)
+    path = nn.nonnegative_path(xm, num_penalties=8, tol=1e-8, centred=True)
+    stats = path.info["statistics"]
+    assert path.info["method"] == "em" and all(path.info["converged"])
+    assert path.info["imputation_penalty"] > 0 and stats.centred
+    scale = float(stats.g.abs().max())
+    for gamma, k in zip(path.penalties, path.precisions, strict=True):
+        assert nn.nonnegative_kkt_violation(k, stats, float(gamma)) <= 1e-8 * scale
+    off = ~torch.eye(8, dtype=torch.bool)
+    assert bool((path.precisions[0][off] == 0).all())  # from the empty graph
+    from pyro_msm.graphical import path_auc
+
+    assert path_auc(adjacency, path.precisions) > 0.9
 
 
 def test_bad_input_is_refused_with_a_remedy():
