@@ -9,9 +9,10 @@ every contender on the same table: path-AUC of edge recovery and seconds per pat
   (exact on complete data, Monte Carlo EM with the Rao-Blackwellised E-step with missing
   entries), non-centred model (default); with ``--centred`` also the centred model
   (``eta = 0``, ``*_centred``), with ``--plain-em`` also EM with plain Monte Carlo statistics
-  (``nonnegative_em_plain``, ``--plain-draws`` chains per row), with ``--fixed-imputation R``
-  also fixed imputation (``nonnegative_em_fixed``: EM at R times the empty-graph penalty,
-  then the exact path on its E-step statistics, ``imputation_ratio=R``);
+  (``nonnegative_em_plain``, ``--plain-draws`` chains per row), with ``--path-em`` also EM at
+  every penalty (``nonnegative_em_path``; the default is fixed imputation, EM at
+  ``--imputation-ratio`` times the empty-graph penalty then the exact path on its E-step
+  statistics);
 - ``mean_glasso``: mean imputation + graphical lasso; ``em_glasso``: EM graphical lasso
   (:mod:`pyro_msm.graphical.baselines`), both Gaussian (misspecified on the orthant);
 - ``oracle_sm`` / ``oracle_glasso``: the complete data (before masking) through the exact
@@ -45,7 +46,6 @@ from pyro_msm.graphical.path import score_matching_path
 from pyro_msm.missingness import mcar_mask
 
 ORTHANT = constraints.independent(constraints.nonnegative, 1)
-PATH_EM = ("nonnegative_em", "nonnegative_em_centred")
 
 
 def simulate(graph: str, d: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +82,13 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
             continue
         mask = mcar_mask(x.shape, rate, seed=seed + 2)
         xm = torch.where(mask, x, torch.nan)
-        em = dict(num_penalties=k, num_draws=args.draws, num_sweeps=args.sweeps, seed=seed)
+        em = dict(
+            num_penalties=k,
+            num_draws=args.draws,
+            num_sweeps=args.sweeps,
+            seed=seed,
+            imputation_ratio=args.imputation_ratio,
+        )
         contenders = [
             ("nonnegative_em", lambda xm=xm, em=em: nonnegative_path(xm, **em)),
             ("mean_glasso", lambda xm=xm: impute_glasso_path(xm, num_penalties=k)),
@@ -95,16 +101,16 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
                     lambda xm=xm, em=em: nonnegative_path(xm, centred=True, **em),
                 )
             )
-        if args.fixed_imputation is not None:
-            fixed = dict(em, imputation_ratio=args.fixed_imputation)
+        if args.path_em:
+            every = dict(em, imputation_ratio=None)
             contenders.append(
-                ("nonnegative_em_fixed", lambda xm=xm, f=fixed: nonnegative_path(xm, **f))
+                ("nonnegative_em_path", lambda xm=xm, e=every: nonnegative_path(xm, **e))
             )
             if args.centred:
                 contenders.append(
                     (
-                        "nonnegative_em_fixed_centred",
-                        lambda xm=xm, f=fixed: nonnegative_path(xm, centred=True, **f),
+                        "nonnegative_em_path_centred",
+                        lambda xm=xm, e=every: nonnegative_path(xm, centred=True, **e),
                     )
                 )
         if args.plain_em:
@@ -117,8 +123,6 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
                 ("library_iw", lambda xm=xm: score_matching_path(
                     xm, estimator="iw", support=ORTHANT, num_penalties=k, seed=seed))
             )  # fmt: skip
-        if args.skip_path_em:  # per-penalty EM (the default and its centred twin)
-            contenders = [c for c in contenders if c[0] not in PATH_EM]
         for method, fit in contenders:
             start = time.perf_counter()
             path = fit()
@@ -166,14 +170,13 @@ def main(argv: list[str] | None = None) -> None:
         "--plain-em", action="store_true", help="also EM without Rao-Blackwellisation"
     )
     parser.add_argument(
-        "--fixed-imputation",
+        "--imputation-ratio",
         type=float,
-        default=None,
-        metavar="R",
-        help="also EM at R x the empty-graph penalty then the exact path (imputation_ratio=R)",
+        default=0.3,
+        help="EM's fixed imputation at this fraction of the empty-graph penalty (the default)",
     )
     parser.add_argument(
-        "--skip-path-em", action="store_true", help="leave out per-penalty EM (the slow ones)"
+        "--path-em", action="store_true", help="also EM at every penalty (nonnegative_em_path)"
     )
     parser.add_argument("--plain-draws", type=int, default=20, help="chains per row, --plain-em")
     parser.add_argument("--with-iw", action="store_true", help="the library's IW path, 1 seed")
