@@ -9,7 +9,10 @@ every contender on the same table: path-AUC of edge recovery and seconds per pat
   (exact on complete data, Monte Carlo EM with the Rao-Blackwellised E-step with missing
   entries), non-centred model (default); with ``--centred`` also the centred model
   (``eta = 0``, ``*_centred``), with ``--plain-em`` also EM with plain Monte Carlo statistics
-  (``nonnegative_em_plain``, ``--plain-draws`` chains per row);
+  (``nonnegative_em_plain``, ``--plain-draws`` chains per row), with ``--path-em`` also EM at
+  every penalty (``nonnegative_em_path``; the default is fixed imputation, EM at
+  ``--imputation-ratio`` times the empty-graph penalty then the exact path on its E-step
+  statistics);
 - ``mean_glasso``: mean imputation + graphical lasso; ``em_glasso``: EM graphical lasso
   (:mod:`pyro_msm.graphical.baselines`), both Gaussian (misspecified on the orthant);
 - ``oracle_sm`` / ``oracle_glasso``: the complete data (before masking) through the exact
@@ -79,7 +82,13 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
             continue
         mask = mcar_mask(x.shape, rate, seed=seed + 2)
         xm = torch.where(mask, x, torch.nan)
-        em = dict(num_penalties=k, num_draws=args.draws, num_sweeps=args.sweeps, seed=seed)
+        em = dict(
+            num_penalties=k,
+            num_draws=args.draws,
+            num_sweeps=args.sweeps,
+            seed=seed,
+            imputation_ratio=args.imputation_ratio,
+        )
         contenders = [
             ("nonnegative_em", lambda xm=xm, em=em: nonnegative_path(xm, **em)),
             ("mean_glasso", lambda xm=xm: impute_glasso_path(xm, num_penalties=k)),
@@ -92,6 +101,18 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
                     lambda xm=xm, em=em: nonnegative_path(xm, centred=True, **em),
                 )
             )
+        if args.path_em:
+            every = dict(em, imputation_ratio=None)
+            contenders.append(
+                ("nonnegative_em_path", lambda xm=xm, e=every: nonnegative_path(xm, **e))
+            )
+            if args.centred:
+                contenders.append(
+                    (
+                        "nonnegative_em_path_centred",
+                        lambda xm=xm, e=every: nonnegative_path(xm, centred=True, **e),
+                    )
+                )
         if args.plain_em:
             contenders.append(
                 ("nonnegative_em_plain", lambda xm=xm, em=em: nonnegative_path(
@@ -147,6 +168,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--plain-em", action="store_true", help="also EM without Rao-Blackwellisation"
+    )
+    parser.add_argument(
+        "--imputation-ratio",
+        type=float,
+        default=0.3,
+        help="EM's fixed imputation at this fraction of the empty-graph penalty (the default)",
+    )
+    parser.add_argument(
+        "--path-em", action="store_true", help="also EM at every penalty (nonnegative_em_path)"
     )
     parser.add_argument("--plain-draws", type=int, default=20, help="chains per row, --plain-em")
     parser.add_argument("--with-iw", action="store_true", help="the library's IW path, 1 seed")

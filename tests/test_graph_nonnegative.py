@@ -233,12 +233,18 @@ def test_gibbs_conditional_of_a_missing_coordinate_given_an_observed_one():
 def test_em_on_complete_data_is_the_exact_solution():
     x = _rows(300, 5, 6)
     exact = nn.nonnegative_path(x, num_penalties=6, tol=1e-9)
-    em = nn.nonnegative_path(x, num_penalties=6, tol=1e-9, method="em")
+    em = nn.nonnegative_path(x, num_penalties=6, tol=1e-9, method="em", imputation_ratio=None)
     assert em.info["method"] == "em" and exact.info["method"] == "exact"
     torch.testing.assert_close(em.penalties, exact.penalties)
     torch.testing.assert_close(em.precisions, exact.precisions, atol=1e-8, rtol=0)
     torch.testing.assert_close(em.info["eta"], exact.info["eta"], atol=1e-8, rtol=0)
     assert max(em.info["em_iterations"]) <= 2  # a fixed point after one M-step
+    # fixed imputation (the default): the E-step statistics are the data's, so the path is
+    # the exact one
+    fixed = nn.nonnegative_path(x, num_penalties=6, tol=1e-9, method="em")
+    assert fixed.info["imputation_penalty"] > 0 and fixed.info["em_iterations"][0] >= 1
+    torch.testing.assert_close(fixed.penalties, exact.penalties)
+    torch.testing.assert_close(fixed.precisions, exact.precisions, atol=1e-8, rtol=0)
 
 
 def test_em_with_missing_entries_recovers_the_truth():
@@ -258,6 +264,23 @@ def test_em_with_missing_entries_recovers_the_truth():
     assert err_em < 0.15 and err_em < err_cc, (err_em, err_complete, err_cc)
 
 
+def test_fixed_imputation_path_is_exact_on_its_statistics_and_recovers_the_truth():
+    adjacency, _, x = _truncated_data(8, 1500, seed=5)
+    xm = torch.where(mcar_mask(x.shape, 0.3, seed=6), x, torch.nan)
+    path = nn.nonnegative_path(xm, num_penalties=8, tol=1e-8, centred=True)
+    stats = path.info["statistics"]
+    assert path.info["method"] == "em" and all(path.info["converged"])
+    assert path.info["imputation_penalty"] > 0 and stats.centred
+    scale = float(stats.g.abs().max())
+    for gamma, k in zip(path.penalties, path.precisions, strict=True):
+        assert nn.nonnegative_kkt_violation(k, stats, float(gamma)) <= 1e-8 * scale
+    off = ~torch.eye(8, dtype=torch.bool)
+    assert bool((path.precisions[0][off] == 0).all())  # from the empty graph
+    from pyro_msm.graphical import path_auc
+
+    assert path_auc(adjacency, path.precisions) > 0.9
+
+
 def test_bad_input_is_refused_with_a_remedy():
     x = _rows(20, 3, 7)
     with pytest.raises(ValueError, match="negative observed"):
@@ -272,6 +295,8 @@ def test_bad_input_is_refused_with_a_remedy():
         nn.nonnegative_path(x, cap=0.0)
     with pytest.raises(ValueError, match="num_draws"):
         nn.nonnegative_path(xm, num_draws=0)
+    with pytest.raises(ValueError, match="imputation_ratio"):
+        nn.nonnegative_path(xm, imputation_ratio=0.0)
     with pytest.raises(TypeError, match="one penalty"):
         nn.nonnegative_score_matching(x, penalties=[1.0])
 
@@ -509,3 +534,73 @@ def test_rao_blackwellised_e_step_has_the_monte_carlo_expectation_with_less_vari
     z = (rb.mean(0) - plain.mean(0)) / se.clamp(min=1e-12)
     assert float(z.abs().max()) < 5.0 and float(z.abs().mean()) < 1.2
     assert float(rb.var(0).sum()) < 0.5 * float(plain.var(0).sum())
+
+
+def _rao_blackwellised_by_rows(z, observed, k, eta, caps, centred):
+    """The Rao-Blackwellised statistics term by term, chain by chain and row by row, from the
+    definition in rao_blackwellised_statistics's docstring."""
+    m, n, d = z.shape
+    p = d if centred else d + 1
+    gamma = torch.zeros(d, p, p, dtype=torch.float64)
+    g = torch.zeros(d, p, dtype=torch.float64)
+    sd = k.diagonal().rsqrt()
+    for c in range(m):
+        for r in range(n):
+            x, miss = z[c, r], ~observed[r]
+            mean = (eta - x @ k + x * k.diagonal()) / k.diagonal()
+            mom = nn._truncated_moments(mean, sd, caps)  # conditional of each x_a given the rest
+            xt = x if centred else torch.cat([x, torch.ones(1, dtype=torch.float64)])
+            ex = xt.clone()  # E[x_a] where missing
+            ex[:d] = torch.where(miss, mom[5], x)
+            outer = torch.outer(xt, xt)
+            for a in range(d):
+                for b in range(p):
+                    am, bm = bool(miss[a]), b < d and bool(miss[b])
+                    if a == b and am:
+                        outer[a, a] = mom[6][a]
+                    elif am and bm:
+                        outer[a, b] = 0.5 * (ex[a] * xt[b] + xt[a] * ex[b])
+                    elif am:
+                        outer[a, b] = ex[a] * xt[b]
+                    elif bm:
+                        outer[a, b] = xt[a] * ex[b]
+                    outer[b, a] = outer[a, b]
+            for j in range(d):
+                if miss[j]:
+                    w0, w1, w2, p0, p1 = (v[j] for v in mom[:5])
+                    term = w0 * torch.outer(xt, xt)
+                    term[j, :] = w1 * xt
+                    term[:, j] = w1 * xt
+                    term[j, j] = w2
+                    gj = p0 * xt
+                    gj[j] = p1 + w0
+                else:
+                    h = torch.minimum(x[j], caps[j])
+                    hp = (x[j] < caps[j]).to(torch.float64)
+                    term = h * outer
+                    gj = hp * ex
+                    gj[j] = hp * x[j] + h
+                gamma[j] += term
+                g[j] += gj
+    return gamma / (m * n), g / (m * n)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_rao_blackwellised_statistics_equal_their_row_by_row_definition(centred):
+    # the chain-aware product (observed parts once per row, only missing columns per chain)
+    # gives the statistics of the definition, term by term
+    d, n, m = 4, 12, 3
+    k, eta = _random_model(d, 12)
+    x = _rows(n, d, 13)
+    observed = mcar_mask((n, d), 0.45, seed=14)
+    observed[0] = False  # a row with every entry missing
+    observed[1] = True  # and a complete one
+    caps = nn.nonnegative_caps(x, observed)
+    g = torch.Generator().manual_seed(15)
+    chains = nn.truncated_conditional_gibbs(
+        x.expand(m, n, d).clone(), observed, k, eta, num_sweeps=2, generator=g
+    )
+    rb = nn.rao_blackwellised_statistics(chains, observed, k, eta, caps, centred=centred)
+    gamma, gvec = _rao_blackwellised_by_rows(chains, observed, k, eta, caps, centred)
+    torch.testing.assert_close(rb.gamma, gamma, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(rb.g, gvec, rtol=1e-12, atol=1e-13)
