@@ -286,9 +286,7 @@ def marginal_score_matching(
         if init is None:
             _, loc0, p0 = empty_graph_penalty(data, observed)
             init = (loc0, p0)
-        return marginal_newton(
-            stats, penalty, init, tol=tol, max_iter=max_iter, support=support
-        )
+        return marginal_newton(stats, penalty, init, tol=tol, max_iter=max_iter, support=support)
     if init is None:
         _, loc, p = empty_graph_penalty(data, observed)
     else:
@@ -400,9 +398,7 @@ def _pack(loc: Tensor, p: Tensor, upper: Tensor) -> Tensor:
 
 def _unpack(z: Tensor, d: int, upper: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of :func:`_pack` (differentiable): ``(loc, symmetric P)``."""
-    tri = torch.zeros(d, d, dtype=z.dtype, device=z.device).index_put(
-        (upper[0], upper[1]), z[d:]
-    )
+    tri = torch.zeros(d, d, dtype=z.dtype, device=z.device).index_put((upper[0], upper[1]), z[d:])
     return z[:d], tri + tri.mT - torch.diag(tri.diagonal())
 
 
@@ -452,9 +448,7 @@ def _lasso_model_step(
             break
 
     def model(step: np.ndarray) -> float:
-        return float(
-            gn @ step + 0.5 * step @ hn @ step + wn @ (np.abs(xn + step) - np.abs(xn))
-        )
+        return float(gn @ step + 0.5 * step @ hn @ step + wn @ (np.abs(xn + step) - np.abs(xn)))
 
     best, value = delta, model(delta)
     active = (xn + delta != 0) | (wn == 0)
