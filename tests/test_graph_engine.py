@@ -43,6 +43,7 @@ from pyro_msm.infer.gaussian import (
     estep_plan,
     expected_statistics,
     grouped_marginal_gradient,
+    grouped_marginal_hvp,
     grouped_marginal_loss,
     marginal_score_matching_loss,
     pattern_statistics,
@@ -165,6 +166,28 @@ def test_marginal_solver_does_not_call_a_collapsed_step_convergence():
     assert not stalled.converged
     # and it is indeed far from a solution
     assert marginal_kkt_violation(data, mask, stalled.loc, stalled.precision, 0.2 * top) > 1e-3
+
+
+def test_closed_form_marginal_hessian_vector_products_match_autograd():
+    """grouped_marginal_hvp: batched directional derivatives of the closed-form gradient equal
+    autograd's double backward through the loss (the Hessian of the Newton solver)."""
+    _, data, mask = _problem("hub", d=5, n=200, rate=0.5, seed=0)
+    stats = pattern_statistics(data, mask)
+    gen = torch.Generator().manual_seed(0)
+    loc = 0.1 * torch.randn(5, dtype=torch.float64, generator=gen)
+    a = torch.randn(5, 5, dtype=torch.float64, generator=gen)
+    precision = a @ a.T / 5 + torch.eye(5, dtype=torch.float64)
+    d_loc = torch.randn(3, 5, dtype=torch.float64, generator=gen)
+    d_p = torch.randn(3, 5, 5, dtype=torch.float64, generator=gen)
+    d_p = d_p + d_p.mT
+    h_loc, h_p = grouped_marginal_hvp(stats, loc, precision, d_loc, d_p)
+    for i in range(3):
+        _, (r_loc, r_p) = torch.autograd.functional.hvp(
+            lambda m, p: grouped_marginal_loss(stats, m, 0.5 * (p + p.mT)),
+            (loc, precision), (d_loc[i], d_p[i]),
+        )  # fmt: skip
+        assert torch.allclose(h_loc[i], r_loc, atol=1e-10)
+        assert torch.allclose(h_p[i], 0.5 * (r_p + r_p.mT), atol=1e-10)
 
 
 def test_marginal_newton_satisfies_the_conditions_and_equals_fista():

@@ -64,9 +64,11 @@ from torch import Tensor
 
 from ..infer.gaussian import (
     PatternStatistics,
+    _marginal_groups,
     estep_plan,
     expected_statistics,
     grouped_marginal_gradient,
+    grouped_marginal_hvp,
     grouped_marginal_loss,
     pattern_statistics,
 )
@@ -403,19 +405,27 @@ def _unpack(z: Tensor, d: int, upper: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _free_hessian(
-    stats: PatternStatistics, z: Tensor, d: int, upper: Tensor, free: Tensor
+    stats: PatternStatistics, z: Tensor, d: int, upper: Tensor, free: Tensor, chunk: int = 2**22
 ) -> Tensor:
     """The Hessian of :func:`~pyro_msm.infer.gaussian.grouped_marginal_loss` in the packed
-    variables, restricted to the ``free`` ones: Hessian-vector products by double backward,
-    batched over the free coordinates' unit vectors."""
-    zz = z.detach().clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(
-        grouped_marginal_loss(stats, *_unpack(zz, d, upper)), zz, create_graph=True
-    )
-    basis = torch.zeros(free.numel(), z.numel(), dtype=z.dtype, device=z.device)
-    basis[torch.arange(free.numel(), device=z.device), free] = 1.0
-    (h,) = torch.autograd.grad(g, zz, grad_outputs=basis, is_grads_batched=True)
-    h = h[:, free].detach()
+    variables, restricted to the ``free`` ones: closed-form Hessian-vector products
+    (:func:`~pyro_msm.infer.gaussian.grouped_marginal_hvp`) along the free coordinates' unit
+    vectors, in batches of about ``chunk`` block entries."""
+    loc, p = _unpack(z, d, upper)
+    off = upper[0] != upper[1]
+    per_direction = sum(int(f.numel()) for _, _, f, _, _ in _marginal_groups(stats)) + d * d
+    size = max(1, chunk // per_direction)
+    columns = []
+    for start in range(0, free.numel(), size):
+        batch = free[start : start + size]
+        basis = torch.zeros(batch.numel(), z.numel(), dtype=z.dtype, device=z.device)
+        basis[torch.arange(batch.numel(), device=z.device), batch] = 1.0
+        d_loc, d_p = torch.vmap(lambda v: _unpack(v, d, upper))(basis)
+        h_loc, h_p = grouped_marginal_hvp(stats, loc, p, d_loc, d_p)
+        h = torch.cat([h_loc, h_p[:, upper[0], upper[1]]], dim=1)
+        h[:, d:][:, off] *= 2.0
+        columns.append(h[:, free])
+    h = torch.cat(columns)
     return 0.5 * (h + h.mT)
 
 
@@ -477,8 +487,8 @@ def marginal_newton(
 
     Each iteration: the free set (diagonal, mean, non-zero off-diagonal entries and those whose
     gradient exceeds the penalty, as in QUIC); the exact Hessian of the smooth part on the free
-    set (Hessian-vector products by double backward through
-    :func:`~pyro_msm.infer.gaussian.grouped_marginal_loss`); since the objective is not convex
+    set (closed-form Hessian-vector products,
+    :func:`~pyro_msm.infer.gaussian.grouped_marginal_hvp`); since the objective is not convex
     with missing entries (negative curvature is measured), the Hessian's eigenvalues are
     replaced by their absolute values plus a Levenberg-Marquardt damping :math:`\lambda` that
     shrinks 10x after a full step and grows 10x after a backtracked one; the L1 model is
