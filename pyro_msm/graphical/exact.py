@@ -19,7 +19,11 @@ accelerated proximal gradient (FISTA with soft-thresholding of the off-diagonal 
 only when it is positive definite and satisfies the sufficient-decrease condition of Beck &
 Teboulle; the momentum restarts when the objective goes up or an extrapolated point leaves the
 positive-definite cone. This is the ``closed_form`` objective of
-:func:`~pyro_msm.graphical.score_matching_path`, solved exactly.
+:func:`~pyro_msm.graphical.score_matching_path`, solved exactly. ``method="newton"``
+(:func:`marginal_newton`) minimises the same objective by proximal Newton with the exact
+Hessian on QUIC's free set (:func:`~pyro_msm.infer.gaussian.grouped_marginal_hvp`):
+quadratic convergence and KKT-certified solutions, at about one gradient per free variable per
+iteration, so for small ``d`` (docs/benchmarks.md, "Issue 9, fourth session").
 
 **EM** (:func:`em_score_matching`, :func:`em_path`): the imputation estimator of Uehara,
 Matsuda & Kim (2020) for a Gaussian model (METHOD.md, "Exact solvers"). The E-step gives each
