@@ -68,7 +68,6 @@ from torch import Tensor
 
 from ..infer.gaussian import (
     PatternStatistics,
-    _marginal_groups,
     estep_plan,
     expected_statistics,
     grouped_marginal_gradient,
@@ -417,7 +416,7 @@ def _free_hessian(
     vectors, in batches of about ``chunk`` block entries."""
     loc, p = _unpack(z, d, upper)
     off = upper[0] != upper[1]
-    per_direction = sum(int(f.numel()) for _, _, f, _, _ in _marginal_groups(stats)) + d * d
+    per_direction = int((stats.patterns.sum(-1) ** 2).sum()) + d * d
     size = max(1, chunk // per_direction)
     columns = []
     for start in range(0, free.numel(), size):
