@@ -19,7 +19,11 @@ accelerated proximal gradient (FISTA with soft-thresholding of the off-diagonal 
 only when it is positive definite and satisfies the sufficient-decrease condition of Beck &
 Teboulle; the momentum restarts when the objective goes up or an extrapolated point leaves the
 positive-definite cone. This is the ``closed_form`` objective of
-:func:`~pyro_msm.graphical.score_matching_path`, solved exactly.
+:func:`~pyro_msm.graphical.score_matching_path`, solved exactly. ``method="newton"``
+(:func:`marginal_newton`) minimises the same objective by proximal Newton with the exact
+Hessian on QUIC's free set (:func:`~pyro_msm.infer.gaussian.grouped_marginal_hvp`):
+quadratic convergence and KKT-certified solutions, at about one gradient per free variable per
+iteration, so for small ``d`` (docs/benchmarks.md, "Issue 9, fourth session").
 
 **EM** (:func:`em_score_matching`, :func:`em_path`): the imputation estimator of Uehara,
 Matsuda & Kim (2020) for a Gaussian model (METHOD.md, "Exact solvers"). The E-step gives each
@@ -67,6 +71,7 @@ from ..infer.gaussian import (
     estep_plan,
     expected_statistics,
     grouped_marginal_gradient,
+    grouped_marginal_hvp,
     grouped_marginal_loss,
     pattern_statistics,
 )
@@ -86,6 +91,8 @@ __all__ = [
     "marginal_objective",
     "marginal_kkt_violation",
     "marginal_score_matching",
+    "marginal_newton",
+    "MARGINAL_METHODS",
     "marginal_path",
     "em_kkt_violation",
     "em_score_matching",
@@ -246,9 +253,12 @@ def marginal_score_matching(
     support: Tensor | None = None,
     step: float | None = None,
     stats: PatternStatistics | None = None,
+    method: str = "fista",
 ) -> ExactSolution:
     r"""Minimise the penalised exact marginal objective (module doc) by accelerated proximal
-    gradient with backtracking and restarts.
+    gradient with backtracking and restarts (``method="fista"``), or by proximal Newton
+    (``method="newton"``, :func:`marginal_newton`; ``tol`` is then the KKT tolerance and
+    ``step`` is not used).
 
     Stops when no entry of :math:`(\mu, P)` moves by more than ``tol * max(1, max |P|)`` in an
     iteration, the move scaled up by how far backtracking shrank the step below its nominal
@@ -266,14 +276,22 @@ def marginal_score_matching(
     :param step: initial step size (default from the data's scale); it adapts.
     :param stats: precomputed :func:`~pyro_msm.infer.gaussian.pattern_statistics` (paths
         reuse them).
+    :param method: ``"fista"`` or ``"newton"``.
     :returns: an :class:`ExactSolution` (``info["step"]`` is the last accepted step).
     """
     if not penalty >= 0:
         raise ValueError(f"penalty must be non-negative, got {penalty}")
+    if method not in MARGINAL_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {MARGINAL_METHODS}")
     data, observed = _float64(x, mask)
     d = data.shape[1]
     if stats is None:
         stats = pattern_statistics(data, observed)
+    if method == "newton":
+        if init is None:
+            _, loc0, p0 = empty_graph_penalty(data, observed)
+            init = (loc0, p0)
+        return marginal_newton(stats, penalty, init, tol=tol, max_iter=max_iter, support=support)
     if init is None:
         _, loc, p = empty_graph_penalty(data, observed)
     else:
@@ -374,6 +392,204 @@ def _bar(total: int, label: str, progress: bool | None) -> Any:
     )
 
 
+#: The solvers of :func:`marginal_score_matching` / :func:`marginal_path`.
+MARGINAL_METHODS = ("fista", "newton")
+
+
+def _pack(loc: Tensor, p: Tensor, upper: Tensor) -> Tensor:
+    """``(loc, upper triangle of P with its diagonal)`` as one flat vector."""
+    return torch.cat([loc, p[upper[0], upper[1]]])
+
+
+def _unpack(z: Tensor, d: int, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`_pack` (differentiable): ``(loc, symmetric P)``."""
+    tri = torch.zeros(d, d, dtype=z.dtype, device=z.device).index_put((upper[0], upper[1]), z[d:])
+    return z[:d], tri + tri.mT - torch.diag(tri.diagonal())
+
+
+def _free_hessian(
+    stats: PatternStatistics, z: Tensor, d: int, upper: Tensor, free: Tensor, chunk: int = 2**22
+) -> Tensor:
+    """The Hessian of :func:`~pyro_msm.infer.gaussian.grouped_marginal_loss` in the packed
+    variables, restricted to the ``free`` ones: closed-form Hessian-vector products
+    (:func:`~pyro_msm.infer.gaussian.grouped_marginal_hvp`) along the free coordinates' unit
+    vectors, in batches of about ``chunk`` block entries."""
+    loc, p = _unpack(z, d, upper)
+    off = upper[0] != upper[1]
+    per_direction = int((stats.patterns.sum(-1) ** 2).sum()) + d * d
+    size = max(1, chunk // per_direction)
+    columns = []
+    for start in range(0, free.numel(), size):
+        batch = free[start : start + size]
+        basis = torch.zeros(batch.numel(), z.numel(), dtype=z.dtype, device=z.device)
+        basis[torch.arange(batch.numel(), device=z.device), batch] = 1.0
+        d_loc, d_p = torch.vmap(lambda v: _unpack(v, d, upper))(basis)
+        h_loc, h_p = grouped_marginal_hvp(stats, loc, p, d_loc, d_p)
+        h = torch.cat([h_loc, h_p[:, upper[0], upper[1]]], dim=1)
+        h[:, d:][:, off] *= 2.0
+        columns.append(h[:, free])
+    h = torch.cat(columns)
+    return 0.5 * (h + h.mT)
+
+
+def _lasso_model_step(
+    h: Tensor, g: Tensor, x: Tensor, w: Tensor, *, sweeps: int = 100
+) -> tuple[Tensor, float]:
+    r"""Approximately minimise the proximal-Newton model
+    :math:`m(\delta) = g^\top\delta + \frac12\delta^\top H\delta + \sum_i w_i(|x_i+\delta_i|
+    - |x_i|)` (``H`` positive definite): cyclic coordinate descent (soft-thresholding per
+    coordinate), then, on the coordinates it leaves non-zero, the Newton solve of the model with
+    those signs held; the candidate with the lower model value wins.
+
+    :returns: ``(delta, m(delta))``.
+    """
+    hn, gn, xn, wn = (t.cpu().numpy() for t in (h, g, x, w))
+    delta, hd = np.zeros_like(gn), np.zeros_like(gn)
+    diag = np.diag(hn).copy()
+    scale = max(1.0, float(np.abs(xn).max()))
+    for _ in range(sweeps):
+        largest = 0.0
+        for i in range(gn.shape[0]):
+            target = xn[i] - (gn[i] + hd[i] - diag[i] * delta[i]) / diag[i]
+            new = math.copysign(max(abs(target) - wn[i] / diag[i], 0.0), target) - xn[i]
+            change = new - delta[i]
+            if change != 0.0:
+                hd += hn[:, i] * change
+                delta[i] = new
+                largest = max(largest, abs(change))
+        if largest <= 1e-12 * scale:
+            break
+
+    def model(step: np.ndarray) -> float:
+        return float(gn @ step + 0.5 * step @ hn @ step + wn @ (np.abs(xn + step) - np.abs(xn)))
+
+    best, value = delta, model(delta)
+    active = (xn + delta != 0) | (wn == 0)
+    if active.any():
+        sign = np.sign(xn + delta)[active]
+        solve = -xn.copy()
+        rhs = gn[active] + wn[active] * sign + hn[np.ix_(active, ~active)] @ (-xn[~active])
+        solve[active] = np.linalg.solve(hn[np.ix_(active, active)], -rhs)
+        if model(solve) < value:
+            best, value = solve, model(solve)
+    return torch.as_tensor(best, dtype=h.dtype, device=h.device), value
+
+
+def marginal_newton(
+    stats: PatternStatistics,
+    penalty: float,
+    init: tuple[Tensor, Tensor],
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    support: Tensor | None = None,
+    max_free: int = 2000,
+) -> ExactSolution:
+    r"""Minimise the penalised exact marginal objective (module doc) by proximal Newton
+    (QUIC-like; Lee, Sun & Saunders 2014).
+
+    Each iteration: the free set (diagonal, mean, non-zero off-diagonal entries and those whose
+    gradient exceeds the penalty, as in QUIC); the exact Hessian of the smooth part on the free
+    set (closed-form Hessian-vector products,
+    :func:`~pyro_msm.infer.gaussian.grouped_marginal_hvp`); since the objective is not convex
+    with missing entries (negative curvature is measured), the Hessian's eigenvalues are
+    replaced by their absolute values plus a Levenberg-Marquardt damping :math:`\lambda` that
+    shrinks 10x after a full step and grows 10x after a backtracked one; the L1 model is
+    minimised by :func:`_lasso_model_step`; an Armijo backtracking line search on the true
+    objective accepts only positive definite points. Stops when
+    :func:`marginal_kkt_violation`'s quantity is at most ``tol``. The Hessian has
+    :math:`O(|\mathrm{free}|)` products of the cost of a gradient, so this is for small ``d``
+    (``max_free`` bounds it).
+
+    :param stats: :func:`~pyro_msm.infer.gaussian.pattern_statistics` of the table.
+    :param penalty: :math:`\gamma \ge 0`.
+    :param init: starting ``(loc, precision)``, positive definite.
+    :param tol: KKT tolerance. :param max_iter: Newton iterations at most.
+    :param support: optional boolean ``(d, d)``: entries off it held at zero.
+    :param max_free: the largest free set (else ``ValueError``: use ``method="fista"``).
+    :returns: an :class:`ExactSolution` (``info``: ``kkt``, ``backtracks``, ``free``).
+
+    References: Hsieh, Sustik, Dhillon & Ravikumar, "QUIC: quadratic approximation for sparse
+    inverse covariance estimation", JMLR 15, 2014; Lee, Sun & Saunders, "Proximal Newton-type
+    methods for minimizing composite functions", SIAM J. Optimization 24, 2014.
+    """
+    loc, p = (t.detach().to(torch.float64).clone() for t in init)
+    d = p.shape[0]
+    upper = torch.triu_indices(d, d, device=p.device)
+    off = upper[0] != upper[1]
+    keep = _support_mask(support, d, p.device)
+    p = 0.5 * (p + p.T)
+    if keep is not None:
+        p = p * keep
+    if not _is_positive_definite(p):
+        raise ValueError("marginal_newton: the initial precision is not positive definite")
+    z = _pack(loc, p, upper)
+    # the penalty per packed variable: each off-diagonal entry counts twice in the L1 norm
+    w = torch.zeros_like(z)
+    w[d:][off] = 2.0 * penalty
+    fixed = torch.zeros_like(z, dtype=torch.bool)
+    if keep is not None:
+        fixed[d:] = ~keep[upper[0], upper[1]]
+
+    def objective(v: Tensor) -> float:
+        return _value(stats, *_unpack(v, d, upper)) + float((w * v.abs()).sum())
+
+    current = objective(z)
+    damping, converged, backtracks, kkt, free_sizes = None, False, 0, float("inf"), []
+    k = 0
+    for k in range(int(max_iter) + 1):  # noqa: B007
+        _, g_loc, g_p = _value_and_grad(stats, *_unpack(z, d, upper))
+        g = _pack(g_loc, g_p, upper)
+        g[d:][off] *= 2.0
+        violation = torch.where(
+            w == 0, g.abs(),
+            torch.where(z != 0, (g + w * torch.sign(z)).abs(), (g.abs() - w).clamp(min=0)),
+        )  # fmt: skip
+        kkt = float(violation.masked_fill(fixed, 0.0).max())
+        if kkt <= tol:
+            converged = True
+            break
+        if k == int(max_iter):
+            break
+        free = torch.nonzero(((w == 0) | (z != 0) | (g.abs() > w)) & ~fixed).flatten()
+        if free.numel() > max_free:
+            raise ValueError(f"marginal_newton: {free.numel()} free variables > {max_free}")
+        free_sizes.append(int(free.numel()))
+        values, vectors = torch.linalg.eigh(_free_hessian(stats, z, d, upper, free))
+        top = float(values.abs().max())
+        damping = 1e-6 * top if damping is None else damping
+        h = (vectors * (values.abs() + damping)) @ vectors.mT
+        step, decrease = _lasso_model_step(h, g[free], z[free], w[free])
+        direction = torch.zeros_like(z)
+        direction[free] = step
+        alpha = 1.0
+        while True:
+            trial = z + alpha * direction
+            if _is_positive_definite(_unpack(trial, d, upper)[1]):
+                value = objective(trial)
+                if math.isfinite(value) and value <= current + 1e-4 * alpha * decrease:
+                    break
+            alpha *= 0.5
+            backtracks += 1
+            if alpha < 1e-10:
+                break
+        if alpha < 1e-10:  # no descent along the model's step: damp harder and retry
+            damping *= 100.0
+            if damping > 1e3 * top:
+                break
+            continue
+        damping = max(damping * (0.1 if alpha == 1.0 else 10.0), 1e-12 * top)
+        z, current = trial, value
+    loc, p = _unpack(z, d, upper)
+    return ExactSolution(
+        loc=loc,
+        precision=p,
+        iterations=k,
+        converged=converged,
+        info={"kkt": kkt, "backtracks": backtracks, "free": free_sizes, "step": None},
+    )
+
+
 def marginal_path(
     x: Tensor | np.ndarray,
     mask: Tensor | np.ndarray | None = None,
@@ -382,27 +598,34 @@ def marginal_path(
     num_penalties: int = 30,
     penalty_ratio: float = 0.01,
     tol: float = 1e-6,
-    max_iter: int = 2000,
+    max_iter: int | None = None,
     progress: bool | None = False,
+    method: str = "fista",
 ) -> PenaltyPath:
     """:func:`marginal_score_matching` along decreasing penalties (default
     :func:`exact_penalties`), each warm-started from the previous solution (and its step size).
+
+    ``method`` is ``"fista"`` (proximal gradient; ``max_iter`` default 2000, ``tol`` on the
+    iterate change) or ``"newton"`` (:func:`marginal_newton`; ``max_iter`` default 100,
+    ``tol`` on the KKT violation).
 
     :returns: a :class:`~pyro_msm.graphical.PenaltyPath` labelled ``"marginal"``;
         ``info`` holds ``iterations`` and ``converged`` per penalty.
     """
     data, observed = _float64(x, mask)
     grid = _grid(data, observed, penalties, num_penalties, penalty_ratio)
+    if max_iter is None:
+        max_iter = 100 if method == "newton" else 2000
     start = time.perf_counter()
     stats = pattern_statistics(data, observed)
     state, step = None, None
     precisions, locs, iterations, converged = [], [], [], []
-    bar = _bar(len(grid), "marginal", progress)
+    bar = _bar(len(grid), f"marginal {method}", progress)
     try:
         for gamma in grid.tolist():
             sol = marginal_score_matching(
                 data, observed, gamma, init=state, tol=tol, max_iter=max_iter, step=step,
-                stats=stats,
+                stats=stats, method=method,
             )  # fmt: skip
             state, step = (sol.loc, sol.precision), sol.info["step"]
             precisions.append(sol.precision)
