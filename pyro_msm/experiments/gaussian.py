@@ -194,6 +194,7 @@ def fit_gaussian(
     proposal: str = "moment_matched",
     guide_steps: int = 10,
     guide_particles: int = 1,
+    guide_every: int = 1,
     guide: str = "amortized_normal",
     guide_hidden_dims: Sequence[int] | None = None,
     guide_lr: float | None = None,
@@ -224,6 +225,8 @@ def fit_gaussian(
     :param proposal: IW proposal (``"moment_matched"`` or ``"wide"``).
     :param guide_steps: guide steps per model step (``"variational"``, ``"hybrid"``).
     :param guide_particles: completions per row on guide steps.
+    :param guide_every: model steps per round of guide steps (1: guide steps follow every model
+        step; see :class:`~pyro_msm.infer.MissingScoreMatching`).
     :param guide: the guide of ``"variational"`` and ``"hybrid"``, one of :data:`GUIDES`.
     :param guide_hidden_dims: hidden widths of the ``"amortized_normal"`` guide's MLP (None:
         the paper's 200-200; see :func:`make_guide`).
@@ -288,6 +291,7 @@ def fit_gaussian(
         objective=objective,
         guide_steps=guide_steps,
         guide_particles=guide_particles,
+        guide_every=guide_every,
         make_guide=lambda m: make_guide(m, guide, guide_hidden_dims),
         steps=steps,
         lr=lr,

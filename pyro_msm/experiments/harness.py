@@ -124,8 +124,9 @@ def run_svi(
 
     The global Pyro parameter store is *not* cleared (the caller builds the model, possibly
     from initial values, after clearing it); the RNG is seeded with ``seed``. For the guided
-    estimators (``"variational"``, ``"hybrid"``) the loop takes ``steps * (guide_steps + 1)`` SVI
-    steps and keeps the losses of model steps only.
+    estimators (``"variational"``, ``"hybrid"``) the loop takes ``loss_fn.svi_steps(steps)`` SVI
+    steps (``steps * (guide_steps + 1)`` when guide steps follow every model step) and keeps the
+    losses of model steps only.
 
     :param model: the Pyro model, called as ``model(data, mask)``.
     :param guide: its guide (:func:`~pyro_msm.guides.no_guide` for unguided estimators).
@@ -170,7 +171,6 @@ def run_svi(
             return {"lr": float(guide_lr) if name.startswith(f"{prefix}.") else lr}
 
     svi = SVI(model, guide, pyro.optim.Adam(optim_args), loss_fn)
-    cycle = loss_fn.guide_steps + 1 if guided else 1
     first_averaged = int(steps) - max(1, math.ceil(average * int(steps)))
     sums: dict[str, Tensor] = {}
     count = 0
@@ -178,7 +178,7 @@ def run_svi(
     bar = tqdm(total=int(steps), desc=f"{label:>15}", disable=not progress, leave=True)
     start = time.perf_counter()
     try:
-        for _ in range(int(steps) * cycle):
+        for _ in range(loss_fn.svi_steps(int(steps))):
             value = svi.step(data, mask)
             fit.svi_steps += 1
             if guided and loss_fn.diagnostics.get("step") != "model":
@@ -227,6 +227,7 @@ def fit_model(
     objective: str | Objective = "exact",
     guide_steps: int = 10,
     guide_particles: int = 1,
+    guide_every: int = 1,
     make_guide: Callable[[Callable[..., Any]], Callable[..., Any]] = AmortizedNormal,
     **kwargs: Any,
 ) -> Fit:
@@ -243,6 +244,8 @@ def fit_model(
         :class:`~pyro_msm.infer.objectives.Objective`.
     :param guide_steps: guide steps per model step of the guided estimators.
     :param guide_particles: completions per row on guide steps.
+    :param guide_every: model steps per round of guide steps (see
+        :class:`~pyro_msm.infer.MissingScoreMatching`).
     :param make_guide: ``model -> guide`` for the guided estimators (default: the paper's
         :class:`~pyro_msm.guides.AmortizedNormal`).
     :param kwargs: passed to :func:`run_svi` (``steps``, ``lr``, ``guide_lr``, ``average``,
@@ -257,6 +260,7 @@ def fit_model(
         objective=objective,
         guide_steps=guide_steps,
         guide_particles=guide_particles,
+        guide_every=guide_every,
         max_plate_nesting=1,  # the plate "rows"
     )
     return run_svi(model, guide, loss_fn, data, mask, snapshot, **kwargs)

@@ -295,6 +295,10 @@ class MissingScoreMatching(ELBO):
         :mod:`pyro_msm.infer.mechanisms`); it tilts the model's conditional and marginal score.
     :param guide_steps: guide steps per model step for ``"variational"`` and ``"hybrid"``.
     :param guide_particles: completions per row on guide steps.
+    :param guide_every: model steps per round of guide steps for ``"variational"`` and
+        ``"hybrid"``: the ``guide_steps`` guide steps follow every ``guide_every``-th model step
+        (1, the default: every model step). Model steps update the guide too (the KL of their
+        draws), so larger values train the guide less often at a lower cost per model step.
     :param chunk_size: the most completed points (particles x rows) whose objective is
         evaluated at once. Larger tables are cut into row chunks; in an SVI step
         (:meth:`loss_and_grads`) each chunk is differentiated as soon as it is evaluated and its
@@ -356,6 +360,7 @@ class MissingScoreMatching(ELBO):
         missingness: Callable[[Tensor, Tensor], Tensor] | None = None,
         guide_steps: int = 10,
         guide_particles: int = 1,
+        guide_every: int = 1,
         chunk_size: int | str | None = "auto",
         compile: bool | dict = False,
         max_plate_nesting: float = float("inf"),
@@ -379,6 +384,7 @@ class MissingScoreMatching(ELBO):
         num_particles = positive_int("num_particles", num_particles)
         guide_particles = positive_int("guide_particles", guide_particles)
         guide_steps = positive_int("guide_steps", guide_steps, minimum=0)
+        guide_every = positive_int("guide_every", guide_every)
         if not (chunk_size is None or chunk_size == "auto"):
             if isinstance(chunk_size, str) or int(chunk_size) < 1:
                 raise ValueError(
@@ -402,6 +408,7 @@ class MissingScoreMatching(ELBO):
         self.missingness = missingness
         self.guide_steps = int(guide_steps)
         self.guide_particles = int(guide_particles)
+        self.guide_every = int(guide_every)
         self.chunk_size = chunk_size
         self.diagnostics: dict[str, Any] = {}
         self._step = 0
@@ -410,6 +417,21 @@ class MissingScoreMatching(ELBO):
         #: until the first guided step
         self._single_site: bool | None = None
         self._warned: set[tuple[str, str]] = set()
+
+    @property
+    def cycle(self) -> int:
+        """SVI steps in one round of the variational schedule: ``guide_every`` model steps, then
+        ``guide_steps`` guide steps (1 for the estimators without a guide)."""
+        return self.guide_every + self.guide_steps if self.estimator in GUIDED else 1
+
+    def svi_steps(self, model_steps: int) -> int:
+        """SVI steps from the start of the schedule up to and including the guide steps that
+        follow the ``model_steps``-th model step (if it is followed by any).
+
+        :param model_steps: model steps wanted.
+        """
+        rounds, rest = divmod(int(model_steps), self.guide_every if self.estimator in GUIDED else 1)
+        return rounds * self.cycle + rest
 
     # -- helpers ------------------------------------------------------------------------------
     def _warn_once(self, site: str, kind: str, message: str) -> None:
@@ -949,8 +971,7 @@ class MissingScoreMatching(ELBO):
             self.diagnostics["loss"] = value
             return value
         self._sync_schedule()
-        cycle = self.guide_steps + 1
-        model_step = self._step % cycle == 0
+        model_step = self._step % self.cycle < self.guide_every
         self._step += 1
         objective, kl, model_params, guide_params = self._variational_terms(
             model, guide, args, kwargs, model_step, backward=True
