@@ -547,6 +547,19 @@ def test_guide_lr_sets_the_guide_parameters_step_size(table):
     assert moved[None]["mu"] > 0.05
 
 
+def test_variational_particles_of_completed_rows_skip_the_completion(table):
+    from pyro_msm.infer.estimators import variational_particles
+
+    mask = ~torch.isnan(table)
+    x = torch.nan_to_num(table)
+    draws = torch.randn((4, *table.shape), dtype=D64)
+    completed = torch.where(mask, x, draws)
+    fn = GaussianEnergy(torch.zeros(6, dtype=D64), torch.eye(6, dtype=D64))
+    plain = variational_particles(fn, x, mask, draws)
+    fast = variational_particles(fn, x, mask, completed, completed=True)
+    assert torch.equal(plain.z, fast.z) and torch.equal(plain.weights, fast.weights)
+
+
 @pytest.mark.parametrize("guide_lr", [None, 0.003])
 def test_one_adam_over_all_parameters_takes_pyros_steps(table, guide_lr):
     """``run_svi``'s single optimiser gives the iterates of ``SVI`` with ``pyro.optim.Adam``

@@ -137,8 +137,11 @@ def _log_prob_through_draws(fn: Distribution, x: Tensor, mask: Tensor, draws: Te
     from one reverse pass to the points (no parameter gradients, no graph kept), so a model
     step does not evaluate the model's density twice (live and detached) and carry both
     graphs into its backward.
+
+    :param draws: ``(r, n, d)`` completed rows (a data site's ``value``: observed entries are
+        ``x``'s, so they are not completed again here).
     """
-    z = torch.where(mask, x, draws.detach())
+    z = draws.detach()
     if not draws.requires_grad:
         return log_prob(fn, z).detach()
     base = _unwrap(fn)
@@ -852,7 +855,7 @@ class MissingScoreMatching(ELBO):
                 if hybrid:
                     particles = weighted_particles(fn, xr, mr, dr, _take(log_q, rows, 1))
                 else:
-                    particles = variational_particles(fn, xr, mr, dr)
+                    particles = variational_particles(fn, xr, mr, dr, completed=True)
                 return finish(particles, rows)
 
             return particles_of
