@@ -139,7 +139,8 @@ def _log_prob_through_draws(fn: Distribution, x: Tensor, mask: Tensor, draws: Te
     graphs into its backward.
 
     :param draws: ``(r, n, d)`` completed rows (a data site's ``value``: observed entries are
-        ``x``'s, so they are not completed again here).
+        ``x``'s, so they are not completed again here, and the gradient reaches the guide's
+        draws through that completion's select, which keeps only the missing coordinates).
     """
     z = draws.detach()
     if not draws.requires_grad:
@@ -154,9 +155,25 @@ def _log_prob_through_draws(fn: Distribution, x: Tensor, mask: Tensor, draws: Te
             lp = log_prob(fn, point)
             (a,) = torch.autograd.grad(lp.sum(), point)
             value = lp.detach()
-    zero = torch.zeros((), dtype=a.dtype, device=a.device)
-    a = torch.where(mask, zero, a)
-    return value + (a * (draws - draws.detach())).sum(-1)
+    return _ThroughDraws.apply(value, draws, a)
+
+
+class _ThroughDraws(torch.autograd.Function):
+    r"""``value`` ``(r, n)`` with the gradient ``grad * a`` ``(r, n, d)`` to ``draws``: the
+    gradient of :math:`a \cdot x'` summed over coordinates, without its three operations on
+    every drawn entry in the forward pass. The gradient at observed coordinates is not masked
+    here: the draws are completed rows (``torch.where`` of the data and the guide's draw), whose
+    backward selects it away, non-finite or not."""
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, draws: Tensor, a: Tensor) -> Tensor:
+        ctx.save_for_backward(a)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
+        (a,) = ctx.saved_tensors
+        return None, grad.unsqueeze(-1) * a, None
 
 
 def _complete_from_guide(model_trace, site: DataSite, guide_trace) -> None:
