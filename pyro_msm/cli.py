@@ -29,8 +29,9 @@ DEMO_DEFAULTS = {"dim": 10, "n": 1000, "missing_rate": 0.3, "steps": 300}
 SMOKE_DEFAULTS = {"dim": 3, "n": 100, "missing_rate": 0.3, "steps": 5}
 #: Measured wall-clock time of ``pyro-msm demo`` with its defaults (see docs/benchmarks.md).
 DEMO_MEASURED = (
-    "about 35 s of wall time on the project's 2-core machine (measured: 34 s idle with the "
-    "former 200-200 variational guide, 37 s at load average 5-7 with today's 64-64 one)"
+    "12-40 s of wall time on the project's 2-core machine, depending on its load (measured: "
+    "11.7 s at load average 1.9 with today's schedule, the variational fit 1.8x the IW fit's "
+    "time; 37 s at load average 5-7 before its last speed-ups)"
 )
 
 
