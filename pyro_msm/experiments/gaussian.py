@@ -419,8 +419,9 @@ DEMO_GUIDE_HIDDEN_DIMS: tuple[int, ...] = (64, 64)
 #: n=1000, 30% MCAR, seed 0, 64-64 guide, 1 guide step x 10 completions; score MSE over the
 #: exact marginal answer, "x exact"; issue 10, sixth pass): 300 model updates 1.0538, 250
 #: 1.0555, 225 1.0668, 200 1.0690 (the bar: 1.061, the demo's figure before issue 10); CPU time
-#: over the IW fit's (300 updates) 2.3-2.6 at 300, 1.95-2.1 at 250. IW keeps 300 (at 200 its
-#: x exact goes from 0.9714 to 0.9746).
+#: over the IW fit's (300 updates) 2.1-2.4 at 300, 1.93-2.02 at 250. IW keeps 300 (at 200 its
+#: x exact goes from 0.9714 to 0.9746). Guide steps after every 2nd or 3rd model step only
+#: (``guide_every`` 2, 3; 300 updates) were faster (2.24x, 2.05x) but less accurate (1.073).
 DEMO_VARIATIONAL_STEPS_FRACTION = 250 / 300
 
 #: The methods of ``pyro-msm demo`` (IW's default proposal; the paper's guide family for
