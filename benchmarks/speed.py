@@ -285,7 +285,7 @@ def demo_rows(args) -> list[tuple[str, float, str]]:
                 guide_particles=DEMO_GUIDE_PARTICLES,
                 guide=spec.guide,
                 guide_hidden_dims=spec.guide_hidden_dims,
-                **common,
+                **{**common, "steps": max(1, round(common["steps"] * spec.steps_fraction))},
             )
         mse = score_mse(result.loc, result.precision, problem.loc, problem.precision)
         return time.perf_counter() - wall, time.process_time() - cpu, mse

@@ -29,8 +29,9 @@ DEMO_DEFAULTS = {"dim": 10, "n": 1000, "missing_rate": 0.3, "steps": 300}
 SMOKE_DEFAULTS = {"dim": 3, "n": 100, "missing_rate": 0.3, "steps": 5}
 #: Measured wall-clock time of ``pyro-msm demo`` with its defaults (see docs/benchmarks.md).
 DEMO_MEASURED = (
-    "about 35 s of wall time on the project's 2-core machine (measured: 34 s idle with the "
-    "former 200-200 variational guide, 37 s at load average 5-7 with today's 64-64 one)"
+    "12-40 s of wall time on the project's 2-core machine, depending on its load (measured: "
+    "11.7 s at load average 1.9 with today's schedule, the variational fit 1.8x the IW fit's "
+    "time; 37 s at load average 5-7 before its last speed-ups)"
 )
 
 
@@ -125,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=(
             f"model updates per fit (default {DEMO_DEFAULTS['steps']}; "
-            f"{SMOKE_DEFAULTS['steps']} with --smoke); variational adds guide-steps guide "
-            "updates per model update"
+            f"{SMOKE_DEFAULTS['steps']} with --smoke); variational takes 5/6 of them (as "
+            "accurate, measured) and adds guide-steps guide updates per model update"
         ),
     )
     demo.add_argument(
@@ -210,6 +211,7 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         DEMO_ESTIMATORS,
         DEMO_GUIDE_HIDDEN_DIMS,
         DEMO_GUIDE_PARTICLES,
+        DEMO_VARIATIONAL_STEPS_FRACTION,
         EXACT_LABEL,
         compare_estimators,
         format_table,
@@ -222,7 +224,8 @@ def _run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     complete_rows = int(problem.mask.all(-1).sum())
     print(f"pyro-msm demo: {problem.describe()}")
     print(
-        f"{complete_rows} of {problem.n} rows are complete; {args.steps} model updates per fit, "
+        f"{complete_rows} of {problem.n} rows are complete; {args.steps} model updates per fit "
+        f"({max(1, round(args.steps * DEMO_VARIATIONAL_STEPS_FRACTION))} for variational), "
         f"Adam lr {args.lr:g}, r={args.num_particles} particles, "
         f"{args.guide_steps} guide steps per variational model step (guide MLP "
         f"{'-'.join(map(str, DEMO_GUIDE_HIDDEN_DIMS))})",

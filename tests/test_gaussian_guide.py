@@ -188,3 +188,29 @@ def test_fit_gaussian_sizes_the_amortized_guide():
     (variational,) = [s for s in DEMO_ESTIMATORS if s.estimator == "variational"]
     assert variational.guide_hidden_dims == DEMO_GUIDE_HIDDEN_DIMS
     assert all(s.guide_hidden_dims is None for s in DEMO_ESTIMATORS if s is not variational)
+
+
+def test_estimator_spec_scales_its_model_updates():
+    """A method's ``steps_fraction`` of the comparison's model updates (the demo's variational
+    fit takes 5/6 of them), each model update followed by its guide steps."""
+    from pyro_msm.experiments.gaussian import (
+        DEMO_ESTIMATORS,
+        DEMO_VARIATIONAL_STEPS_FRACTION,
+        EstimatorSpec,
+        compare_estimators,
+        simulate_gaussian,
+    )
+
+    problem = simulate_gaussian(3, 80, 0.3, "mcar", seed=1)
+    specs = [
+        EstimatorSpec("iw", "iw"),
+        EstimatorSpec("variational", "variational", guide_hidden_dims=(8,), steps_fraction=0.5),
+    ]
+    comparison = compare_estimators(problem, specs, steps=6, guide_steps=2, num_particles=2)
+    assert comparison.row("iw")["steps"] == 6 and comparison.row("iw")["svi_steps"] == 6
+    assert comparison.row("variational")["steps"] == 3
+    assert comparison.row("variational")["svi_steps"] == 3 * (1 + 2)
+    (variational,) = [s for s in DEMO_ESTIMATORS if s.estimator == "variational"]
+    assert variational.steps_fraction == DEMO_VARIATIONAL_STEPS_FRACTION
+    assert round(300 * DEMO_VARIATIONAL_STEPS_FRACTION) == 250
+    assert all(s.steps_fraction == 1.0 for s in DEMO_ESTIMATORS if s is not variational)

@@ -411,3 +411,34 @@ def test_guide_reads_the_provided_model_trace_instead_of_running_the_model():
     provided = ProvideModelTrace(model_trace)(guide)(x)["x_unobserved"]
     assert record == []  # read from the trace; the same draw
     assert torch.equal(provided, alone)
+
+
+def test_missing_normal_density_ignores_non_finite_entries_outside_the_missing_ones():
+    """The Normal guide's summed density over missing coordinates equals the coordinate-wise
+    density summed over them, and a non-finite draw or mean at an observed coordinate (or one
+    the guide masks out) does not reach it."""
+    from pyro.distributions import Independent, Normal
+
+    from pyro_msm.infer.sites import _missing_normal_log_prob
+
+    torch.manual_seed(0)
+    missing = torch.rand(7, 3) < 0.5
+    loc = torch.randn(7, 3, dtype=torch.float64)
+    scale = torch.rand(3, dtype=torch.float64) + 0.5
+    value = torch.randn(4, 7, 3, dtype=torch.float64)
+    fn = Independent(Normal(loc, scale.expand(7, 3)).expand((4, 7, 3)), 1)
+    got = _missing_normal_log_prob(fn, value, missing)
+    want = (Normal(loc, scale).log_prob(value) * missing).sum(-1)
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    value[:, ~missing] = float("nan")
+    loc2 = loc.clone()
+    loc2[~missing] = float("inf")
+    guide_mask = torch.ones(7, 3, dtype=torch.bool)
+    guide_mask[0] = False
+    value[:, 0] = float("nan")
+    masked = Normal(loc2, scale.expand(7, 3)).mask(guide_mask).to_event(1)
+    got = _missing_normal_log_prob(masked, value, missing)
+    assert torch.isfinite(got).all()
+    keep = missing & guide_mask
+    want = (torch.where(keep, Normal(loc, scale).log_prob(value.nan_to_num()), 0.0)).sum(-1)
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)

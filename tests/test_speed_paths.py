@@ -547,6 +547,57 @@ def test_guide_lr_sets_the_guide_parameters_step_size(table):
     assert moved[None]["mu"] > 0.05
 
 
+def test_variational_particles_of_completed_rows_skip_the_completion(table):
+    from pyro_msm.infer.estimators import variational_particles
+
+    mask = ~torch.isnan(table)
+    x = torch.nan_to_num(table)
+    draws = torch.randn((4, *table.shape), dtype=D64)
+    completed = torch.where(mask, x, draws)
+    fn = GaussianEnergy(torch.zeros(6, dtype=D64), torch.eye(6, dtype=D64))
+    plain = variational_particles(fn, x, mask, draws)
+    fast = variational_particles(fn, x, mask, completed, completed=True)
+    assert torch.equal(plain.z, fast.z) and torch.equal(plain.weights, fast.weights)
+
+
+@pytest.mark.parametrize("guide_lr", [None, 0.003])
+def test_one_adam_over_all_parameters_takes_pyros_steps(table, guide_lr):
+    """``run_svi``'s single optimiser gives the iterates of ``SVI`` with ``pyro.optim.Adam``
+    (one optimiser per tensor), bit for bit, through model and guide steps."""
+    from pyro.infer import SVI
+    from pyro.optim import Adam
+
+    from pyro_msm.experiments.harness import SVIAdam
+
+    def model(x, mask=None):
+        mu = pyro.param("mu", torch.zeros(6, dtype=D64))
+        with pyro.plate("rows", x.shape[0]):
+            pyro_msm.observe("x", GaussianEnergy(mu, torch.eye(6, dtype=D64)), obs=x)
+
+    def lr_of(name: str) -> float:
+        return guide_lr if guide_lr is not None and name.startswith("AmortizedNormal.") else 0.05
+
+    runs = []
+    for ours in (False, True):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        guide = AmortizedNormal(model, hidden_dims=(4,)).double()
+        loss = MissingScoreMatching("variational", 3, guide_steps=2, guide_particles=2)
+        if ours:
+            svi = SVIAdam(model, guide, loss, 0.05, lr_of)
+        else:
+            svi = SVI(model, guide, Adam(lambda name: {"lr": lr_of(name)}), loss)
+        pyro.set_rng_seed(1)
+        values = [svi.step(table) for _ in range(7)]
+        state = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+        runs.append((values, state))
+    (values, state), (ours_values, ours_state) = runs
+    assert ours_values == values
+    assert state.keys() == ours_state.keys() and len(state) > 1
+    for name, value in state.items():
+        assert torch.equal(ours_state[name], value), name
+
+
 def test_auto_chunks_are_cache_sized_on_the_cpu_only_without_closed_forms():
     """``chunk_size="auto"``: objectives that take the Jacobian's diagonal of an energy
     differentiated through a network get cache-sized chunks on the CPU (measured faster, see

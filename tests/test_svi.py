@@ -335,6 +335,25 @@ def test_variational_schedule_freezes_model_on_guide_steps():
     assert (scales[~mask] != 0.1).all()
 
 
+def test_variational_schedule_with_guide_steps_after_every_second_model_step():
+    data = make_data(30, missing=0.3, seed=8)
+    guide = AutoNormal(gaussian_model)
+    loss = MissingScoreMatching("variational", num_particles=4, guide_steps=1, guide_every=2)
+    svi = SVI(gaussian_model, guide, Adam({"lr": 0.05}), loss)
+    kinds = []
+    for _ in range(loss.svi_steps(5)):
+        svi.step(data)
+        kinds.append(loss.diagnostics["step"])
+    # 5 model steps: two rounds of (model, model, guide), then the fifth model step
+    assert kinds == ["model", "model", "guide", "model", "model", "guide", "model"]
+    assert loss.cycle == 3 and loss.svi_steps(6) == 9
+    default = MissingScoreMatching("variational", guide_steps=3)
+    assert default.cycle == 4 and default.svi_steps(5) == 20  # (1 + guide_steps) per model step
+    assert MissingScoreMatching("iw").svi_steps(5) == 5
+    with pytest.raises(ValueError, match="guide_every"):
+        MissingScoreMatching("variational", guide_every=0)
+
+
 def test_iw_with_exact_conditional_proposal_approaches_closed_form():
     # with the model's own conditional as proposal the weights are uniform and the IW loss is a
     # plain Monte Carlo estimate of the exact marginal loss (METHOD.md's oracle)

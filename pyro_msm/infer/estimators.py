@@ -118,14 +118,23 @@ def score_function_weights(log_q: Tensor) -> Tensor:
 
 
 def variational_particles(
-    fn: Distribution, x: Tensor, mask: Tensor, draws: Tensor, log_q: Tensor | None = None
+    fn: Distribution,
+    x: Tensor,
+    mask: Tensor,
+    draws: Tensor,
+    log_q: Tensor | None = None,
+    *,
+    completed: bool = False,
 ) -> Particles:
     """Marg-Var's surrogate particles: guide draws with :func:`score_function_weights`.
 
     :param draws: ``(r, n, d)`` guide draws (their observed coordinates are ignored).
     :param log_q: the model's log density at the completed draws, if already computed.
+    :param completed: the draws are completed rows already (observed entries equal ``x``'s, as
+        in a data site's ``value``): they are used as they are (detached), which saves a
+        masked select of ``(r, n, d)`` entries.
     """
-    z = _complete(x, mask, draws)
+    z = draws.detach() if completed else _complete(x, mask, draws)
     log_q = log_prob(fn, z) if log_q is None else log_q
     return Particles(z, score_function_weights(log_q), mask, _has_observed(mask).to(x))
 

@@ -137,8 +137,12 @@ def _log_prob_through_draws(fn: Distribution, x: Tensor, mask: Tensor, draws: Te
     from one reverse pass to the points (no parameter gradients, no graph kept), so a model
     step does not evaluate the model's density twice (live and detached) and carry both
     graphs into its backward.
+
+    :param draws: ``(r, n, d)`` completed rows (a data site's ``value``: observed entries are
+        ``x``'s, so they are not completed again here, and the gradient reaches the guide's
+        draws through that completion's select, which keeps only the missing coordinates).
     """
-    z = torch.where(mask, x, draws.detach())
+    z = draws.detach()
     if not draws.requires_grad:
         return log_prob(fn, z).detach()
     base = _unwrap(fn)
@@ -151,9 +155,25 @@ def _log_prob_through_draws(fn: Distribution, x: Tensor, mask: Tensor, draws: Te
             lp = log_prob(fn, point)
             (a,) = torch.autograd.grad(lp.sum(), point)
             value = lp.detach()
-    zero = torch.zeros((), dtype=a.dtype, device=a.device)
-    a = torch.where(mask, zero, a)
-    return value + (a * (draws - draws.detach())).sum(-1)
+    return _ThroughDraws.apply(value, draws, a)
+
+
+class _ThroughDraws(torch.autograd.Function):
+    r"""``value`` ``(r, n)`` with the gradient ``grad * a`` ``(r, n, d)`` to ``draws``: the
+    gradient of :math:`a \cdot x'` summed over coordinates, without its three operations on
+    every drawn entry in the forward pass. The gradient at observed coordinates is not masked
+    here: the draws are completed rows (``torch.where`` of the data and the guide's draw), whose
+    backward selects it away, non-finite or not."""
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, draws: Tensor, a: Tensor) -> Tensor:
+        ctx.save_for_backward(a)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
+        (a,) = ctx.saved_tensors
+        return None, grad.unsqueeze(-1) * a, None
 
 
 def _complete_from_guide(model_trace, site: DataSite, guide_trace) -> None:
@@ -295,6 +315,10 @@ class MissingScoreMatching(ELBO):
         :mod:`pyro_msm.infer.mechanisms`); it tilts the model's conditional and marginal score.
     :param guide_steps: guide steps per model step for ``"variational"`` and ``"hybrid"``.
     :param guide_particles: completions per row on guide steps.
+    :param guide_every: model steps per round of guide steps for ``"variational"`` and
+        ``"hybrid"``: the ``guide_steps`` guide steps follow every ``guide_every``-th model step
+        (1, the default: every model step). Model steps update the guide too (the KL of their
+        draws), so larger values train the guide less often at a lower cost per model step.
     :param chunk_size: the most completed points (particles x rows) whose objective is
         evaluated at once. Larger tables are cut into row chunks; in an SVI step
         (:meth:`loss_and_grads`) each chunk is differentiated as soon as it is evaluated and its
@@ -356,6 +380,7 @@ class MissingScoreMatching(ELBO):
         missingness: Callable[[Tensor, Tensor], Tensor] | None = None,
         guide_steps: int = 10,
         guide_particles: int = 1,
+        guide_every: int = 1,
         chunk_size: int | str | None = "auto",
         compile: bool | dict = False,
         max_plate_nesting: float = float("inf"),
@@ -379,6 +404,7 @@ class MissingScoreMatching(ELBO):
         num_particles = positive_int("num_particles", num_particles)
         guide_particles = positive_int("guide_particles", guide_particles)
         guide_steps = positive_int("guide_steps", guide_steps, minimum=0)
+        guide_every = positive_int("guide_every", guide_every)
         if not (chunk_size is None or chunk_size == "auto"):
             if isinstance(chunk_size, str) or int(chunk_size) < 1:
                 raise ValueError(
@@ -402,6 +428,7 @@ class MissingScoreMatching(ELBO):
         self.missingness = missingness
         self.guide_steps = int(guide_steps)
         self.guide_particles = int(guide_particles)
+        self.guide_every = int(guide_every)
         self.chunk_size = chunk_size
         self.diagnostics: dict[str, Any] = {}
         self._step = 0
@@ -410,6 +437,21 @@ class MissingScoreMatching(ELBO):
         #: until the first guided step
         self._single_site: bool | None = None
         self._warned: set[tuple[str, str]] = set()
+
+    @property
+    def cycle(self) -> int:
+        """SVI steps in one round of the variational schedule: ``guide_every`` model steps, then
+        ``guide_steps`` guide steps (1 for the estimators without a guide)."""
+        return self.guide_every + self.guide_steps if self.estimator in GUIDED else 1
+
+    def svi_steps(self, model_steps: int) -> int:
+        """SVI steps from the start of the schedule up to and including the guide steps that
+        follow the ``model_steps``-th model step (if it is followed by any).
+
+        :param model_steps: model steps wanted.
+        """
+        rounds, rest = divmod(int(model_steps), self.guide_every if self.estimator in GUIDED else 1)
+        return rounds * self.cycle + rest
 
     # -- helpers ------------------------------------------------------------------------------
     def _warn_once(self, site: str, kind: str, message: str) -> None:
@@ -830,7 +872,7 @@ class MissingScoreMatching(ELBO):
                 if hybrid:
                     particles = weighted_particles(fn, xr, mr, dr, _take(log_q, rows, 1))
                 else:
-                    particles = variational_particles(fn, xr, mr, dr)
+                    particles = variational_particles(fn, xr, mr, dr, completed=True)
                 return finish(particles, rows)
 
             return particles_of
@@ -949,8 +991,7 @@ class MissingScoreMatching(ELBO):
             self.diagnostics["loss"] = value
             return value
         self._sync_schedule()
-        cycle = self.guide_steps + 1
-        model_step = self._step % cycle == 0
+        model_step = self._step % self.cycle < self.guide_every
         self._step += 1
         objective, kl, model_params, guide_params = self._variational_terms(
             model, guide, args, kwargs, model_step, backward=True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -254,6 +255,42 @@ def _coordinatewise_log_prob(name: str, fn: Distribution, value: Tensor) -> Tens
     return lp
 
 
+def _missing_normal_log_prob(fn: Distribution, value: Tensor, missing: Tensor) -> Tensor | None:
+    r"""The summed log density over the ``missing`` coordinates, ``value.shape[:-1]``, of a
+    coordinate-wise :class:`~torch.distributions.Normal` guide (possibly ``Independent`` and
+    masked) whose scales do not vary over particles; None for any other distribution.
+
+    :math:`\sum_{j \in u} -\tfrac12 t_j^2 - \log\sigma_j - \log\sqrt{2\pi}` with
+    :math:`t = (x - \mu)/\sigma`: the squares are the only terms on every drawn entry, the
+    others are summed over the distinct scales (the value and gradients of the general
+    path's, up to floating-point order; a test checks them). Entries outside ``missing`` (and
+    outside a mask of the guide) are selected away, never multiplied by zero, so a non-finite
+    guide output there does not reach the loss.
+
+    :param missing: boolean ``(n, d)``, True where the data site is missing.
+    """
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    if isinstance(fn, MaskedDistribution):
+        if not isinstance(fn._mask, Tensor):
+            return None
+        missing = missing & unexpand(fn._mask, 1)
+        fn = fn.base_dist
+    if not (isinstance(fn, Normal) and type(fn).log_prob is Normal.log_prob):
+        return None
+    loc, scale = unexpand(fn.loc, 1), unexpand(fn.scale, 1)
+    if scale.dim() > missing.dim() or value.shape[-missing.dim() :] != missing.shape:
+        return None
+    t = (value - loc) * scale.reciprocal()
+    zero = torch.zeros((), dtype=t.dtype, device=t.device)
+    squares = torch.where(missing, t, zero).square().sum(-1)
+    constant = torch.where(missing, -scale.log() - _LOG_SQRT_2PI, zero).sum(-1)
+    return constant - 0.5 * squares
+
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
 def guide_log_prob(trace: Trace, sites: list[DataSite]) -> dict[str, Tensor]:
     r"""The guide's log density of the *missing* coordinates of each data site, ``(r, n)``.
 
@@ -302,7 +339,12 @@ def guide_log_prob(trace: Trace, sites: list[DataSite]) -> dict[str, Tensor]:
                 )
             lp = log_density.expand(value.shape[:-1]).reshape(-1, n)
         else:
-            per_coordinate = _coordinatewise_log_prob(name, fn, value).reshape(-1, n, d)
-            lp = (per_coordinate * (~owner.mask).to(per_coordinate.dtype)).sum(-1)
+            missing = ~owner.mask
+            lp = _missing_normal_log_prob(fn, value, missing)
+            if lp is None:
+                per_coordinate = _coordinatewise_log_prob(name, fn, value).reshape(-1, n, d)
+                lp = (per_coordinate * missing.to(per_coordinate.dtype)).sum(-1)
+            else:
+                lp = lp.reshape(-1, n)
         out[owner.name] = out.get(owner.name, 0) + lp
     return out
