@@ -116,13 +116,16 @@ def test_chunked_variational_model_step_equals_one_pass(table):
     torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk_size", [37, None])
 @pytest.mark.parametrize("estimator", ["variational", "hybrid"])
 @pytest.mark.parametrize("energy", ["gaussian", "mlp"])
-def test_variational_model_step_equals_the_one_graph_formula(table, estimator, energy):
+def test_variational_model_step_equals_the_one_graph_formula(table, estimator, energy, chunk_size):
     """A model step builds each chunk's particles from its own draws and gives the KL its
     gradient to the guide through the score at the draws; values and the gradients of model and
     guide equal the formula written as one graph (the model's density at the draws twice: live,
-    for the guide, and detached, for the surrogate's weights; every row with r particles)."""
+    for the guide, and detached, for the surrogate's weights; every row with r particles). In
+    one chunk (``chunk_size=None``), a closed-form model's density at the draws is computed once
+    for the surrogate and the KL."""
     from pyro import poutine
 
     from pyro_msm.infer.derivatives import log_prob
@@ -150,7 +153,7 @@ def test_variational_model_step_equals_the_one_graph_formula(table, estimator, e
     guide(table)  # creates the guide's parameters
     model(table)
     params = [p.unconstrained() for p in pyro.get_param_store().values()]
-    loss = MissingScoreMatching(estimator, r, chunk_size=37, max_plate_nesting=1)
+    loss = MissingScoreMatching(estimator, r, chunk_size=chunk_size, max_plate_nesting=1)
     torch.manual_seed(4)
     value, grads = step(loss, model, guide, table, params)
 

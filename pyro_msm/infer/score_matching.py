@@ -127,7 +127,9 @@ def _ones_per_row(x: Tensor) -> Tensor:
     return torch.ones(x.shape[:1], dtype=x.dtype, device=x.device)
 
 
-def _log_prob_through_draws(fn: Distribution, x: Tensor, mask: Tensor, draws: Tensor) -> Tensor:
+def _log_prob_through_draws(
+    fn: Distribution, x: Tensor, mask: Tensor, draws: Tensor, value: Tensor | None = None
+) -> Tensor:
     r"""The model's log density at the completed draws, ``(r, n)``, whose gradient flows to the
     draws only (to the guide that drew them), not to the model's parameters.
 
@@ -141,15 +143,20 @@ def _log_prob_through_draws(fn: Distribution, x: Tensor, mask: Tensor, draws: Te
     :param draws: ``(r, n, d)`` completed rows (a data site's ``value``: observed entries are
         ``x``'s, so they are not completed again here, and the gradient reaches the guide's
         draws through that completion's select, which keeps only the missing coordinates).
+    :param value: the model's log density at ``draws``, ``(r, n)``, if already computed (the
+        model step's objective computes it with its graph to the parameters; detached here).
     """
     z = draws.detach()
+    if value is not None:
+        value = value.detach()
     if not draws.requires_grad:
-        return log_prob(fn, z).detach()
+        return log_prob(fn, z).detach() if value is None else value
     base = _unwrap(fn)
     closed = base.score(z) if isinstance(base, Energy) else None
     with torch.enable_grad():
         if closed is not None:
-            value, a = log_prob(fn, z).detach(), closed.detach().expand(z.shape)
+            value = log_prob(fn, z).detach() if value is None else value
+            a = closed.detach().expand(z.shape)
         else:
             point = z.requires_grad_(True)
             lp = log_prob(fn, point)
@@ -625,6 +632,33 @@ class MissingScoreMatching(ELBO):
             return max(1, entries // x.shape[-1])
         return int(self.chunk_size)
 
+    def _one_chunk(self, site: DataSite) -> bool:
+        """Whether a ``"variational"`` model step of a model with a closed-form score scores
+        all of the site's rows with missing entries in one chunk, on one rank (the objective's
+        particles and the KL may then share one log density)."""
+        if (
+            self.estimator != "variational"
+            or not has_closed_form(site.fn)  # else the KL's reverse pass gives the density
+            or self._shard(site.data.shape[0]) is not None
+        ):
+            return False
+        row_fn = self._row_fn(site.fn)
+        if row_fn is None:
+            return True  # every row in one pass
+        per_chunk = self._points_per_chunk(row_fn, site.data)
+        if per_chunk is None:
+            return True
+        partial = self._split_rows(site.mask)[1]
+        return max(1, per_chunk // self.num_particles) >= len(partial)
+
+    @staticmethod
+    def _stepwise(chunks: list[tuple[_Group, Tensor]], per_chunk: int | None) -> bool:
+        """Whether chunks are differentiated one by one: more than one, and more points in all
+        than ``per_chunk`` (with no chunk size, or all in one chunk's memory, one pass)."""
+        if len(chunks) < 2 or per_chunk is None:
+            return False
+        return sum(len(rows) * group.points for group, rows in chunks) > per_chunk
+
     def _objective_total(
         self,
         site: DataSite,
@@ -635,10 +669,10 @@ class MissingScoreMatching(ELBO):
     ) -> Tensor:
         """The weighted sum over rows of the objective, group by group and chunk by chunk.
 
-        With ``backward`` and more than one chunk, each chunk's value is differentiated at once
-        and its graph freed (the returned total is then detached), so memory is bounded by one
-        chunk while gradients equal one pass. Records the mean ESS of importance-weighted rows
-        in ``ess``.
+        With ``backward`` and chunks holding more points than one chunk's size, each chunk's
+        value is differentiated at once and its graph freed (the returned total is then
+        detached), so memory is bounded by one chunk while gradients equal one pass. Records
+        the mean ESS of importance-weighted rows in ``ess``.
         """
         objective = self._em_objective if self.estimator == "em" else self.objective
         splittable = fn.batch_shape == torch.Size()  # scores any subset of rows
@@ -652,6 +686,9 @@ class MissingScoreMatching(ELBO):
             rows = len(group.rows) if per_chunk is None else max(1, per_chunk // group.points)
             chunks += [(group, part) for part in group.rows.split(rows)]
 
+        # chunk by chunk only when all chunks together exceed one chunk's points (else one
+        # backward pass, with the caller's, saves a backward pass per chunk)
+        stepwise = backward and self._stepwise(chunks, per_chunk)
         total: Tensor | float = 0.0
         dropped_rows: Tensor | float = 0.0
         row_losses: list[Tensor] = []  # for the health monitor's diagnosis of a bad step
@@ -675,7 +712,7 @@ class MissingScoreMatching(ELBO):
             losses = objective(fn, particles)
             row_losses.append(losses.detach())
             value = (losses * _take(site.scale, rows) * particles.row_weight).sum() * world
-            if backward and len(chunks) > 1 and value.requires_grad:
+            if stepwise and value.requires_grad:
                 value.backward(retain_graph=True)  # the parameters' upstream graph is shared
                 value = value.detach()
             total = total + value
@@ -847,7 +884,12 @@ class MissingScoreMatching(ELBO):
 
     # -- estimators with a guide: variational and hybrid --------------------------------------
     def _guided_groups(
-        self, site: DataSite, draws: Tensor, log_q: Tensor, noise_scale: Tensor | None
+        self,
+        site: DataSite,
+        draws: Tensor,
+        log_q: Tensor,
+        noise_scale: Tensor | None,
+        log_p: Tensor | None = None,
     ) -> tuple[Distribution, list[_Group]]:
         """Groups of rows for particles drawn from the guide. Each chunk's particles are built
         from that chunk's draws only (the model's log density at them, and for ``"hybrid"`` the
@@ -857,6 +899,8 @@ class MissingScoreMatching(ELBO):
 
         :param draws: ``(r, n, d)`` guide draws (detached here).
         :param log_q: ``(r, n)`` the guide's log density of the missing block (for ``"hybrid"``).
+        :param log_p: ``(r, n)`` the model's log density at the draws, with its graph to the
+            parameters, if computed for all rows at once (``"variational"``, one chunk).
         """
         x, mask, draws = site.data, site.mask, draws.detach()
         hybrid = self.estimator == "hybrid"
@@ -872,7 +916,8 @@ class MissingScoreMatching(ELBO):
                 if hybrid:
                     particles = weighted_particles(fn, xr, mr, dr, _take(log_q, rows, 1))
                 else:
-                    particles = variational_particles(fn, xr, mr, dr, completed=True)
+                    lp = None if log_p is None else _take(log_p, rows, 1)
+                    particles = variational_particles(fn, xr, mr, dr, lp, completed=True)
                 return finish(particles, rows)
 
             return particles_of
@@ -935,10 +980,13 @@ class MissingScoreMatching(ELBO):
             if model_step:
                 noise = None if perturbation is None else perturbation.cache[site.name][1]
                 self._warn_dropped_rows(site)
-                row_fn, groups = self._guided_groups(site, draws, log_q, noise)
+                # in one chunk, the objective's log density (graph to the parameters) is the
+                # KL's too: computed once for all rows
+                log_p = log_prob(site.fn, draws.detach()) if self._one_chunk(site) else None
+                row_fn, groups = self._guided_groups(site, draws, log_q, noise, log_p)
                 objective = objective + self._objective_total(site, row_fn, groups, ess, backward)
                 # the KL's model term, with its gradient to the guide only (through the draws)
-                kl_rows = log_q - _log_prob_through_draws(site.fn, x, mask, draws)
+                kl_rows = log_q - _log_prob_through_draws(site.fn, x, mask, draws, log_p)
             else:
                 live = log_prob(site.fn, draws)  # gradient to the guide through the draws
                 kl_rows = log_q - live
