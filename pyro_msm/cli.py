@@ -30,8 +30,8 @@ SMOKE_DEFAULTS = {"dim": 3, "n": 100, "missing_rate": 0.3, "steps": 5}
 #: Measured wall-clock time of ``pyro-msm demo`` with its defaults (see docs/benchmarks.md).
 DEMO_MEASURED = (
     "12-40 s of wall time on the project's 2-core machine, depending on its load (measured: "
-    "11.7 s at load average 1.9 with today's schedule, the variational fit 1.8x the IW fit's "
-    "time; 37 s at load average 5-7 before its last speed-ups)"
+    "11.5 s at load average 1.0 with today's schedule, the variational fit 3.2 s and the IW "
+    "fit 1.7 s; 37 s at load average 5-7 before its last speed-ups)"
 )
 
 
