@@ -27,6 +27,7 @@ from pyro_msm.graphical import (
     frobenius_error,
     kkt_violation,
     marginal_kkt_violation,
+    marginal_newton,
     marginal_objective,
     marginal_path,
     marginal_score_matching,
@@ -201,7 +202,10 @@ def test_marginal_newton_satisfies_the_conditions_and_equals_fista():
     newton = marginal_score_matching(data, mask, penalty, tol=1e-10, method="newton")
     assert fista.converged and newton.converged
     assert newton.iterations <= 15
-    assert marginal_kkt_violation(data, mask, newton.loc, newton.precision, penalty) < 1e-9
+    kkt = marginal_kkt_violation(data, mask, newton.loc, newton.precision, penalty)
+    assert kkt < 1e-9
+    # the solver stops on the very quantity marginal_kkt_violation reports
+    assert newton.info["kkt"] == pytest.approx(kkt, rel=1e-6, abs=1e-14)
     assert torch.allclose(newton.precision, fista.precision, atol=1e-6)
     assert torch.allclose(newton.loc, fista.loc, atol=1e-6)
     off = newton.precision - torch.diag(newton.precision.diagonal())
@@ -213,6 +217,23 @@ def test_marginal_newton_satisfies_the_conditions_and_equals_fista():
     assert bool((refit.precision[~(support | torch.eye(5, dtype=torch.bool))] == 0).all())
     assert marginal_kkt_violation(data, mask, refit.loc, refit.precision, 0.0,
                                   support=support) < 1e-9  # fmt: skip
+
+
+def test_newton_solver_and_hessian_products_refuse_bad_input():
+    _, data, mask = _problem("chain", d=4, n=100, rate=0.3, seed=0)
+    stats = pattern_statistics(data, mask)
+    loc, eye = torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="penalty must be non-negative"):
+        marginal_newton(stats, -1.0, (loc, eye))
+    with pytest.raises(ValueError, match="init must be"):
+        marginal_newton(stats, 0.1, (loc[:3], eye[:3, :3]))
+    with pytest.raises(ValueError, match="not positive definite"):
+        marginal_newton(stats, 0.1, (loc, -eye))
+    with pytest.raises(ValueError, match="d_precision"):
+        grouped_marginal_hvp(stats, loc, eye, torch.zeros(2, 4, dtype=torch.float64),
+                             torch.zeros(3, 4, 4, dtype=torch.float64))  # fmt: skip
+    with pytest.raises(ValueError, match="unknown method"):
+        marginal_score_matching(data, mask, 0.1, method="bfgs")
 
 
 def test_marginal_and_em_agree_at_the_top_of_the_path():

@@ -513,8 +513,17 @@ def marginal_newton(
     inverse covariance estimation", JMLR 15, 2014; Lee, Sun & Saunders, "Proximal Newton-type
     methods for minimizing composite functions", SIAM J. Optimization 24, 2014.
     """
+    if not penalty >= 0:
+        raise ValueError(f"penalty must be non-negative, got {penalty}")
+    if not tol > 0 or int(max_iter) < 0:
+        raise ValueError(f"need tol > 0 and max_iter >= 0, got {tol} and {max_iter}")
     loc, p = (t.detach().to(torch.float64).clone() for t in init)
-    d = p.shape[0]
+    d = stats.patterns.shape[-1]
+    if loc.shape != (d,) or p.shape != (d, d):
+        raise ValueError(
+            f"marginal_newton: init must be ({d},) and ({d}, {d}) for statistics of {d} "
+            f"columns, got {tuple(loc.shape)} and {tuple(p.shape)}"
+        )
     upper = torch.triu_indices(d, d, device=p.device)
     off = upper[0] != upper[1]
     keep = _support_mask(support, d, p.device)
@@ -538,14 +547,13 @@ def marginal_newton(
     damping, converged, backtracks, kkt, free_sizes = None, False, 0, float("inf"), []
     k = 0
     for k in range(int(max_iter) + 1):  # noqa: B007
-        _, g_loc, g_p = _value_and_grad(stats, *_unpack(z, d, upper))
+        loc, p = _unpack(z, d, upper)
+        _, g_loc, g_p = _value_and_grad(stats, loc, p)
+        kkt = max(
+            float(g_loc.abs().max()), subgradient_violation(p, g_p, penalty, support=keep)
+        )  # the quantity of marginal_kkt_violation
         g = _pack(g_loc, g_p, upper)
         g[d:][off] *= 2.0
-        violation = torch.where(
-            w == 0, g.abs(),
-            torch.where(z != 0, (g + w * torch.sign(z)).abs(), (g.abs() - w).clamp(min=0)),
-        )  # fmt: skip
-        kkt = float(violation.masked_fill(fixed, 0.0).max())
         if kkt <= tol:
             converged = True
             break

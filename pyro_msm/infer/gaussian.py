@@ -9,6 +9,7 @@ are those of ``M_oo`` padded with the identity. Every closed form below is built
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -198,6 +199,23 @@ def grouped_marginal_loss(stats: PatternStatistics, loc: Tensor, precision: Tens
     return total / stats.num_rows
 
 
+def _gradient_terms(stats: PatternStatistics, loc: Tensor, flat_cov: Tensor) -> Iterator[tuple]:
+    r"""Per group of patterns, the pieces of :func:`grouped_marginal_gradient` that its
+    Hessian-vector products (:func:`grouped_marginal_hvp`) reuse: ``(n_k, index, flat, q,
+    qq, centred, resid, block)`` with :math:`Q = (\Sigma_{oo})^{-1}`, ``qq`` :math:`= Q^2`,
+    ``centred`` :math:`= R_o`, ``resid`` :math:`= s_o - n_o\mu_o` (``(k, |o|, 1)``) and
+    ``block`` :math:`= \partial L_o/\partial\Sigma_{oo} = 2 n_o Q^2 - Q^2 R_o Q - Q R_o Q^2`."""
+    for n_k, index, flat, s_k, scatter in _marginal_groups(stats):
+        mu = loc[index]
+        centred = _centred_scatter(n_k, s_k, scatter, mu)
+        q = torch.cholesky_inverse(torch.linalg.cholesky(flat_cov[flat]))
+        qq = q @ q
+        b = qq @ (centred @ q)
+        block = 2 * n_k[:, None, None] * qq - b - b.mT
+        resid = (s_k - n_k[:, None] * mu).unsqueeze(-1)
+        yield n_k, index, flat, q, qq, centred, resid, block
+
+
 def grouped_marginal_gradient(
     stats: PatternStatistics, loc: Tensor, precision: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -233,17 +251,10 @@ def grouped_marginal_gradient(
     g_sigma = torch.zeros(d * d, dtype=p.dtype, device=p.device)
     g_loc = torch.zeros(d, dtype=p.dtype, device=p.device)
     total = torch.zeros((), dtype=p.dtype, device=p.device)
-    for n_k, index, flat, s_k, scatter in _marginal_groups(stats):
-        mu = loc[index]
-        centred = _centred_scatter(n_k, s_k, scatter, mu)
-        q = torch.cholesky_inverse(torch.linalg.cholesky(flat_cov[flat]))
-        qq = q @ q
+    for n_k, index, flat, q, qq, centred, resid, block in _gradient_terms(stats, loc, flat_cov):
         trace = torch.diagonal(q, dim1=-2, dim2=-1).sum(-1)
         total = total + (-2 * n_k * trace + (qq * centred).sum((-2, -1))).sum()
-        b = qq @ (centred @ q)
-        block = 2 * n_k[:, None, None] * qq - b - b.mT
         g_sigma.index_add_(0, flat.reshape(-1), block.reshape(-1))
-        resid = (s_k - n_k[:, None] * mu).unsqueeze(-1)
         g_loc.index_add_(0, index.reshape(-1), (-2 * (qq @ resid)).reshape(-1))
     scale = 1.0 / stats.num_rows
     g_p = -(covariance @ g_sigma.view(d, d) @ covariance) * scale
@@ -283,7 +294,12 @@ def grouped_marginal_hvp(
     _check_gaussian(stats, loc, precision, "grouped_marginal_hvp")
     p = 0.5 * (precision + precision.mT)
     d = p.shape[-1]
-    m = d_loc.shape[0]
+    m = d_loc.shape[0] if d_loc.dim() == 2 else -1
+    if d_loc.shape != (m, d) or d_precision.shape != (m, d, d):
+        raise ValueError(
+            f"grouped_marginal_hvp: d_loc must be (m, {d}) and d_precision (m, {d}, {d}), got "
+            f"{tuple(d_loc.shape)} and {tuple(d_precision.shape)}"
+        )
     covariance = torch.cholesky_inverse(torch.linalg.cholesky(p))
     flat_cov = covariance.reshape(-1)
     d_cov = -(covariance @ d_precision @ covariance)
@@ -291,15 +307,8 @@ def grouped_marginal_hvp(
     g_sigma = torch.zeros(d * d, dtype=p.dtype, device=p.device)
     dg_sigma = torch.zeros(m, d * d, dtype=p.dtype, device=p.device)
     dg_loc = torch.zeros(m, d, dtype=p.dtype, device=p.device)
-    for n_k, index, flat, s_k, scatter in _marginal_groups(stats):
-        mu = loc[index]
-        centred = _centred_scatter(n_k, s_k, scatter, mu)
-        q = torch.cholesky_inverse(torch.linalg.cholesky(flat_cov[flat]))
-        qq = q @ q
-        b = qq @ (centred @ q)
-        block = 2 * n_k[:, None, None] * qq - b - b.mT
+    for n_k, index, flat, q, qq, centred, resid, block in _gradient_terms(stats, loc, flat_cov):
         g_sigma.index_add_(0, flat.reshape(-1), block.reshape(-1))
-        resid = (s_k - n_k[:, None] * mu).unsqueeze(-1)
         dq = -(q @ flat_dcov[:, flat] @ q)
         dqq = dq @ q + q @ dq
         dmu = d_loc[:, index].unsqueeze(-1)
