@@ -214,3 +214,19 @@ def test_estimator_spec_scales_its_model_updates():
     assert variational.steps_fraction == DEMO_VARIATIONAL_STEPS_FRACTION
     assert round(300 * DEMO_VARIATIONAL_STEPS_FRACTION) == 250
     assert all(s.steps_fraction == 1.0 for s in DEMO_ESTIMATORS if s is not variational)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"steps_fraction": 0.0}, "steps_fraction"),
+        ({"steps_fraction": float("nan")}, "steps_fraction"),
+        ({"guide_hidden_dims": ()}, "guide_hidden_dims"),
+        ({"guide_hidden_dims": (64, 0)}, "guide_hidden_dims"),
+    ],
+)
+def test_estimator_spec_refuses_bad_settings(kwargs, match):
+    from pyro_msm.experiments.gaussian import EstimatorSpec
+
+    with pytest.raises(ValueError, match=match):
+        EstimatorSpec("variational", "variational", **kwargs)

@@ -395,6 +395,16 @@ class EstimatorSpec:
     guide_hidden_dims: tuple[int, ...] | None = None
     steps_fraction: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not (0.0 < self.steps_fraction and math.isfinite(self.steps_fraction)):
+            raise ValueError(f"steps_fraction must be positive, got {self.steps_fraction}")
+        if self.guide_hidden_dims is not None and (
+            not self.guide_hidden_dims or any(int(h) < 1 for h in self.guide_hidden_dims)
+        ):
+            raise ValueError(
+                f"guide_hidden_dims must be positive widths, got {self.guide_hidden_dims}"
+            )
+
 
 #: Every method the benchmark compares (the references are added by :func:`compare_estimators`).
 DEFAULT_ESTIMATORS: tuple[EstimatorSpec, ...] = (
