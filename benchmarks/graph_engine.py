@@ -5,7 +5,10 @@ with one torch/BLAS thread, interleaved cell by cell; the columns are path ROC A
 recovery, the F1 of the graph each method selects, and seconds:
 
 - ``default``: ``GraphicalScoreMatching().fit(X)`` with its defaults (path + selection);
-- ``em`` / ``marginal`` / ``marginal_newton``: the exact solvers' paths (``marginal`` by FISTA,
+- ``imputed`` / ``em`` / ``em_capped`` / ``marginal`` / ``marginal_newton``: the exact solvers'
+  paths (``imputed``: the quadratic path on statistics imputed once, the default's path;
+  ``em_capped``: EM at every penalty capped at ``EM_PATH_MAX_ITER`` maps, the former default;
+  ``marginal`` by FISTA,
   ``marginal_newton`` by proximal Newton, at most ``--newton-max-iter`` iterations per
   penalty; F1 at the likelihood eBIC after EM support refits, pair sample sizes and beta 0.25,
   the default's rule; ``f1_ebic_sm``: at genscore's score-matching eBIC);
@@ -51,6 +54,7 @@ from pyro_msm.graphical import (  # noqa: E402
     glasso_path,
     impute_glasso_cv,
     impute_glasso_path,
+    imputed_path,
     marginal_path,
     path_auc,
     penalty_grid,
@@ -60,7 +64,7 @@ from pyro_msm.graphical import (  # noqa: E402
     simulate_graph,
     support_refits,
 )
-from pyro_msm.graphical.estimator import LIKELIHOOD_EBIC_BETA  # noqa: E402
+from pyro_msm.graphical.estimator import EM_PATH_MAX_ITER, LIKELIHOOD_EBIC_BETA  # noqa: E402
 from pyro_msm.graphical.path import PenaltyPath, as_data_and_mask  # noqa: E402
 from pyro_msm.graphical.quadratic import max_penalty  # noqa: E402
 
@@ -88,7 +92,9 @@ HELDOUT = [
 SMOKE = [("chain", 6, 150, 0.3)]
 METHODS = (
     "default",
+    "imputed",
     "em",
+    "em_capped",
     "marginal",
     "marginal_newton",
     "mean_glasso",
@@ -120,7 +126,7 @@ def run_cell(
         seconds = time.perf_counter() - start
         alt = float("nan")
         # genscore's score-matching eBIC, for comparison
-        if method in ("em", "marginal", "marginal_newton"):
+        if method in ("imputed", "em", "em_capped", "marginal", "marginal_newton"):
             scores = ebic_score_matching(data, mask, path.locs, path.precisions)
             alt = _selected_f1(truth, path.precisions[int(torch.argmin(scores))])
         auc = path_auc(truth, path.precisions) if path is not None else float("nan")
@@ -194,7 +200,9 @@ def run_cell(
 
     table = {
         "default": default,
+        "imputed": exact(imputed_path),
         "em": exact(em_path),
+        "em_capped": exact(partial(em_path, max_iter=EM_PATH_MAX_ITER)),
         "marginal": exact(marginal_path),
         "marginal_newton": exact(partial(marginal_path, method="newton", max_iter=newton_max_iter)),
         "mean_glasso": impute_glasso("mean"),

@@ -670,7 +670,7 @@ def _fit(args: argparse.Namespace) -> int:  # noqa: C901 - one linear recipe
     elif args.model == "graph":
         from .graphical import GraphicalScoreMatching
 
-        # the exact EM path on incomplete tables (the quadratic one on complete tables);
+        # the exact imputed path on incomplete tables (the quadratic one on complete tables);
         # --estimator matters only if the exact solvers are bypassed with --model mlp
         graph = GraphicalScoreMatching(seed=args.seed, progress=not args.no_progress).fit(
             labels.frame(z, columns=names)

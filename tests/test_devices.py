@@ -155,11 +155,12 @@ def test_proposals_follow_the_data(dtype):
 
 
 def test_graph_solvers_follow_the_data():
-    """The exact EM and marginal paths, the quadratic solver and the estimator with its default
+    """The exact imputed, EM and marginal paths, the quadratic solver and the estimator with its default
     grid and selection, on CPU float64 data under meta/float32 defaults."""
     from pyro_msm.graphical import (
         GraphicalScoreMatching,
         em_path,
+        imputed_path,
         marginal_path,
         quadratic_path,
         sample_covariance,
@@ -172,6 +173,7 @@ def test_graph_solvers_follow_the_data():
     with foreign_defaults(torch.float32):
         paths = [em_path(x, penalties=grid), marginal_path(x, penalties=grid)]
         paths.append(em_path(x, num_penalties=3))  # the default grid
+        paths += [imputed_path(x, penalties=grid), imputed_path(x, num_penalties=3)]
         precisions, _ = quadratic_path(sample_covariance(torch.nan_to_num(x)), grid)
         fitted = GraphicalScoreMatching(num_penalties=4, progress=False).fit(x)
     assert fitted.precision_.device.type == "cpu" and fitted.precision_.dtype == torch.float64

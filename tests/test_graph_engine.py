@@ -25,12 +25,16 @@ from pyro_msm.graphical import (
     empty_graph_penalty,
     f1_score,
     frobenius_error,
+    imputation_penalty,
+    imputed_path,
     kkt_violation,
     marginal_kkt_violation,
     marginal_newton,
     marginal_objective,
     marginal_path,
     marginal_score_matching,
+    path_auc,
+    quadratic_path,
     quadratic_score_matching,
     refit_support,
     sample_covariance,
@@ -293,6 +297,95 @@ def test_deterministic_marginal_path_is_the_iterative_limit():
     assert len(iterative.info["steps"]) == 2 and all(s >= 50 for s in iterative.info["steps"])
 
 
+def test_imputed_path_is_the_quadratic_path_on_its_imputed_statistics():
+    """Every estimate of the imputed path satisfies the complete-data optimality conditions on
+    the E-step's Gram matrix under the imputation fit, and that fit is EM's fixed point at
+    imputation_penalty."""
+    _, data, mask = _problem("hub", d=6, n=400, rate=0.4, seed=3)
+    path = imputed_path(data, mask, num_penalties=6)
+    fit, s = path.info["imputation_fit"], path.info["covariance"]
+    gamma = path.info["imputation_penalty"]
+    assert gamma == imputation_penalty(mask) and fit.converged
+    assert em_kkt_violation(data, mask, fit.loc, fit.precision, gamma) < 1e-3
+    completed, mean, gram = expected_statistics(data, mask, fit.loc, fit.precision)
+    assert torch.allclose(gram, s, atol=1e-12)
+    assert torch.allclose(path.locs, mean.expand(6, -1))
+    assert torch.equal(completed[mask], data[mask])
+    for penalty, precision in zip(path.penalties.tolist(), path.precisions, strict=True):
+        assert kkt_violation(precision, s, penalty) < 1e-6
+    assert path.penalties[0] > path.penalties[-1]  # from the empty graph down
+    assert not edges_from_precision(path.precisions[0]).any()  # the top is the empty graph
+    assert edges_from_precision(path.precisions[-1]).any()
+    # explicit penalties and imputation penalty are honoured
+    again = imputed_path(data, mask, path.penalties[:3], imputation=0.0)
+    assert again.info["imputation_penalty"] == 0.0
+    assert torch.equal(again.penalties, path.penalties[:3])
+    with pytest.raises(ValueError, match="non-negative"):
+        imputed_path(data, mask, imputation=-1.0)
+
+
+def test_imputed_selection_refits_each_support_on_the_imputed_statistics():
+    """The default estimator scores each estimate of the imputed path after the constrained
+    quadratic refit on the path's statistics (support_refits(covariance=S))."""
+    from pyro_msm.graphical import ebic, support_refits
+
+    _, data, mask = _problem("hub", d=7, n=500, rate=0.4, seed=9)
+    model = GraphicalScoreMatching(num_penalties=6).fit(data.masked_fill(~mask, float("nan")))
+    path, s = model.path_, model.path_.info["covariance"]
+    refits = support_refits(data, mask, path.locs, path.precisions, covariance=s)
+    for precision, refit in zip(path.precisions, refits, strict=True):
+        support = edges_from_precision(precision) | torch.eye(7, dtype=torch.bool)
+        assert bool((refit[~support] == 0).all())
+        assert kkt_violation(refit, s, 0.0, support=support) < 1e-6
+    want = ebic(data, mask, path.locs, refits, beta=0.25, sample_size="pairs")
+    assert torch.allclose(model.ebic_, want)
+    assert model.penalty_index_ == int(torch.argmin(want))
+
+
+def test_imputed_path_on_complete_data_is_the_quadratic_path():
+    problem = simulate_graph("star", d=6, n=500, missing_rate=0.0, seed=4)
+    x = problem.x.double()
+    path = imputed_path(x, None, num_penalties=5)
+    s = sample_covariance(x)
+    assert torch.allclose(path.info["covariance"], s, atol=1e-12)
+    want, _ = quadratic_path(s, path.penalties)
+    assert torch.allclose(path.precisions, want, atol=1e-12)
+    assert torch.allclose(path.locs[0], x.mean(0), atol=1e-12)
+
+
+def test_imputation_penalty_is_the_noise_rate_of_the_gram_matrix():
+    n, d = 400, 9
+    full = torch.ones(n, d, dtype=torch.bool)
+    assert imputation_penalty(full) == pytest.approx(2 * math.sqrt(math.log(d) / n))
+    assert imputation_penalty(full, scale=0.5) == pytest.approx(math.sqrt(math.log(d) / n))
+    # half the rows observe each pair: sqrt(1/2) of the complete-data rate
+    half = full.clone()
+    half[::2, 0] = False
+    half[1::2, 1:] = False  # rows observe column 0 only or columns 1.. only
+    half[1::2, 0] = True
+    m = half.double()
+    pairs = float((m.T @ m).sum() - (m.T @ m).diagonal().sum()) / (d * (d - 1))
+    assert imputation_penalty(half) == pytest.approx(2 * math.sqrt(pairs * math.log(d)) / n)
+    for bad in (torch.ones(n, d), torch.ones(n, 1, dtype=torch.bool)):
+        with pytest.raises(ValueError):
+            imputation_penalty(bad)
+    with pytest.raises(ValueError, match="scale"):
+        imputation_penalty(full, scale=0.0)
+
+
+def test_imputed_path_recovers_a_known_graph_and_is_the_estimators_default():
+    """On a 30-node chain with 50% MCAR the imputed path ranks the true edges first (path ROC
+    AUC near one) and the default estimator uses it."""
+    problem = simulate_graph("chain", d=30, n=1000, missing_rate=0.5, seed=2)
+    data, mask = as_data_and_mask(problem.observed.double())
+    path = imputed_path(data, mask, num_penalties=12)
+    assert path_auc(problem.adjacency, path.precisions) > 0.98
+    model = GraphicalScoreMatching(num_penalties=12).fit(problem.observed)
+    assert model.solver_ == "imputed" and model.path_.method == "imputed"
+    assert torch.allclose(model.precisions_, path.precisions, atol=1e-12)
+    assert f1_score(problem.adjacency, model.adjacency_) > 0.8
+
+
 def test_em_recovers_a_known_sparse_truth_as_n_grows():
     errors = []
     for n in (400, 6400):
@@ -379,7 +472,7 @@ def test_cross_validation_of_the_held_out_loss():
 
 def test_edge_of_grid_warning_fires_when_it_should():
     problem = simulate_graph("star", d=6, n=800, missing_rate=0.2, seed=12)
-    top, _, _ = empty_graph_penalty(problem.observed.double())
+    top = float(imputed_path(problem.observed.double(), num_penalties=2).penalties[0])
     # every penalty gives the empty graph: the largest is selected
     with pytest.warns(GridEdgeWarning, match="largest"):
         GraphicalScoreMatching(penalties=[4 * top, 2 * top, 1.5 * top]).fit(problem.observed)
@@ -441,7 +534,7 @@ def test_dataframe_round_trip_keeps_names():
     frame = pd.DataFrame(problem.observed.numpy(), columns=names).astype("Float64")
     frame.iloc[0, 0] = pd.NA  # nullable missing values count as missing
     model = GraphicalScoreMatching(num_penalties=12, refit=True).fit(frame)
-    assert model.solver_ == "em"
+    assert model.solver_ == "imputed"
     assert list(model.feature_names_in_) == names and model.n_features_in_ == 5
     assert all(a in names and b in names for a, b in model.edge_names_)
     assert ("alpha", "beta") in model.edge_names_ and ("gamma", "delta") in model.edge_names_
@@ -460,16 +553,18 @@ def test_dataframe_round_trip_keeps_names():
         GraphicalScoreMatching().fit(frame.assign(text="a"))
 
 
-def test_default_em_path_caps_the_maps_per_penalty():
-    """The estimator's default EM path is em_path with EM_PATH_MAX_ITER maps per penalty (the
-    cap binds at a high missing rate, where a converged path needs more maps)."""
+def test_estimator_em_path_caps_the_maps_per_penalty():
+    """The estimator's EM path is em_path with EM_PATH_MAX_ITER maps per penalty (the cap binds
+    at a high missing rate, where a converged path needs more maps)."""
     problem = simulate_graph("hub", d=6, n=300, missing_rate=0.75, seed=5)
     data, mask = as_data_and_mask(problem.observed.double())
-    model = GraphicalScoreMatching(num_penalties=6).fit(problem.observed)
+    model = GraphicalScoreMatching(solver="em", num_penalties=6).fit(problem.observed)
     capped = em_path(data, mask, model.penalties_, max_iter=EM_PATH_MAX_ITER)
     assert torch.allclose(model.path_.precisions, capped.precisions, atol=1e-12)
     assert max(model.path_.info["iterations"]) <= EM_PATH_MAX_ITER
-    converged = GraphicalScoreMatching(num_penalties=6, max_iter=40).fit(problem.observed)
+    converged = GraphicalScoreMatching(solver="em", num_penalties=6, max_iter=40).fit(
+        problem.observed
+    )
     assert max(converged.path_.info["iterations"]) > EM_PATH_MAX_ITER
     assert not all(model.path_.info["converged"])  # the capped points say so
 

@@ -279,6 +279,19 @@ def test_observed_log_likelihood_matches_marginal_densities():
         if o.any():
             want = float(MultivariateNormal(loc[o], cov[o][:, o]).log_prob(x[i, o]))
         assert float(got[i]) == pytest.approx(want, abs=1e-10)
+    # many patterns of both factorisations (missing blocks of 1-6 of 7), one plan reused
+    from pyro_msm.infer.gaussian import estep_plan
+
+    p = precision_from_graph(star_graph(7), seed=2)
+    loc = torch.linspace(-1.0, 1.0, 7, dtype=torch.float64)
+    x = torch.randn(80, 7, dtype=torch.float64)
+    mask = torch.rand(80, 7) < torch.linspace(0.1, 0.9, 80).unsqueeze(-1)
+    got = observed_log_likelihood(x, mask, loc, p, plan=estep_plan(mask))
+    cov = torch.linalg.inv(p)
+    for i in range(80):
+        o = mask[i]
+        want = float(MultivariateNormal(loc[o], cov[o][:, o]).log_prob(x[i, o])) if o.any() else 0
+        assert float(got[i]) == pytest.approx(want, abs=1e-10)
 
 
 def test_ebic_selects_a_good_graph_on_complete_data():
@@ -356,9 +369,9 @@ def test_estimator_with_missing_data_runs_the_iterative_path():
     ).fit(problem.x, problem.mask)  # fmt: skip
     assert model.solver_ == "iterative" and model.path_.precisions.shape == (5, 5, 5)
     assert len(model.path_.losses) == 20 + 25
-    # the default with missing entries is the exact EM solver
+    # the default with missing entries is the exact imputed solver
     default = GraphicalScoreMatching(num_penalties=8).fit(problem.x, problem.mask)
-    assert default.solver_ == "em" and default.path_.method == "em"
+    assert default.solver_ == "imputed" and default.path_.method == "imputed"
     with pytest.raises(ValueError, match="missing entries"):
         GraphicalScoreMatching(solver="quadratic").fit(problem.observed)
 

@@ -2,8 +2,9 @@ r"""Sparse Gaussian graphical models from incomplete data by L1-penalised margin
 matching.
 
 - :class:`GraphicalScoreMatching`: the scikit-learn-shaped estimator (path + selection).
-- :func:`em_path`, :func:`marginal_path`: exact deterministic solvers with missing entries (EM
-  score matching; the exact marginal objective by accelerated proximal gradient).
+- :func:`imputed_path`, :func:`em_path`, :func:`marginal_path`: exact deterministic solvers with
+  missing entries (the quadratic path on statistics imputed once, the default; EM score
+  matching at every penalty; the exact marginal objective by accelerated proximal gradient).
 - :func:`score_matching_path`: the penalty path with any estimator of
   :class:`~pyro_msm.infer.MissingScoreMatching` (proximal Adam, the paper's protocol).
 - :func:`quadratic_path`, :func:`quadratic_score_matching`: the exact complete-data fast path.
@@ -29,6 +30,8 @@ from .exact import (
     em_score_matching,
     empty_graph_penalty,
     exact_penalties,
+    imputation_penalty,
+    imputed_path,
     marginal_kkt_violation,
     marginal_newton,
     marginal_objective,
@@ -92,6 +95,8 @@ __all__ = [
     "SOLVERS",
     "SELECTIONS",
     "ExactSolution",
+    "imputed_path",
+    "imputation_penalty",
     "em_path",
     "em_score_matching",
     "em_kkt_violation",

@@ -17,7 +17,7 @@ from torch.distributions import constraints
 from ..infer import ESTIMATORS
 from ..persistence import SaveLoadMixin
 from ..tables import as_table, is_dataframe
-from .exact import em_path, exact_penalties, marginal_path, refit_support
+from .exact import em_path, exact_penalties, imputed_path, marginal_path, refit_support
 from .metrics import DEFAULT_EDGE_THRESHOLD, edges_from_precision
 from .nonnegative import nonnegative_path
 from .path import PROX_RULES, PenaltyPath, as_data_and_mask, score_matching_path
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: Solvers of :class:`GraphicalScoreMatching`.
-SOLVERS = ("auto", "em", "marginal", "quadratic", "nonnegative", "iterative")
+SOLVERS = ("auto", "imputed", "em", "marginal", "quadratic", "nonnegative", "iterative")
 #: Selection rules of :class:`GraphicalScoreMatching`.
 SELECTIONS = ("ebic", "ebic_sm", "cv")
 
@@ -115,6 +115,12 @@ class GraphicalScoreMatching(SaveLoadMixin):
 
     **Solvers** (``solver``):
 
+    - ``"imputed"``: EM score matching at one penalty
+      (:func:`~pyro_msm.graphical.imputation_penalty`, the noise level of the expected Gram
+      matrix) fixes the E-step's expected Gram matrix, and the path is the exact complete-data
+      quadratic path on it (:func:`~pyro_msm.graphical.imputed_path`). Deterministic; seconds
+      at d = 100; the best edge ranking of the solvers measured
+      (docs/benchmarks.md, "Issue 9, fifth session").
     - ``"em"``: EM score matching (:func:`~pyro_msm.graphical.em_path`): closed-form E-step,
       the exact complete-data quadratic problem as M-step, iterated at every penalty to
       convergence or :data:`EM_PATH_MAX_ITER` maps (``max_iter``), warm-started.
@@ -135,8 +141,9 @@ class GraphicalScoreMatching(SaveLoadMixin):
     - ``"iterative"``: :func:`~pyro_msm.graphical.score_matching_path`, proximal Adam on
       minibatches with any ``estimator`` of :class:`~pyro_msm.infer.MissingScoreMatching`
       (``guide`` for the guided ones); for energies without closed forms (``support``).
-    - ``"auto"`` (default): ``"quadratic"`` on complete data, ``"em"`` with missing entries
-      (the most accurate fast solver in ``benchmarks/graph_engine.py``, docs/benchmarks.md),
+    - ``"auto"`` (default): ``"quadratic"`` on complete data, ``"imputed"`` with missing
+      entries (the most accurate fast solver in ``benchmarks/graph_engine.py``,
+      docs/benchmarks.md),
       ``"nonnegative"`` for the non-negative orthant, ``"iterative"`` for any other
       ``support``. On complete data all of them minimise the
       same objective.
@@ -144,7 +151,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
     **Selection** (``selection``): ``"ebic"`` (default), the eBIC of the observed-data
     Gaussian likelihood (:func:`~pyro_msm.graphical.ebic`), exact for this model, with each
     edge's BIC term the log of the rows that observe its pair (``sample_size="pairs"``),
-    beta 0.25 and each support refitted by EM (``ebic_refit``; the calibration for missing
+    beta 0.25 and each support refitted without penalty (``ebic_refit``; the calibration for missing
     data, :mod:`~pyro_msm.graphical.selection`); ``"ebic_sm"``,
     the eBIC of the score-matching loss calibrated as in genscore
     (:func:`~pyro_msm.graphical.ebic_score_matching`; measured to select too many edges on
@@ -181,8 +188,9 @@ class GraphicalScoreMatching(SaveLoadMixin):
     :param ebic_beta: eBIC parameter in ``[0, 1]`` (None: 0.25 for ``"ebic"``, 0.5 for the
         score-matching eBICs, genscore's default; :mod:`~pyro_msm.graphical.selection`).
     :param ebic_refit: score each path estimate after refitting its support without penalty
-        (:func:`~pyro_msm.graphical.support_refits`: EM on the support; genscore's
-        ``BIC_refit`` is its first map).
+        (:func:`~pyro_msm.graphical.support_refits`: EM on the support, genscore's
+        ``BIC_refit`` is its first map; for ``"imputed"`` the constrained quadratic problem on
+        the path's imputed statistics).
     :param cv_folds: folds for ``selection="cv"``.
     :param refit: refit the selected support without penalty.
     :param threshold: an edge is :math:`|P_{ij}| >` ``threshold``.
@@ -324,13 +332,13 @@ class GraphicalScoreMatching(SaveLoadMixin):
         if solver == "auto":
             if self.support is not None:
                 return "iterative"
-            return "quadratic" if complete else "em"
+            return "quadratic" if complete else "imputed"
         if solver == "quadratic" and not complete:
             raise ValueError(
                 "solver='quadratic' is the complete-data fast path, but the table has missing "
-                "entries; use solver='em' (or 'auto')"
+                "entries; use solver='imputed' (or 'auto')"
             )
-        if solver in ("em", "marginal", "quadratic") and self.support is not None:
+        if solver in ("imputed", "em", "marginal", "quadratic") and self.support is not None:
             raise ValueError(
                 f"solver={solver!r} is for Gaussian data on R^d; with support= use "
                 "solver='iterative' (or 'auto')"
@@ -340,7 +348,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
     def _grid(self, data: Tensor, observed: Tensor, solver: str) -> Tensor | None:
         if self.penalties is not None:
             return torch.as_tensor(self.penalties, dtype=torch.float64, device="cpu").flatten()
-        if solver in ("iterative", "nonnegative"):
+        if solver in ("iterative", "nonnegative", "imputed"):
             return None  # the path's own default grid
         num = EXACT_NUM_PENALTIES if self.num_penalties is None else int(self.num_penalties)
         if solver == "quadratic":
@@ -358,6 +366,16 @@ class GraphicalScoreMatching(SaveLoadMixin):
             return nonnegative_path(
                 data, observed, penalties=grid, num_penalties=num,
                 penalty_ratio=self.penalty_ratio, seed=self.seed, progress=progress is True,
+                **extra,
+            )  # fmt: skip
+        if solver == "imputed":
+            if self.tol is not None:
+                extra.setdefault("tol", self.tol)
+            if self.max_iter is not None:
+                extra.setdefault("max_iter", self.max_iter)
+            num = EXACT_NUM_PENALTIES if self.num_penalties is None else int(self.num_penalties)
+            return imputed_path(
+                data, observed, grid, num_penalties=num, penalty_ratio=self.penalty_ratio,
                 **extra,
             )  # fmt: skip
         if solver in ("em", "marginal"):
@@ -475,10 +493,11 @@ class GraphicalScoreMatching(SaveLoadMixin):
             )  # fmt: skip
         elif self.selection == "ebic":
             precisions = path.precisions
-            if self.ebic_refit:
+            if self.ebic_refit:  # the imputed path refits on its own statistics
                 precisions = support_refits(
-                    data, observed, path.locs, precisions, threshold=self.threshold
-                )
+                    data, observed, path.locs, precisions, threshold=self.threshold,
+                    covariance=path.info.get("covariance") if solver == "imputed" else None,
+                )  # fmt: skip
             scores = ebic(
                 data, observed, path.locs, precisions, beta=self._beta(True),
                 threshold=self.threshold, sample_size="pairs",

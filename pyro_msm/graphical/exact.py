@@ -36,6 +36,15 @@ the expected centred Gram matrix, so the M-step is exactly the complete-data pro
 penalty. Its fixed point is consistent under MAR but is not the marginal minimiser; the
 benchmark (``benchmarks/graph_engine.py``) measures both.
 
+**Imputed** (:func:`imputed_path`, the default of
+:class:`~pyro_msm.graphical.GraphicalScoreMatching` with missing entries): EM score matching at
+one penalty, :func:`imputation_penalty` (the universal rate of the expected Gram matrix's noise),
+fixes the E-step's statistics; the whole path is then the exact complete-data quadratic path on
+them. EM at every penalty imputes each fit's missing entries under that penalty's own sparse
+model, so an edge that a large penalty removes is imputed as independent, which keeps it out of
+the path's ordering longer; imputing once, under a fit penalised only as much as the noise
+asks, ranked edges better and was 3-20x faster (docs/benchmarks.md, "Issue 9, fifth session").
+
 Both solvers share :func:`empty_graph_penalty` (the smallest penalty whose solution is
 diagonal, for EM exactly) and the optimality check
 :func:`~pyro_msm.graphical.quadratic.subgradient_violation`
@@ -79,6 +88,7 @@ from .path import PenaltyPath, as_data_and_mask
 from .quadratic import (
     max_penalty,
     penalty_grid,
+    quadratic_path,
     quadratic_score_matching,
     soft_threshold_offdiagonal,
     subgradient_violation,
@@ -99,6 +109,8 @@ __all__ = [
     "em_iterations",
     "em_path",
     "em_path_from",
+    "imputation_penalty",
+    "imputed_path",
     "EStep",
     "refit_support",
 ]
@@ -967,6 +979,98 @@ def em_path_from(
         seconds=time.perf_counter() - start,
         info={"iterations": iterations, "converged": converged, "covariances": torch.stack(grams)},
     )
+
+
+def imputation_penalty(mask: Tensor | np.ndarray, *, scale: float = 1.0) -> float:
+    r"""The penalty of :func:`imputed_path`'s imputation fit: the universal rate of the noise
+    in the expected Gram matrix,
+
+    .. math::
+        \gamma = 2c\,\sqrt{\bar n_{\mathrm{pair}} \log d}\,/\,n,
+
+    with :math:`\bar n_{\mathrm{pair}}` the mean over pairs :math:`j \ne k` of the rows that
+    observe both entries. At the diagonal model an absent edge's gradient entry
+    :math:`S_{jk}(1/S_{jj} + 1/S_{kk})` (:mod:`~pyro_msm.graphical.quadratic`) is a sum over
+    those :math:`n_{jk}` rows divided by :math:`n` (the E-step imputes the others
+    independently), with standard deviation about :math:`2\sqrt{n_{jk}}/n`; the
+    :math:`\sqrt{\log d}` is the union bound over the pairs. On complete data it is
+    :math:`2c\sqrt{\log d / n}`, the rate of Lin, Drton & Shojaie (2016) for regularised
+    score matching. ``scale`` is :math:`c` (1: no tuning; 0.75 and 1.5 were measured too,
+    docs/benchmarks.md).
+
+    :param mask: boolean ``(n, d)``, True where observed.
+    :param scale: :math:`c > 0`.
+    """
+    observed = mask if isinstance(mask, Tensor) else torch.as_tensor(mask, device="cpu")
+    if observed.dim() != 2 or observed.dtype != torch.bool:
+        raise ValueError("mask must be a boolean (n, d) tensor or array")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be positive and finite, got {scale}")
+    n, d = observed.shape
+    if n == 0 or d < 2:
+        raise ValueError(f"need at least one row and two columns, got shape {(n, d)}")
+    m = observed.to(torch.float64)
+    counts = m.T @ m
+    pairs = float(counts.sum() - counts.diagonal().sum()) / (d * (d - 1))
+    return 2.0 * scale * math.sqrt(pairs * math.log(d)) / n
+
+
+def imputed_path(
+    x: Tensor | np.ndarray,
+    mask: Tensor | np.ndarray | None = None,
+    penalties: Sequence[float] | Tensor | None = None,
+    *,
+    num_penalties: int = 30,
+    penalty_ratio: float = 0.01,
+    imputation: float | None = None,
+    tol: float = 1e-4,
+    max_iter: int = 300,
+    progress: bool | None = False,
+) -> PenaltyPath:
+    r"""Score-matching path on statistics imputed once (module doc): :func:`em_score_matching`
+    at the penalty ``imputation`` gives :math:`(\hat\mu, \hat P)`; the E-step under that fit
+    (:func:`~pyro_msm.infer.gaussian.expected_statistics`) gives the completed mean
+    :math:`\bar\mu` and expected Gram matrix :math:`S`; the path is
+    :func:`~pyro_msm.graphical.quadratic_path` on :math:`S`, every estimate satisfying the
+    complete-data optimality conditions on :math:`S` to the quadratic solver's tolerance. On
+    complete data :math:`S` is the sample covariance and this is the quadratic path.
+
+    :param x: ``(n, d)``, NaN where missing unless ``mask`` is given.
+    :param penalties: decreasing penalties (default ``num_penalties`` log-spaced from
+        :func:`~pyro_msm.graphical.quadratic.max_penalty` of :math:`S` down by
+        ``penalty_ratio``).
+    :param imputation: penalty of the imputation fit (default :func:`imputation_penalty`).
+    :param tol: relative tolerance of the imputation fit's EM.
+    :param max_iter: EM maps of the imputation fit at most.
+    :param progress: accepted for a common signature with the other paths (the path takes
+        seconds; no bar is shown).
+    :returns: a :class:`~pyro_msm.graphical.PenaltyPath` labelled ``"imputed"``; ``info``
+        holds ``imputation_penalty``, the imputation fit ``imputation_fit`` (an
+        :class:`ExactSolution`), the Gram matrix ``covariance`` and the quadratic solver's
+        ``iterations``.
+    """
+    del progress
+    data, observed = _float64(x, mask)
+    start = time.perf_counter()
+    gamma = imputation_penalty(observed) if imputation is None else float(imputation)
+    if not gamma >= 0:
+        raise ValueError(f"imputation must be a non-negative penalty, got {imputation}")
+    fit = em_score_matching(data, observed, gamma, tol=tol, max_iter=max_iter)
+    _, mean, s = expected_statistics(data, observed, fit.loc, fit.precision)
+    if penalties is None:
+        grid = penalty_grid(max_penalty(s), num_penalties, penalty_ratio)
+    else:
+        grid = torch.as_tensor(penalties, dtype=torch.float64).flatten()
+    precisions, iterations = quadratic_path(s, grid.to(s.device))
+    return PenaltyPath(
+        method="imputed",
+        penalties=grid.clone(),
+        precisions=precisions,
+        locs=mean.expand(len(grid), -1).clone(),
+        seconds=time.perf_counter() - start,
+        info={"imputation_penalty": gamma, "imputation_fit": fit, "covariance": s,
+              "iterations": iterations},
+    )  # fmt: skip
 
 
 def refit_support(

@@ -38,8 +38,8 @@ graphs when :math:`d` grows with :math:`n` (Foygel & Drton 2010), the regime of 
 
 With missing entries the likelihood is that of what was observed: row :math:`i` contributes
 :math:`\log N(x_{i,o}; \mu_o, \Sigma_{oo})` with :math:`\Sigma = \hat P^{-1}`, computed for all
-rows at once from the Cholesky factor of ``restrict(Sigma, mask)``
-(:func:`~pyro_msm.infer.gaussian.restrict`). Then
+rows with one factorisation per missingness pattern of the smaller of :math:`P_{uu}` and
+:math:`\Sigma_{oo}` (:func:`observed_log_likelihood`). Then
 
 .. math:: \mathrm{eBIC}_\beta = -2\,\ell + |E|\log n + 4\beta\,|E|\log d,
 
@@ -83,9 +83,10 @@ import torch
 from torch import Tensor
 
 from ..infer.gaussian import (
+    EStepPlan,
+    estep_plan,
     grouped_marginal_loss,
     pattern_statistics,
-    restrict,
 )
 from .metrics import DEFAULT_EDGE_THRESHOLD, edges_from_precision, upper_pairs
 
@@ -100,27 +101,64 @@ __all__ = [
 ]
 
 
-def observed_log_likelihood(x: Tensor, mask: Tensor, loc: Tensor, precision: Tensor) -> Tensor:
+def observed_log_likelihood(
+    x: Tensor, mask: Tensor, loc: Tensor, precision: Tensor, *, plan: EStepPlan | None = None
+) -> Tensor:
     r"""Per-row log density of the observed entries under :math:`N(\mu, P^{-1})`,
-    :math:`\log N(x_o; \mu_o, \Sigma_{oo})`.
+    :math:`\log N(x_o; \mu_o, \Sigma_{oo})`, with one factorisation per missingness pattern
+    of the smaller block (the grouping of
+    :func:`~pyro_msm.infer.gaussian.expected_statistics`): with :math:`r = x - \mu` zero on the
+    missing block :math:`u`,
+
+    .. math::
+        r_o^\top\Sigma_{oo}^{-1}r_o = r^\top P r - (P_{u\cdot}r)^\top P_{uu}^{-1}(P_{u\cdot}r),
+        \qquad \log\det\Sigma_{oo} = \log\det P_{uu} - \log\det P
+
+    (the Schur complement) when :math:`P_{uu}` is the smaller block, and the Cholesky factor
+    of :math:`\Sigma_{oo}` otherwise.
 
     :param x: ``(n, d)`` (missing entries arbitrary but finite).
     :param mask: boolean ``(n, d)``, True where observed.
     :param loc: ``(d,)``. :param precision: ``(d, d)`` positive definite.
+    :param plan: ``estep_plan(mask)`` if already computed (e.g. once for a whole path).
     :returns: ``(n,)`` log densities (a row with nothing observed contributes 0).
     :raises ValueError: if ``precision`` is not positive definite.
     """
-    chol_p, info = torch.linalg.cholesky_ex(0.5 * (precision + precision.mT))
+    p = 0.5 * (precision + precision.mT)
+    chol_p, info = torch.linalg.cholesky_ex(p)
     if int(info) != 0:
         raise ValueError("observed_log_likelihood: precision is not positive definite")
-    covariance = torch.cholesky_inverse(chol_p)
-    chol = torch.linalg.cholesky(restrict(covariance, mask))  # (n, d, d)
-    m = mask.to(x.dtype)
-    diff = ((x - loc) * m).unsqueeze(-1)
-    white = torch.linalg.solve_triangular(chol, diff, upper=False).squeeze(-1)
-    log_det = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-    k = m.sum(-1)
-    return -0.5 * ((white * white).sum(-1) + log_det + k * math.log(2 * math.pi))
+    if plan is None:
+        plan = estep_plan(mask)
+    n, d = x.shape
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    diff = torch.where(mask, x - loc, zero)
+    rhs = diff @ p  # P r (P symmetric)
+    quad = (diff * rhs).sum(-1)  # r^T P r, the complete rows' form
+    log_det = (-2.0 * torch.log(chol_p.diagonal())).sum().expand(n).clone()  # log det Sigma
+    flat_p = p.reshape(-1)
+    flat_rhs = rhs.reshape(-1)
+    covariance = None
+    for g in plan.groups:
+        rows = torch.div(g.row_u[:, 0], d, rounding_mode="floor")
+        if g.precision_form:
+            chol = torch.linalg.cholesky(flat_p[g.uu])  # (k, a, a)
+            white = torch.linalg.solve_triangular(
+                chol[g.local], flat_rhs[g.row_u].unsqueeze(-1), upper=False
+            ).squeeze(-1)
+            quad[rows] -= (white * white).sum(-1)
+            log_det[rows] += 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)[g.local]
+        else:
+            if covariance is None:
+                covariance = torch.cholesky_inverse(chol_p).reshape(-1)
+            chol = torch.linalg.cholesky(covariance[g.oo])  # (k, b, b)
+            white = torch.linalg.solve_triangular(
+                chol[g.local], diff.reshape(-1)[g.row_o].unsqueeze(-1), upper=False
+            ).squeeze(-1)
+            quad[rows] = (white * white).sum(-1)
+            log_det[rows] = 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)[g.local]
+    k = mask.to(x.dtype).sum(-1)
+    return -0.5 * (quad + log_det + k * math.log(2 * math.pi))
 
 
 def ebic(
@@ -157,10 +195,12 @@ def ebic(
     else:
         log_n = torch.full((d, d), math.log(n), dtype=torch.float64, device=x.device)
     scores = []
+    plan = estep_plan(mask)
     for loc, precision in zip(locs, precisions, strict=True):
         p = precision.detach().to(torch.float64)
         try:
-            ll = float(observed_log_likelihood(x64, mask, loc.to(torch.float64), p).sum())
+            ll = observed_log_likelihood(x64, mask, loc.to(torch.float64), p, plan=plan)
+            ll = float(ll.sum())
         except ValueError:
             scores.append(math.inf)
             continue
@@ -206,6 +246,7 @@ def support_refits(
     threshold: float = DEFAULT_EDGE_THRESHOLD,
     max_iter: int = 30,
     tol: float = 1e-3,
+    covariance: Tensor | None = None,
 ) -> Tensor:
     """Refit each estimate of a path on its own support without penalty: EM score matching
     on the support (:func:`~pyro_msm.graphical.em_iterations` with ``penalty=0`` and
@@ -219,18 +260,26 @@ def support_refits(
     26-112% from one map to ten, and ten maps were within 1 of thirty; at 80% MCAR the refits
     need up to thirty maps; they stop earlier once converged).
 
+    With ``covariance`` (the Gram matrix :math:`S` of a path solved on fixed statistics,
+    :func:`~pyro_msm.graphical.imputed_path`'s ``info["covariance"]``) each support is refitted
+    on those statistics instead: the constrained quadratic problem
+    (:func:`~pyro_msm.graphical.quadratic_score_matching` with ``support``, no penalty), the
+    same criterion the path minimised, at the cost of a few FISTA iterations.
+
     :param max_iter: EM maps per estimate (1: genscore's one-step refit).
     :param tol: relative tolerance of the refit's EM.
+    :param covariance: ``(d, d)`` fixed statistics to refit on, or None (EM).
     :returns: ``(k, d, d)`` refitted precisions; an estimate that is not positive definite is
         returned unchanged.
     """
     from .exact import _floor_to_positive_definite, _in_memory_estep, _support_mask, em_iterations
+    from .quadratic import quadratic_score_matching
 
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     x64 = x.detach().to(torch.float64)
     complete = bool(mask.all())
-    estep = _in_memory_estep(x64, mask)
+    estep = _in_memory_estep(x64, mask) if covariance is None else None
     out = []
     for loc, precision in zip(locs, precisions, strict=True):
         p = precision.detach().to(torch.float64)
@@ -239,6 +288,12 @@ def support_refits(
             continue
         keep = _support_mask(edges_from_precision(p, threshold), p.shape[0], p.device)
         start, _ = _floor_to_positive_definite(p * keep)
+        if covariance is not None:
+            fixed = quadratic_score_matching(
+                covariance.detach().to(p), 0.0, init=start, support=keep, tol=1e-8
+            )
+            out.append(fixed.precision)
+            continue
         sol = em_iterations(
             estep, loc.detach().to(torch.float64), start, 0.0, complete=complete, tol=tol,
             max_iter=max_iter, support=keep,
