@@ -1058,10 +1058,10 @@ def imputed_path(
     fit = em_score_matching(data, observed, gamma, tol=tol, max_iter=max_iter)
     _, mean, s = expected_statistics(data, observed, fit.loc, fit.precision)
     if penalties is None:
-        grid = penalty_grid(max_penalty(s), num_penalties, penalty_ratio)
+        grid = penalty_grid(max_penalty(s), num_penalties, penalty_ratio, device=s.device)
     else:
-        grid = torch.as_tensor(penalties, dtype=torch.float64).flatten()
-    precisions, iterations = quadratic_path(s, grid.to(s.device))
+        grid = _grid(data, observed, penalties, num_penalties, penalty_ratio)
+    precisions, iterations = quadratic_path(s, grid)
     return PenaltyPath(
         method="imputed",
         penalties=grid.clone(),
