@@ -153,7 +153,8 @@ def run_cell(
     def exact(fn):
         def run():
             path = fn(data, mask, num_penalties=k)
-            refits = support_refits(data, mask, path.locs, path.precisions)
+            refits = support_refits(data, mask, path.locs, path.precisions,
+                                    covariance=path.info.get("covariance"))  # fmt: skip
             index, _ = select_ebic(data, mask, path.locs, refits, beta=LIKELIHOOD_EBIC_BETA,
                                    sample_size="pairs")  # the default's rule  # fmt: skip
             return path, path.precisions[index]
