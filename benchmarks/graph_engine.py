@@ -122,7 +122,16 @@ def run_cell(
 
     def record(method: str, fn: Callable[[], tuple[PenaltyPath | None, torch.Tensor]]) -> None:
         start = time.perf_counter()
-        path, selected = fn()
+        try:
+            path, selected = fn()
+        except (FloatingPointError, RuntimeError, ValueError) as error:  # a peer that fails
+            print(f"{graph:>11} d={d:<3} n={n:<4} r={rate:.1f} s={seed} {method:>19}: "
+                  f"failed ({type(error).__name__}: {str(error)[:80]})", flush=True)  # fmt: skip
+            rows.append(dict(graph=graph, d=d, n=n, rate=rate, seed=seed, method=method,
+                             path_auc=float("nan"), f1=float("nan"), edges=-1,
+                             true_edges=int(torch.triu(truth, 1).sum()),
+                             f1_ebic_sm=float("nan"), seconds=float("nan")))  # fmt: skip
+            return
         seconds = time.perf_counter() - start
         alt = float("nan")
         # genscore's score-matching eBIC, for comparison
@@ -231,8 +240,10 @@ def summarise(rows: list[dict]) -> None:
                    and r["method"] == m]  # fmt: skip
             if not sel:
                 continue
-            med = {key: statistics.median(float(r[key]) for r in sel)
-                   for key in ("path_auc", "f1", "seconds")}  # fmt: skip
+            med = {}
+            for key in ("path_auc", "f1", "seconds"):  # failed runs (NaN) left out
+                values = [float(r[key]) for r in sel if float(r[key]) == float(r[key])]
+                med[key] = statistics.median(values) if values else float("nan")
             print(f"  {m:>19}: {med['path_auc']:.3f} / {med['f1']:.3f} / {med['seconds']:.2f}")
 
 
@@ -268,15 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.cells is not None:
         cells = [cells[i] for i in args.cells]
     rows: list[dict] = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for cell in cells:
         for seed in range(args.first_seed, args.first_seed + seeds):
             rows += run_cell(*cell, seed, tuple(args.methods), args.penalties,
                              args.marginal_max_d, args.newton_max_iter)  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+            with args.out.open("w", newline="") as handle:  # after every cell: a long run
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))  # keeps what it did
+                writer.writeheader()
+                writer.writerows(rows)
     summarise(rows)
     print(f"wrote {args.out}")
     return 0
