@@ -51,7 +51,7 @@ LIKELIHOOD_EBIC_BETA = 0.25
 #: Default path length of the exact solvers (the iterative solver keeps the paper's 100).
 EXACT_NUM_PENALTIES = 20
 
-#: EM maps per penalty of the default EM path (``solver="em"``, ``max_iter=None``), as EM
+#: EM maps per penalty of the estimator's EM path (``solver="em"``, ``max_iter=None``), as EM
 #: graphical lasso's ten iterations. Warm-started along the path, EM converges within it at
 #: moderate missing rates (50% MCAR: Erdos-Renyi d=20 and d=50, the same path-AUC as with no
 #: cap); at 80% MCAR EM's rate is close to 1 and the converged path took 10-30x longer with no
@@ -194,11 +194,12 @@ class GraphicalScoreMatching(SaveLoadMixin):
     :param cv_folds: folds for ``selection="cv"``.
     :param refit: refit the selected support without penalty.
     :param threshold: an edge is :math:`|P_{ij}| >` ``threshold``.
-    :param tol: the exact solvers' relative tolerance (None: each solver's default); for the
-        iterative solver, the convergence check of
-        :func:`~pyro_msm.graphical.score_matching_path`.
+    :param tol: the exact solvers' relative tolerance (None: each solver's default; for
+        ``"imputed"``, that of its imputation fit's EM); for the iterative solver, the
+        convergence check of :func:`~pyro_msm.graphical.score_matching_path`.
     :param max_iter: iterations per penalty of the exact solvers (None: each path's default;
-        for ``"em"``, :data:`EM_PATH_MAX_ITER` EM maps).
+        for ``"em"``, :data:`EM_PATH_MAX_ITER` EM maps; for ``"imputed"``, EM maps of its
+        imputation fit).
     :param support: a domain for truncated data: ``"nonnegative"`` (or the orthant constraints
         ``constraints.positive`` / ``constraints.nonnegative``) for the exact non-negative
         solver, any other domain for the iterative solver.
