@@ -13,6 +13,7 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.poutine.runtime import effectful
 from torch import Tensor
 
+from ._memo import all_observed
 from .tables import TableLabels, as_table, is_dataframe
 
 __all__ = ["observe", "MissingCoordinates", "SITE_KEY", "PERTURB_TYPE"]
@@ -274,7 +275,10 @@ def observe(
         MissingCoordinates(fn, data, mask),
         infer={SITE_KEY: "unobserved"},
     )
-    value = torch.where(mask, data, unobserved)
+    if all_observed(mask) and unobserved.shape == data.shape and not unobserved.requires_grad:
+        value = data  # nothing to fill in (and no gradient to route to the filler)
+    else:
+        value = torch.where(mask, data, unobserved)
     pyro.sample(
         f"{name}_observed",
         fn,

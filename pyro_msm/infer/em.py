@@ -62,6 +62,8 @@ class CompletedRowsObjective(Objective):
             particles.row_weight,
             clean=clean,
             noise_scale=noise_scale,
+            unit_weight=True,
+            all_scored=True,
         )
         per_particle = self.objective(fn, rows)  # (r, n)
         return (particles.weights.detach() * per_particle).sum(0)

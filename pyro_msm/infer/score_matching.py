@@ -25,6 +25,7 @@ from .estimators import (
     _has_observed,
     complete_case_particles,
     mean_impute_particles,
+    single_particle,
     variational_particles,
     weighted_particles,
     zeroed_particles,
@@ -117,11 +118,6 @@ class _Group:
         return _slice_particles(self.draw(rows), keep, False)
 
 
-def _single_particle(z: Tensor, scored: Tensor, row_weight: Tensor) -> Particles:
-    """One particle of weight one per row."""
-    return Particles(z.unsqueeze(0), torch.ones_like(row_weight).unsqueeze(0), scored, row_weight)
-
-
 def _ones_per_row(x: Tensor) -> Tensor:
     """Row weights one (complete rows: every coordinate observed)."""
     return torch.ones(x.shape[:1], dtype=x.dtype, device=x.device)
@@ -203,8 +199,11 @@ def _take(t: Tensor, rows: Tensor, dim: int = 0) -> Tensor:
     return t if rows.shape[0] == t.shape[dim] else t.index_select(dim, rows)
 
 
-def _slice_particles(particles: Particles, rows: Tensor, first: bool) -> Particles:
-    """The particles of some rows (only the first particle, with weight one, if ``first``)."""
+def _slice_particles(
+    particles: Particles, rows: Tensor, first: bool, complete: bool = False
+) -> Particles:
+    """The particles of some rows (only the first particle, with constant weight one, if
+    ``first``; ``complete``: the rows have every coordinate scored)."""
 
     def take(t: Tensor | None, dim: int) -> Tensor | None:
         return None if t is None else _take(t, rows, dim)
@@ -221,6 +220,8 @@ def _slice_particles(particles: Particles, rows: Tensor, first: bool) -> Particl
         outside=take(particles.outside, 0),
         noise_scale=take(particles.noise_scale, 0),
         directions=take(particles.directions, 1),
+        unit_weight=first or particles.unit_weight,
+        all_scored=complete or particles.all_scored,
     )
 
 
@@ -777,9 +778,13 @@ class MissingScoreMatching(ELBO):
             return particles
 
         def single(particles: Particles, rows: Tensor | None = None) -> _Group:
-            """One particle per row (the estimators' baselines, and complete rows)."""
+            """One particle per row: the estimators' baselines (all rows), and the complete
+            rows (``rows``)."""
+            complete = rows is not None
             rows = all_rows() if rows is None else rows
-            return _Group(rows, 1, lambda c: finish(_slice_particles(particles, c, True), c))
+            return _Group(
+                rows, 1, lambda c: finish(_slice_particles(particles, c, True, complete), c)
+            )
 
         baselines = {
             "zeroed": zeroed_particles,
@@ -930,7 +935,8 @@ class MissingScoreMatching(ELBO):
 
         def classical(rows: Tensor) -> Particles:
             xr = _take(x, rows)
-            return finish(_single_particle(xr, _take(mask, rows), _ones_per_row(xr)), rows)
+            particles = single_particle(xr, _take(mask, rows), _ones_per_row(xr), all_scored=True)
+            return finish(particles, rows)
 
         return row_fn, [
             _Group(complete, 1, classical),
