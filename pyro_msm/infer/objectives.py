@@ -305,7 +305,7 @@ class DenoisingObjective(Objective):
         scales = self._scales[key]
         pick = torch.randint(len(self.noise_scales), x.shape[:-1], device=x.device)
         sigma = scales[pick].unsqueeze(-1)
-        noisy = x + torch.randn_like(x) * sigma
+        noisy = torch.addcmul(x, torch.randn_like(x), sigma)  # x + noise * sigma, fused
         if all_observed(mask):  # nothing to keep clean
             return noisy, sigma
         return torch.where(mask, noisy, x), sigma
@@ -316,10 +316,12 @@ class DenoisingObjective(Objective):
         sigma = particles.noise_scale
         mean_a = weighted_mean(particles.mean_weights, score(fn, particles.z))
         variance = sigma**2
-        # the kernel's score -(x~ - x) / sigma^2: data, no gradient (the particles' observed
-        # coordinates are the noisy ones; the missing ones are masked below)
-        target = (particles.clean - particles.z[0]) / variance
-        residual = on_scored(mean_a - target, particles)
+        # minus the kernel's score, (x~ - x) / sigma^2, is data (no gradient; the particles'
+        # observed coordinates are the noisy ones, the missing ones are masked below): the
+        # residual mean_a + (x~ - x) / sigma^2 in one fused operation
+        residual = on_scored(
+            torch.addcdiv(mean_a, particles.z[0] - particles.clean, variance), particles
+        )
         # sigma^2 keeps the scale comparable across noise levels (Song & Ermon, 2019)
         return variance.squeeze(-1) * (residual * residual).sum(-1)
 
