@@ -424,14 +424,16 @@ def _sweep_score(net: nn.Sequential, confinement: float, z: Tensor) -> Tensor:
         else:
             h, slope = _activation_slope(layer, h, value=i < last)
             slopes.append(slope)
-    g: Tensor | None = None  # d net / d (the current layer's output); None: one
+    # g: minus d net / d (the current layer's output), the sign taken at the output (a (1, k)
+    # weight) rather than on the (P, d) score; None: minus one
+    g: Tensor | None = None
     for layer in reversed(layers):
         if type(layer) is nn.Linear:
-            g = layer.weight if g is None else g @ layer.weight
+            g = -layer.weight if g is None else g @ layer.weight
         else:
             slope = slopes.pop()
-            g = slope if g is None else g * slope
-    a = -g.expand(x.shape)
+            g = -slope if g is None else g * slope
+    a = g.expand(x.shape)
     if confinement:
         a = a - confinement * x
     return a.reshape(z.shape)
