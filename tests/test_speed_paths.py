@@ -776,8 +776,8 @@ def test_unit_weight_and_complete_row_paths_equal_the_general_path(
             guide = no_guide if estimator == "iw" else AmortizedNormal(model, hidden_dims=(8,))
             if estimator != "iw":
                 guide = guide.double()
-            loss = MissingScoreMatching(estimator, 1 if estimator == "iw" else 3,
-                                        objective=objective, proposal=RowDraws())
+            r = 1 if estimator == "iw" else 3
+            loss = MissingScoreMatching(estimator, r, objective=objective, proposal=RowDraws())
             value = loss.loss_and_grads(model, guide, x)
             grads = [p.grad.clone() for p in params]
             for p in params:

@@ -2,7 +2,9 @@ r"""Derivatives of a model's log density in its data argument, in one place.
 
 Every estimator and objective gets the score :math:`a(z) = \nabla_z \log q(z)` and the diagonal
 of its Jacobian :math:`b_j(z) = \partial a_j / \partial z_j` from here: from the distribution's
-closed-form hooks when it has them (:class:`~pyro_msm.distributions.Energy`), otherwise by
+closed-form hooks when it has them (:class:`~pyro_msm.distributions.Energy`), for the sequential
+networks of :func:`taylor_network` by explicit passes written as ordinary operations (Taylor
+mode for the diagonal and directional derivatives, a reverse sweep for the score), otherwise by
 automatic differentiation vectorised over rows, particles and coordinate axes. The results keep
 their graph to the model parameters, so losses built on them can be differentiated again.
 """

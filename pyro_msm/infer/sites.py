@@ -15,14 +15,13 @@ from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 from torch.distributions import Distribution, Normal
 
-from .._memo import all_observed, memo
+from .._memo import memo
 from ..distributions.energy import unexpand
 from ..primitives import SITE_KEY, MissingCoordinates
 
 __all__ = [
     "DataSite",
     "FillUnobserved",
-    "all_observed",
     "RejectLatent",
     "PerturbObserved",
     "find_data_sites",
