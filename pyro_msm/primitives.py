@@ -13,6 +13,7 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.poutine.runtime import effectful
 from torch import Tensor
 
+from ._memo import all_observed, memo
 from .tables import TableLabels, as_table, is_dataframe
 
 __all__ = ["observe", "MissingCoordinates", "SITE_KEY", "PERTURB_TYPE"]
@@ -146,7 +147,9 @@ def _checked_data(name: str, obs: Tensor, obs_mask) -> tuple[Tensor, Tensor]:
         return cached[2], cached[3]
     mask = _as_mask(name, obs, obs_mask)
     bad = mask & ~torch.isfinite(obs)
-    if bool(bad.any()):
+    any_bad, complete = torch.stack([bad.any(), mask.all()]).tolist()  # one read of the device
+    memo(mask, "all_observed", lambda: bool(complete))  # for all_observed(mask), no second read
+    if any_bad:
         raise ValueError(
             f"site '{name}': {int(bad.sum())} entries marked observed are NaN or infinite; mark "
             "them missing in obs_mask (or leave obs_mask=None to treat NaN as missing)"
@@ -266,7 +269,8 @@ def observe(
         )
     mask, data = _checked_data(name, obs, obs_mask)
     if fn.batch_shape != obs.shape[:-1]:
-        fn = fn.expand(torch.broadcast_shapes(fn.batch_shape, obs.shape[:-1]))
+        rows = obs.shape[:-1]  # a distribution without batch shape (the usual case) takes it
+        fn = fn.expand(rows if not fn.batch_shape else torch.broadcast_shapes(fn.batch_shape, rows))
     clean = data
     data = _observed_values(name, data, mask)
     unobserved = pyro.sample(
@@ -274,7 +278,10 @@ def observe(
         MissingCoordinates(fn, data, mask),
         infer={SITE_KEY: "unobserved"},
     )
-    value = torch.where(mask, data, unobserved)
+    if all_observed(mask) and unobserved.shape == data.shape and not unobserved.requires_grad:
+        value = data  # nothing to fill in (and no gradient to route to the filler)
+    else:
+        value = torch.where(mask, data, unobserved)
     pyro.sample(
         f"{name}_observed",
         fn,

@@ -658,7 +658,8 @@ def test_autodiff_score_of_particles_equals_the_batched_evaluation():
 
     torch.manual_seed(5)
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Softplus(), torch.nn.Linear(6, 1))
-    fn = FunctionEnergy(net.double(), 4)
+    net = net.double()
+    fn = FunctionEnergy(lambda x: net(x), 4)  # not a Taylor network: autodiff
     params = list(net.parameters())[:-1]  # the last bias does not move the score
     z = torch.randn(3, 7, 4, dtype=D64)
     a = score(fn, z)
@@ -676,3 +677,114 @@ def test_autodiff_score_of_particles_equals_the_batched_evaluation():
     torch.testing.assert_close(dz, dz_ref, rtol=1e-13, atol=1e-13)
     # a distribution expanded over the rows (batch shape (7,)) is scored batched, as before
     torch.testing.assert_close(score(fn.expand((7,)), z), reference, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_sweep_score_equals_reverse_mode(k):
+    """For the networks of ``taylor_network`` the score is a forward pass and the chain rule
+    written as ordinary operations: value, parameter gradients of a loss on it, and gradients
+    through the points equal autodiff's (``autograd.grad(create_graph=True)``)."""
+    from pyro_msm.infer.derivatives import _autodiff_score, score
+
+    fn = _taylor_nets()[k]
+    params = list(fn.fn.parameters())
+    z = 2 * torch.randn(3, 4, 5, dtype=D64)
+    weights = torch.randn(3, 4, 5, dtype=D64)
+    points = z.clone().requires_grad_(True)
+    got, want = score(fn, points), _autodiff_score(fn, points)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
+    inputs = params + [points]
+    grads = [
+        torch.autograd.grad(
+            (a * a * weights).sum(), inputs, allow_unused=True, materialize_grads=True
+        )
+        for a in (got, want)
+    ]
+    for g, w in zip(*grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-13)
+    with torch.no_grad():  # plain operations: no grad mode needed
+        torch.testing.assert_close(score(fn, z), want.detach(), rtol=1e-12, atol=1e-13)
+
+
+def test_softplus_slope_without_the_threshold_mask_is_exact_in_float32():
+    """Above torch's softplus threshold the sigmoid rounds to exactly 1 in float32 (its
+    derivative to exactly 0), so the Taylor terms skip the mask there: the same numbers as the
+    masked formula, with many pre-activations beyond the threshold; float64 keeps the mask."""
+    from pyro_msm.infer.derivatives import _softplus_slope, _softplus_terms
+
+    layer = torch.nn.Softplus()
+    u = torch.linspace(-40, 60, 20001).requires_grad_(True)
+    s, linear = _softplus_slope(layer, u)
+    assert linear is None and bool((u > 20).any())
+    h, d1, d2 = _softplus_terms(layer, u)
+    one = torch.ones(())
+    masked = (torch.where(u > 20, one, s), torch.where(u > 20, 0 * one, s * (1 - s)))
+    for got, want in zip((d1, d2), masked, strict=True):
+        assert torch.equal(got, want)
+        (g_got,) = torch.autograd.grad(got.sum(), u, retain_graph=True)
+        (g_want,) = torch.autograd.grad(want.sum(), u, retain_graph=True)
+        assert torch.equal(g_got, g_want)
+    assert _softplus_slope(layer, u.detach().double())[1] is not None
+
+
+@pytest.mark.parametrize("missing", [False, True])
+@pytest.mark.parametrize("estimator", ["iw", "variational"])
+@pytest.mark.parametrize("objective", ["denoising", "exact"])
+def test_unit_weight_and_complete_row_paths_equal_the_general_path(
+    monkeypatch, missing, estimator, objective
+):
+    """Complete rows and single particles of constant weight one skip the weights and the mask
+    (``Particles.unit_weight``, ``Particles.all_scored``) and the denoising score of a Taylor
+    network skips autodiff; the loss and every gradient equal the general path's (weights
+    multiplied and summed, mask applied, autodiff score) to 1e-12 in float64, with and without
+    missing entries, for the importance-weighted and the variational estimators (whose
+    surrogate weights carry a gradient with value one, so they keep the general path)."""
+    from pyro_msm.infer import derivatives, objectives
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 5, dtype=D64)
+    if missing:
+        x = mcar(x, 0.3, keep_one=True)
+    net = EnergyMLP(5, (8, 8)).double()
+    params = list(net.parameters())[:-1]  # the output bias has no effect on the score
+    fast_mask = objectives.on_scored
+
+    def masked(values, particles):
+        return values * particles.scored.to(values.dtype)
+
+    weighted_mean = objectives.weighted_mean
+    unit_calls = []
+
+    def counted(weights, values):
+        unit_calls.append(weights is None)
+        return weighted_mean(weights, values)
+
+    out = []
+    for general in (False, True):
+        unit_calls.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(objectives, "weighted_mean", counted)
+            if general:
+                patch.setattr(objectives.Particles, "mean_weights", property(lambda p: p.weights))
+                patch.setattr(objectives, "on_scored", masked)
+                patch.setattr(derivatives, "taylor_network", lambda fn: None)
+            else:
+                assert objectives.on_scored is fast_mask
+            pyro.clear_param_store()
+            torch.manual_seed(3)
+            model = mlp_model(net)
+            guide = no_guide if estimator == "iw" else AmortizedNormal(model, hidden_dims=(8,))
+            if estimator != "iw":
+                guide = guide.double()
+            r = 1 if estimator == "iw" else 3
+            loss = MissingScoreMatching(estimator, r, objective=objective, proposal=RowDraws())
+            value = loss.loss_and_grads(model, guide, x)
+            grads = [p.grad.clone() for p in params]
+            for p in params:
+                p.grad = None
+            out.append((value, grads))
+        assert any(unit_calls) != general  # the fast path is taken, and only without the patch
+    (v0, g0), (v1, g1) = out
+    assert v0 == pytest.approx(v1, rel=1e-12, abs=1e-12)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -2,7 +2,9 @@ r"""Derivatives of a model's log density in its data argument, in one place.
 
 Every estimator and objective gets the score :math:`a(z) = \nabla_z \log q(z)` and the diagonal
 of its Jacobian :math:`b_j(z) = \partial a_j / \partial z_j` from here: from the distribution's
-closed-form hooks when it has them (:class:`~pyro_msm.distributions.Energy`), otherwise by
+closed-form hooks when it has them (:class:`~pyro_msm.distributions.Energy`), for the sequential
+networks of :func:`taylor_network` by explicit passes written as ordinary operations (Taylor
+mode for the diagonal and directional derivatives, a reverse sweep for the score), otherwise by
 automatic differentiation vectorised over rows, particles and coordinate axes. The results keep
 their graph to the model parameters, so losses built on them can be differentiated again.
 """
@@ -10,6 +12,7 @@ their graph to the model parameters, so losses built on them can be differentiat
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -88,7 +91,10 @@ def log_prob(fn: Distribution, z: Tensor) -> Tensor:
 def score(fn: Distribution, z: Tensor) -> Tensor:
     """The score :math:`\\nabla_z \\log q(z)`, shape of ``z``.
 
-    By autodiff, a distribution that scores any rows (batch shape ``()``) is evaluated on ``z``
+    From the closed-form hook when the distribution has one; for the networks of
+    :func:`taylor_network`, from one forward pass and the chain rule written as ordinary
+    operations (:func:`_sweep_score`; a loss on it then needs no double backward). Otherwise by
+    autodiff: a distribution that scores any rows (batch shape ``()``) is evaluated on ``z``
     flattened to a matrix of rows: a network then runs on 2-D inputs, without the reshapes
     (and their backward and double-backward nodes) that batched inputs add to every layer.
     """
@@ -97,6 +103,9 @@ def score(fn: Distribution, z: Tensor) -> Tensor:
         a = base.score(z)
         if a is not None:
             return a.expand(z.shape)
+    plan = taylor_network(fn)
+    if plan is not None:
+        return _sweep_score(plan[0], plan[1], z)
     with torch.enable_grad():
         point = z if z.requires_grad else z.detach().requires_grad_(True)
         if point.dim() > 2 and fn.batch_shape == torch.Size():
@@ -225,13 +234,30 @@ def score_and_diag_jacobian(
 # -- Taylor mode: first and second directional derivatives in one forward pass -------------------
 
 
-def _softplus_terms(layer: nn.Softplus, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _softplus_slope(layer: nn.Softplus, u: Tensor) -> tuple[Tensor, Tensor | None]:
+    r""":math:`s = \mathrm{sigmoid}(\beta u)`, the derivative of torch's softplus below its
+    threshold, and the entries above it, where torch's softplus is the identity (derivatives 1
+    and 0). The mask is None when no entry needs it: where :math:`\exp(-\text{threshold})` is
+    under a quarter of ``u``'s machine epsilon (float32 and lower precisions at the default
+    threshold 20), :math:`1 + e^{-\beta u}` rounds to 1 above the threshold, so ``s`` is exactly
+    1 there and its derivative :math:`s(1-s)` exactly 0: the same numbers without the mask's
+    comparison and selects."""
     beta, threshold = float(layer.beta), float(layer.threshold)
-    linear = u * beta > threshold  # torch's softplus is the identity there (derivatives 1, 0)
-    s = torch.sigmoid(u * beta)
-    h = torch.nn.functional.softplus(u, beta, threshold)
+    bu = u if beta == 1.0 else u * beta
+    s = torch.sigmoid(bu)
+    if math.exp(-threshold) < torch.finfo(u.dtype).eps / 4:
+        return s, None
+    return s, bu > threshold
+
+
+def _softplus_terms(layer: nn.Softplus, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    s, linear = _softplus_slope(layer, u)
+    h = torch.nn.functional.softplus(u, float(layer.beta), float(layer.threshold))
+    bend = float(layer.beta) * s * (1 - s)
+    if linear is None:
+        return h, s, bend
     one = torch.ones((), dtype=u.dtype, device=u.device)
-    return h, torch.where(linear, one, s), torch.where(linear, 0 * one, beta * s * (1 - s))
+    return h, torch.where(linear, one, s), torch.where(linear, 0 * one, bend)
 
 
 def _tanh_terms(layer: nn.Module, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -367,6 +393,52 @@ def _taylor_score_and_diag(net: nn.Sequential, confinement: float, z: Tensor):
     if confinement:
         a, b = a - confinement * x, b - confinement
     return a.reshape(z.shape), b.expand(x.shape).reshape(z.shape)
+
+
+def _activation_slope(layer: nn.Module, u: Tensor, value: bool) -> tuple[Tensor | None, Tensor]:
+    """An activation's value at ``u`` (None unless ``value``) and its derivative."""
+    if type(layer) is nn.Softplus:
+        s, linear = _softplus_slope(layer, u)
+        if linear is not None:
+            s = torch.where(linear, torch.ones((), dtype=u.dtype, device=u.device), s)
+        return (layer(u) if value else None), s
+    h, d1, _ = TAYLOR_ACTIVATIONS[type(layer)](layer, u)
+    return h, d1
+
+
+def _sweep_score(net: nn.Sequential, confinement: float, z: Tensor) -> Tensor:
+    r"""Score of ``exp(-net(x) - c |x|^2 / 2)`` for the networks of :func:`taylor_network`: a
+    forward pass that keeps each activation's derivative, then the chain rule back through the
+    layers written as ordinary operations (``g <- g * sigma'(u)``, ``g <- g W``). Its value is
+    the reverse-mode gradient; a loss built on it is differentiated by one ordinary backward
+    pass, where ``torch.autograd.grad(..., create_graph=True)`` leaves a graph of backward
+    nodes whose own derivatives (double backward) that pass must run. The output layer and the
+    last activation's value are not evaluated (the score does not need them)."""
+    d = z.shape[-1]
+    x = z.reshape(-1, d)
+    layers = list(net)
+    activations = [i for i, layer in enumerate(layers) if type(layer) is not nn.Linear]
+    last = activations[-1] if activations else -1
+    h, slopes = x, []
+    for i, layer in enumerate(layers[: last + 1]):
+        if type(layer) is nn.Linear:
+            h = torch.nn.functional.linear(h, layer.weight, layer.bias)
+        else:
+            h, slope = _activation_slope(layer, h, value=i < last)
+            slopes.append(slope)
+    # g: minus d net / d (the current layer's output), the sign taken at the output (a (1, k)
+    # weight) rather than on the (P, d) score; None: minus one
+    g: Tensor | None = None
+    for layer in reversed(layers):
+        if type(layer) is nn.Linear:
+            g = -layer.weight if g is None else g @ layer.weight
+        else:
+            slope = slopes.pop()
+            g = -slope if g is None else g * slope
+    a = g.expand(x.shape)
+    if confinement:
+        a = a - confinement * x
+    return a.reshape(z.shape)
 
 
 def directional_derivatives(fn: Distribution, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .._memo import memo
 from .objectives import ExactObjective, ExpectedCompleteDataObjective, Objective, Particles
 
 __all__ = ["CompletedRowsObjective", "completed_rows_objective"]
@@ -51,6 +52,7 @@ class CompletedRowsObjective(Objective):
     def __call__(self, fn: Distribution, particles: Particles) -> Tensor:
         z = particles.z.detach()  # (r, n, d): every particle a complete row
         everything = torch.ones(z.shape, dtype=torch.bool, device=z.device)
+        memo(everything, "all_observed", lambda: True)  # known: no read of the device
         clean, noise_scale = None, None
         if self.objective.perturbs:
             clean = z
@@ -62,6 +64,8 @@ class CompletedRowsObjective(Objective):
             particles.row_weight,
             clean=clean,
             noise_scale=noise_scale,
+            unit_weight=True,
+            all_scored=True,
         )
         per_particle = self.objective(fn, rows)  # (r, n)
         return (particles.weights.detach() * per_particle).sum(0)

@@ -40,6 +40,7 @@ __all__ = [
     "mean_impute_particles",
     "complete_case_particles",
     "score_function_weights",
+    "single_particle",
 ]
 
 
@@ -139,18 +140,28 @@ def variational_particles(
     return Particles(z, score_function_weights(log_q), mask, _has_observed(mask).to(x))
 
 
-def _single(z: Tensor, scored: Tensor, row_weight: Tensor) -> Particles:
+def single_particle(
+    z: Tensor, scored: Tensor, row_weight: Tensor, *, all_scored: bool = False
+) -> Particles:
+    """One particle of constant weight one per row (:attr:`Particles.unit_weight`).
+
+    :param z: ``(n, d)`` the rows.
+    :param all_scored: every coordinate is scored (complete rows; see
+        :attr:`Particles.all_scored`).
+    """
     return Particles(
         z.unsqueeze(0),
         torch.ones(z.shape[:1], dtype=z.dtype, device=z.device)[None],
         scored,
         row_weight,
+        unit_weight=True,
+        all_scored=all_scored,
     )
 
 
 def zeroed_particles(x: Tensor, mask: Tensor) -> Particles:
     """The zero-filled row, scoring the observed coordinates of the full model's score."""
-    return _single(x, mask, _has_observed(mask).to(x))
+    return single_particle(x, mask, _has_observed(mask).to(x))
 
 
 def mean_impute_particles(x: Tensor, mask: Tensor, *, over_ranks: bool = False) -> Particles:
@@ -162,9 +173,9 @@ def mean_impute_particles(x: Tensor, mask: Tensor, *, over_ranks: bool = False) 
         sums, counts = distributed.all_reduce_sum(torch.stack([sums, counts]))
     means = sums / counts.clamp(min=1)
     z = torch.where(mask, x, means.expand_as(x))
-    return _single(z, torch.ones_like(mask), _has_observed(mask).to(x))
+    return single_particle(z, torch.ones_like(mask), _has_observed(mask).to(x), all_scored=True)
 
 
 def complete_case_particles(x: Tensor, mask: Tensor) -> Particles:
     """Only rows with every coordinate observed, each scored classically."""
-    return _single(x, mask, mask.all(-1).to(x))
+    return single_particle(x, mask, mask.all(-1).to(x))

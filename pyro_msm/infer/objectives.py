@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .._memo import all_observed
 from .derivatives import diag_jacobian, directional_derivatives, score, score_and_diag_jacobian
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "ExpectedCompleteDataObjective",
     "make_objective",
     "weighted_mean",
+    "on_scored",
     "moment_loss",
     "exact_objective",
     "OBJECTIVES",
@@ -61,6 +63,12 @@ class Particles:
     :ivar outside: boolean ``(n,)``: rows all of whose draws fell outside the support (dropped).
     :ivar directions: for the sliced objective, directions ``(m, n, d)`` drawn beforehand (so
         that a subset of rows gets the directions it gets in the whole chunk), or None.
+    :ivar unit_weight: each row has one particle whose weight is the constant one (no gradient:
+        not the variational surrogate's weights, whose value is one but whose gradient is not
+        zero): :attr:`mean_weights` is then None and the objectives use the particle's values
+        as they are, without the products and sums over particles.
+    :ivar all_scored: every coordinate of every row is scored (``scored`` is all True): the
+        objectives skip the mask (:func:`on_scored`).
     """
 
     z: Tensor
@@ -71,6 +79,14 @@ class Particles:
     outside: Tensor | None = None
     noise_scale: Tensor | None = None
     directions: Tensor | None = None
+    unit_weight: bool = False
+    all_scored: bool = False
+
+    @property
+    def mean_weights(self) -> Tensor | None:
+        """The weights for :func:`weighted_mean` and :func:`moment_loss`: None for one particle
+        of constant weight one (:attr:`unit_weight`), else :attr:`weights`."""
+        return None if self.unit_weight else self.weights
 
     @property
     def effective_sample_size(self) -> Tensor:
@@ -79,16 +95,38 @@ class Particles:
         return 1.0 / (w * w).sum(0)
 
 
-def weighted_mean(weights: Tensor, values: Tensor) -> Tensor:
-    """:math:`\\sum_k w_k h_k` for ``weights (r, n)`` and ``values (r, n, ...)``."""
+def weighted_mean(weights: Tensor | None, values: Tensor) -> Tensor:
+    """:math:`\\sum_k w_k h_k` for ``weights (r, n)`` and ``values (r, n, ...)``.
+
+    ``weights=None`` stands for one particle of constant weight one
+    (:attr:`Particles.mean_weights`): the values are returned as they are (a view), the numbers
+    the product with one and the sum over one particle give, without those two operations and
+    their backward.
+    """
+    if weights is None:
+        if values.shape[0] != 1:
+            raise ValueError(
+                f"weights=None means one particle of weight one, got {values.shape[0]} particles"
+            )
+        return values.squeeze(0)
     w = weights.reshape(weights.shape + (1,) * (values.dim() - weights.dim()))
     return (w * values).sum(0)
 
 
-def moment_loss(weights: Tensor, a: Tensor, b: Tensor) -> Tensor:
+def on_scored(values: Tensor, particles: Particles) -> Tensor:
+    """``values`` ``(n, d)`` times the mask of scored coordinates (unscored entries zeroed); the
+    values themselves when every coordinate is scored (:attr:`Particles.all_scored`), which is
+    the same numbers without the mask's cast, product and backward."""
+    if particles.all_scored:
+        return values
+    return values * particles.scored.to(values.dtype)
+
+
+def moment_loss(weights: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     r""":math:`2\,\bar E[B] + 2\,\bar E[A^2] - \bar E[A]^2` per row and direction.
 
-    :param weights: ``(r, n)``; :param a: ``(r, n, k)``; :param b: ``(r, n, k)``.
+    :param weights: ``(r, n)``, or None for one particle of weight one (see
+        :func:`weighted_mean`); :param a: ``(r, n, k)``; :param b: ``(r, n, k)``.
     :returns: ``(n, k)``.
     """
     mean_a = weighted_mean(weights, a)
@@ -175,8 +213,8 @@ class ExactObjective(Objective):
 
     def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         a, b = score_and_diag_jacobian(fn, particles.z)
-        per_coordinate = moment_loss(particles.weights, a, b)
-        return (per_coordinate * particles.scored.to(a.dtype)).sum(-1)
+        per_coordinate = moment_loss(particles.mean_weights, a, b)
+        return on_scored(per_coordinate, particles).sum(-1)
 
 
 def exact_objective(fn: Distribution, particles: Particles) -> Tensor:
@@ -234,7 +272,7 @@ class SlicedObjective(Objective):
             v = self.directions(particles.scored, particles.z.dtype)  # (m, n, d)
         # (r, n, m): the score and its derivative along each row's m directions
         proj_a, proj_b = directional_derivatives(fn, particles.z, v.movedim(0, -2))
-        return moment_loss(particles.weights, proj_a, proj_b).mean(-1)
+        return moment_loss(particles.mean_weights, proj_a, proj_b).mean(-1)
 
 
 class DenoisingObjective(Objective):
@@ -267,19 +305,23 @@ class DenoisingObjective(Objective):
         scales = self._scales[key]
         pick = torch.randint(len(self.noise_scales), x.shape[:-1], device=x.device)
         sigma = scales[pick].unsqueeze(-1)
-        noise = torch.randn_like(x) * sigma
-        return torch.where(mask, x + noise, x), sigma
+        noisy = torch.addcmul(x, torch.randn_like(x), sigma)  # x + noise * sigma, fused
+        if all_observed(mask):  # nothing to keep clean
+            return noisy, sigma
+        return torch.where(mask, noisy, x), sigma
 
     def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         if particles.clean is None or particles.noise_scale is None:
             raise RuntimeError("DenoisingObjective needs particles of perturbed rows")
         sigma = particles.noise_scale
-        a = score(fn, particles.z)
-        mean_a = weighted_mean(particles.weights, a)
-        noisy = particles.z[0]
+        mean_a = weighted_mean(particles.mean_weights, score(fn, particles.z))
         variance = sigma**2
-        target = -(noisy - particles.clean) / variance
-        residual = (mean_a - target) * particles.scored.to(a.dtype)
+        # minus the kernel's score, (x~ - x) / sigma^2, is data (no gradient; the particles'
+        # observed coordinates are the noisy ones, the missing ones are masked below): the
+        # residual mean_a + (x~ - x) / sigma^2 in one fused operation
+        residual = on_scored(
+            torch.addcdiv(mean_a, particles.z[0] - particles.clean, variance), particles
+        )
         # sigma^2 keeps the scale comparable across noise levels (Song & Ermon, 2019)
         return variance.squeeze(-1) * (residual * residual).sum(-1)
 
@@ -347,9 +389,9 @@ class TruncatedObjective(Objective):
                 stacklevel=2,
             )
         g, dg = diag_jacobian(lambda y: weight(y, mask).expand(y.shape), x)
-        w = particles.weights
+        w = particles.mean_weights
         per_coordinate = g * moment_loss(w, a, b) + 2 * dg * weighted_mean(w, a)
-        return (per_coordinate * mask.to(a.dtype)).sum(-1)
+        return on_scored(per_coordinate, particles).sum(-1)
 
 
 class ExpectedCompleteDataObjective(Objective):
@@ -361,7 +403,7 @@ class ExpectedCompleteDataObjective(Objective):
 
     def loss(self, fn: Distribution, particles: Particles) -> Tensor:
         a, b = score_and_diag_jacobian(fn, particles.z)
-        return weighted_mean(particles.weights, 2 * b + a * a).sum(-1)
+        return weighted_mean(particles.mean_weights, 2 * b + a * a).sum(-1)
 
 
 #: Objectives accepted by name by :class:`~pyro_msm.infer.MissingScoreMatching`.

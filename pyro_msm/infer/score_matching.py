@@ -25,6 +25,7 @@ from .estimators import (
     _has_observed,
     complete_case_particles,
     mean_impute_particles,
+    single_particle,
     variational_particles,
     weighted_particles,
     zeroed_particles,
@@ -117,9 +118,13 @@ class _Group:
         return _slice_particles(self.draw(rows), keep, False)
 
 
-def _single_particle(z: Tensor, scored: Tensor, row_weight: Tensor) -> Particles:
-    """One particle of weight one per row."""
-    return Particles(z.unsqueeze(0), torch.ones_like(row_weight).unsqueeze(0), scored, row_weight)
+class _RowCounts:
+    """A mask's numbers of rows with nothing observed and of rows with a missing entry: the
+    ``(2,)`` tensor, and the two integers once read off the device (then not read again)."""
+
+    def __init__(self, counts: Tensor) -> None:
+        self.counts = counts
+        self.read: tuple[int, int] | None = None
 
 
 def _ones_per_row(x: Tensor) -> Tensor:
@@ -196,6 +201,20 @@ def _complete_from_guide(model_trace, site: DataSite, guide_trace) -> None:
     site.value = torch.where(fn.observed_mask, fn.data, draw).reshape(-1, n, d)
 
 
+def _classical_group(
+    x: Tensor, mask: Tensor, rows: Tensor, finish: Callable[[Particles, Tensor], Particles]
+) -> _Group:
+    """The complete rows ``rows`` of ``x``: one particle of constant weight one each, every
+    coordinate scored (their loss is the classical one; ``finish`` adds the denoising fields)."""
+
+    def classical(chunk: Tensor) -> Particles:
+        xr = _take(x, chunk)
+        particles = single_particle(xr, _take(mask, chunk), _ones_per_row(xr), all_scored=True)
+        return finish(particles, chunk)
+
+    return _Group(rows, 1, classical)
+
+
 def _take(t: Tensor, rows: Tensor, dim: int = 0) -> Tensor:
     """``t``'s entries ``rows`` along ``dim``. The loss's row indices are sorted and distinct
     (they come from ``arange`` and ``nonzero``), so as many of them as ``t`` has entries are all
@@ -204,7 +223,8 @@ def _take(t: Tensor, rows: Tensor, dim: int = 0) -> Tensor:
 
 
 def _slice_particles(particles: Particles, rows: Tensor, first: bool) -> Particles:
-    """The particles of some rows (only the first particle, with weight one, if ``first``)."""
+    """The particles of some rows (only the first particle, with constant weight one, if
+    ``first``)."""
 
     def take(t: Tensor | None, dim: int) -> Tensor | None:
         return None if t is None else _take(t, rows, dim)
@@ -221,6 +241,8 @@ def _slice_particles(particles: Particles, rows: Tensor, first: bool) -> Particl
         outside=take(particles.outside, 0),
         noise_scale=take(particles.noise_scale, 0),
         directions=take(particles.directions, 1),
+        unit_weight=first or particles.unit_weight,
+        all_scored=particles.all_scored,
     )
 
 
@@ -430,7 +452,7 @@ class MissingScoreMatching(ELBO):
         self.data_parallel = _data_parallel_mode(data_parallel)
         self._schedule_synced = False
         self._pending_ess: Tensor | None = None
-        self._pending_counts: list[tuple[str, int, Tensor]] = []
+        self._pending_counts: list[tuple[str, int, _RowCounts]] = []
         self._site_losses: dict[str, Tensor] = {}
         self.missingness = missingness
         self.guide_steps = int(guide_steps)
@@ -503,19 +525,23 @@ class MissingScoreMatching(ELBO):
 
     def _warn_dropped_rows(self, site: DataSite) -> None:
         """Warn once about rows with nothing observed, and rows complete-case analysis drops.
-        The counts are read off the device with the step's value (:meth:`_read`), and not
-        computed once both warnings were given."""
+        The counts are read off the device with the step's value (:meth:`_read`), once per
+        mask, and not computed once both warnings were given."""
         kinds = ["empty"] + (["complete_case"] if self.estimator == "complete_case" else [])
         if all((site.name, kind) in self._warned for kind in kinds):
             return
         mask = site.mask
 
-        def counts() -> Tensor:
-            return torch.stack([(~mask.any(-1)).sum(), (~mask.all(-1) & mask.any(-1)).sum()])
+        def counts() -> _RowCounts:
+            return _RowCounts(
+                torch.stack([(~mask.any(-1)).sum(), (~mask.all(-1) & mask.any(-1)).sum()])
+            )
 
-        self._pending_counts.append(
-            (site.name, int(mask.shape[0]), memo(mask, "dropped_rows", counts))
-        )
+        known = memo(mask, "dropped_rows", counts)
+        if known.read is not None:  # read at an earlier step with this mask
+            self._warn_counts(site.name, int(mask.shape[0]), *known.read)
+            return
+        self._pending_counts.append((site.name, int(mask.shape[0]), known))
 
     def _warn_counts(self, name: str, rows: int, empty: int, dropped: int) -> None:
         """The warnings of :meth:`_warn_dropped_rows`, once the counts are read."""
@@ -593,11 +619,12 @@ class MissingScoreMatching(ELBO):
         parts = [v.detach().reshape(()) for v in values]
         if pending is not None:
             parts.append(pending.to(parts[0].dtype))
-        parts += [c.to(parts[0].dtype) for _, _, pair in counts for c in pair]
+        parts += [c.to(parts[0].dtype) for _, _, known in counts for c in known.counts]
         read = torch.stack(parts).tolist()
-        for name, rows, _ in reversed(counts):
+        for name, rows, known in reversed(counts):
             dropped, empty = read.pop(), read.pop()
-            self._warn_counts(name, rows, round(empty), round(dropped))
+            known.read = (round(empty), round(dropped))
+            self._warn_counts(name, rows, *known.read)
         if pending is not None:
             self.diagnostics["ess"] = read.pop()
         return read
@@ -776,10 +803,11 @@ class MissingScoreMatching(ELBO):
             particles.noise_scale = None if noise_scale is None else _take(noise_scale, rows)
             return particles
 
-        def single(particles: Particles, rows: Tensor | None = None) -> _Group:
-            """One particle per row (the estimators' baselines, and complete rows)."""
-            rows = all_rows() if rows is None else rows
-            return _Group(rows, 1, lambda c: finish(_slice_particles(particles, c, True), c))
+        def single(particles: Particles) -> _Group:
+            """One particle per row: the estimators' baselines."""
+            return _Group(
+                all_rows(), 1, lambda c: finish(_slice_particles(particles, c, True), c)
+            )
 
         baselines = {
             "zeroed": zeroed_particles,
@@ -849,7 +877,7 @@ class MissingScoreMatching(ELBO):
 
             return fn, [_Group(all_rows(), r, importance_all)]
         return row_fn, [
-            single(zeroed_particles(x, mask), complete),
+            _classical_group(x, mask, complete, finish),
             _Group(partial, r, importance, importance),
         ]
 
@@ -928,12 +956,8 @@ class MissingScoreMatching(ELBO):
             return site.fn, [_Group(rows, draws.shape[0], draw(site.fn))]
         complete, partial = self._split_rows(mask)
 
-        def classical(rows: Tensor) -> Particles:
-            xr = _take(x, rows)
-            return finish(_single_particle(xr, _take(mask, rows), _ones_per_row(xr)), rows)
-
         return row_fn, [
-            _Group(complete, 1, classical),
+            _classical_group(x, mask, complete, finish),
             _Group(partial, draws.shape[0], draw(row_fn)),
         ]
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from pyro.distributions import Delta, Independent, MaskedDistribution
@@ -17,6 +15,7 @@ from pyro.poutine.trace_struct import Trace
 from torch import Tensor
 from torch.distributions import Distribution, Normal
 
+from .._memo import memo
 from ..distributions.energy import unexpand
 from ..primitives import SITE_KEY, MissingCoordinates
 
@@ -66,27 +65,6 @@ class DataSite:
         return bool((self.scale != 1).any())
 
 
-def memo(tensor: Tensor, what: str, compute: Callable[[], Any]) -> Any:
-    """``compute()``, remembered on ``tensor`` until it is modified in place: what the loss
-    derives from a data set's mask or data (row groups, counts, checks) is computed once, not at
-    every step, as long as the same tensor comes back (:func:`~pyro_msm.observe` returns the same
-    mask and data for the same unmodified input). Tensors that require grad are not memoised.
-
-    :param tensor: the tensor the value is derived from.
-    :param what: the name of the derived value.
-    :param compute: computes it.
-    """
-    if tensor.requires_grad:
-        return compute()
-    stored = getattr(tensor, "_pyro_msm_memo", None)
-    if stored is None or stored[0] != tensor._version:
-        stored = (tensor._version, {})
-        tensor._pyro_msm_memo = stored
-    if what not in stored[1]:
-        stored[1][what] = compute()
-    return stored[1][what]
-
-
 def _rows(t: Tensor, n: int, d: int) -> Tensor:
     """``t`` as ``(n, d)``, the same tensor object when it already is (so :func:`memo` holds)."""
     return t if t.shape == (n, d) else t.reshape(n, d)
@@ -100,11 +78,9 @@ class FillUnobserved(Messenger):
         if msg["type"] == "sample" and msg["value"] is None:
             fn = msg["fn"]
             if isinstance(fn, MissingCoordinates):
-                msg["value"] = torch.zeros(
-                    fn.batch_shape + fn.event_shape,
-                    dtype=fn.data.dtype,
-                    device=fn.data.device,
-                )
+                # a broadcast zero: no memory written (the value is read, never modified)
+                zero = torch.zeros((), dtype=fn.data.dtype, device=fn.data.device)
+                msg["value"] = zero.expand(fn.batch_shape + fn.event_shape)
 
 
 class PerturbObserved(Messenger):
