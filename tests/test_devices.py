@@ -155,8 +155,8 @@ def test_proposals_follow_the_data(dtype):
 
 
 def test_graph_solvers_follow_the_data():
-    """The exact imputed, EM and marginal paths, the quadratic solver and the estimator with its default
-    grid and selection, on CPU float64 data under meta/float32 defaults."""
+    """The exact imputed, EM and marginal paths, the quadratic solver and the estimator with its
+    default grid and selection, on CPU float64 data under meta/float32 defaults."""
     from pyro_msm.graphical import (
         GraphicalScoreMatching,
         em_path,
