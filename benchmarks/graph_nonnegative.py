@@ -12,7 +12,8 @@ every contender on the same table: path-AUC of edge recovery and seconds per pat
   (``nonnegative_em_plain``, ``--plain-draws`` chains per row), with ``--path-em`` also EM at
   every penalty (``nonnegative_em_path``; the default is fixed imputation, EM at
   ``--imputation-ratio`` times the empty-graph penalty then the exact path on its E-step
-  statistics);
+  statistics), with ``--rate-scales c ...`` also fixed imputation at ``c`` times the
+  noise-rate penalty (``imputation_ratio="rate"``, ``nonnegative_em_rate<c>``);
 - ``mean_glasso``: mean imputation + graphical lasso; ``em_glasso``: EM graphical lasso
   (:mod:`pyro_msm.graphical.baselines`), both Gaussian (misspecified on the orthant);
 - ``oracle_sm`` / ``oracle_glasso``: the complete data (before masking) through the exact
@@ -101,6 +102,17 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
                     lambda xm=xm, em=em: nonnegative_path(xm, centred=True, **em),
                 )
             )
+        for c in args.rate_scales:
+            rule = dict(em, imputation_ratio="rate", imputation_scale=c)
+            tag = f"nonnegative_em_rate{c:g}"
+            contenders.append((tag, lambda xm=xm, e=rule: nonnegative_path(xm, **e)))
+            if args.centred:
+                contenders.append(
+                    (
+                        f"{tag}_centred",
+                        lambda xm=xm, e=rule: nonnegative_path(xm, centred=True, **e),
+                    )
+                )
         if args.path_em:
             every = dict(em, imputation_ratio=None)
             contenders.append(
@@ -176,6 +188,14 @@ def main(argv: list[str] | None = None) -> None:
         help="EM's fixed imputation at this fraction of the empty-graph penalty (the default)",
     )
     parser.add_argument(
+        "--rate-scales",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also fixed imputation at the noise-rate penalty times each of these c "
+        "(imputation_ratio='rate', nonnegative_em_rate<c>)",
+    )
+    parser.add_argument(
         "--path-em", action="store_true", help="also EM at every penalty (nonnegative_em_path)"
     )
     parser.add_argument("--plain-draws", type=int, default=20, help="chains per row, --plain-em")
@@ -187,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         args.dims, args.n, args.rates, args.seeds = [8], 200, [0.0, 0.3], 1
         args.penalties, args.draws, args.plain_draws = 5, 4, 4
         args.centred = args.plain_em = True
+        args.rate_scales = args.rate_scales or [1.0]
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows: list[dict] = []

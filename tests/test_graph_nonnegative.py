@@ -281,6 +281,71 @@ def test_fixed_imputation_path_is_exact_on_its_statistics_and_recovers_the_truth
     assert path_auc(adjacency, path.precisions) > 0.9
 
 
+@pytest.mark.parametrize("centred", [False, True])
+def test_imputation_penalty_is_the_noise_of_the_null_gradient(centred):
+    """The noise-rate rule against its definition, row by row: at the diagonal minimiser the
+    per-row terms t_r = x_k s_j + x_j s_k average to the loss's off-diagonal gradient (complete
+    data), and the rule is sqrt(log d) times the root mean square over pairs of their standard
+    deviation over the rows observing both entries (sqrt(n_jk) sd / n)."""
+    n, d = 40, 4
+    x = _rows(n, d, 11)
+    caps = nn.nonnegative_caps(x, cap=0.8)
+    full = nn.nonnegative_statistics(x, caps, centred=centred)
+    theta = nn._diagonal_solution(full)
+    k, eta = theta[:d].diagonal(), (torch.zeros(d) if centred else -theta[d])
+    h, dh = torch.minimum(x, caps), (x < caps).double()
+    s = h * (k * x - eta) - dh
+    grad = nn._gradient(theta, full)[:d]
+    for j in range(d):
+        for k2 in range(d):
+            if j != k2:
+                mean = float((x[:, k2] * s[:, j] + x[:, j] * s[:, k2]).mean())
+                assert mean == pytest.approx(float(grad[j, k2]), abs=1e-12)
+    # with missing entries, on the rows observing both (statistics: any with the same caps)
+    mask = torch.rand(n, d, generator=torch.Generator().manual_seed(3)) > 0.3
+    stats = nn.nonnegative_statistics(torch.where(mask, x, 0.5), caps, centred=centred)
+    theta = nn._diagonal_solution(stats)
+    k, eta = theta[:d].diagonal(), (torch.zeros(d) if centred else -theta[d])
+    s = h * (k * x - eta) - dh
+    total = 0.0
+    for j in range(d):
+        for k2 in range(d):
+            rows = mask[:, j] & mask[:, k2]
+            if j != k2 and int(rows.sum()) > 1:
+                t = x[rows, k2] * s[rows, j] + x[rows, j] * s[rows, k2]
+                total += int(rows.sum()) * float(t.var()) / n**2
+    expected = math.sqrt(total / (d * (d - 1)) * math.log(d))
+    xm = torch.where(mask, x, torch.nan)
+    assert nn.nonnegative_imputation_penalty(xm, None, stats) == pytest.approx(expected)
+    assert nn.nonnegative_imputation_penalty(x, mask, stats, scale=2.0) == pytest.approx(
+        2 * expected
+    )
+    with pytest.raises(ValueError, match="scale"):
+        nn.nonnegative_imputation_penalty(x, mask, stats, scale=0.0)
+
+
+def test_noise_rate_imputation_recovers_a_chain_with_missing_entries():
+    adjacency, _, x = _truncated_data(8, 1500, seed=5)
+    xm = torch.where(mcar_mask(x.shape, 0.3, seed=6), x, torch.nan)
+    path = nn.nonnegative_path(xm, num_penalties=8, tol=1e-8, imputation_ratio="rate")
+    stats = path.info["statistics"]
+    gamma = path.info["imputation_penalty"]
+    assert 0 < gamma < float(path.penalties[0]) and all(path.info["converged"])
+    scale = float(stats.g.abs().max())
+    for g, k, e in zip(path.penalties, path.precisions, path.info["eta"], strict=True):
+        assert nn.nonnegative_kkt_violation(k, stats, float(g), e) <= 1e-8 * scale
+    twice = nn.nonnegative_path(xm, num_penalties=2, imputation_ratio="rate", imputation_scale=2)
+    assert twice.info["imputation_penalty"] == pytest.approx(2 * gamma)
+    from pyro_msm.graphical import path_auc
+
+    assert path_auc(adjacency, path.precisions) > 0.9
+    for bad in ("glasso", ""):
+        with pytest.raises(ValueError, match="imputation_ratio"):
+            nn.nonnegative_path(xm, imputation_ratio=bad)
+    with pytest.raises(ValueError, match="imputation_scale"):
+        nn.nonnegative_path(xm, imputation_ratio="rate", imputation_scale=-1.0)
+
+
 def test_bad_input_is_refused_with_a_remedy():
     x = _rows(20, 3, 7)
     with pytest.raises(ValueError, match="negative observed"):
@@ -317,6 +382,7 @@ def test_benchmark_smoke_run():
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "nonnegative_em" in done.stdout and "path-AUC" in done.stdout
+    assert "nonnegative_em_rate1_centred" in done.stdout
 
 
 def test_squarem_reaches_the_same_em_fixed_point_in_fewer_iterations():

@@ -125,6 +125,7 @@ __all__ = [
     "nonnegative_objective",
     "nonnegative_kkt_violation",
     "nonnegative_max_penalty",
+    "nonnegative_imputation_penalty",
     "truncated_conditional_gibbs",
     "nonnegative_score_matching",
     "nonnegative_path",
@@ -704,6 +705,76 @@ def nonnegative_max_penalty(stats: NonnegativeStatistics) -> float:
     return float(grad.max())
 
 
+def nonnegative_imputation_penalty(
+    x: Tensor | np.ndarray,
+    mask: Tensor | np.ndarray | None,
+    stats: NonnegativeStatistics,
+    *,
+    scale: float = 1.0,
+) -> float:
+    r"""The noise-rate penalty of :func:`nonnegative_path`'s imputation fit
+    (``imputation_ratio="rate"``), the analogue for the generalised score-matching loss of
+    :func:`~pyro_msm.graphical.imputation_penalty`:
+
+    .. math::
+        \gamma = c\,\sigma\sqrt{\log d}, \qquad
+        \sigma^2 = \frac{1}{|\{j<k\}|}\sum_{j<k} \frac{n_{jk}\,\widehat{\mathrm{var}}_{jk}(t)}{n^2},
+        \qquad t_{r,jk} = x_{rk}\,s_{rj} + x_{rj}\,s_{rk},
+
+    with :math:`s_{rj} = h_j(x_{rj})(k_{jj} x_{rj} - \eta_j) - h_j'(x_{rj})` at the diagonal
+    (empty-graph) minimiser :math:`(k_{jj}, \eta_j)` of ``stats``. The symmetrised gradient of
+    the loss at that minimiser has off-diagonal entries :math:`\tfrac1n\sum_r t_{r,jk}`
+    (:math:`\Gamma_j\theta_j - g_j` row by row); :math:`s_{rj}` has mean zero under column
+    :math:`j`'s fitted marginal, so for an absent edge the entry is noise, summed over the
+    :math:`n_{jk}` rows observing both entries (at the diagonal model the E-step's
+    expectation of :math:`t` in a row missing either entry is about zero). Its standard deviation is
+    estimated from the data: :math:`\widehat{\mathrm{var}}_{jk}` is the empirical variance of
+    :math:`t_{r,jk}` over those rows, and :math:`\sigma` the root mean square over pairs (as
+    :func:`~pyro_msm.graphical.imputation_penalty` averages the pair counts). The factor is
+    :math:`\sqrt{\log d}`, not :math:`\sqrt{2\log d}`, so that with :math:`h \equiv 1` on
+    standardised Gaussian data the rule is the Gaussian one,
+    :math:`2\sqrt{\bar n_{\mathrm{pair}}\log d}/n` (:math:`t = 2x_jx_k`); ``scale`` is
+    :math:`c` (:math:`\sqrt 2` gives :math:`\sqrt{2\log d}`).
+
+    :param x: ``(n, d)`` non-negative table (missing entries may hold anything finite, or NaN
+        when ``mask`` is None).
+    :param mask: boolean ``(n, d)``, True where observed, or None.
+    :param stats: the statistics whose diagonal minimiser is the null model (in
+        :func:`nonnegative_path`, the first E-step's under the diagonal model); its caps and
+        centring are used.
+    :param scale: :math:`c > 0`.
+    """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be positive and finite, got {scale}")
+    data, observed = as_data_and_mask(x, mask)
+    data = data.to(stats.g)
+    n, d = data.shape
+    if d != stats.dim or d < 2:
+        raise ValueError(f"x has {d} columns, the statistics {stats.dim} (need at least 2)")
+    theta = _diagonal_solution(stats)
+    kdiag = theta[:d].diagonal()
+    eta = torch.zeros_like(kdiag) if stats.centred else -theta[d]
+    m = observed.to(data.device).to(data.dtype)
+    z = torch.where(observed.to(data.device), data, 0.0)
+    w, dw = _weights(z, stats.caps)
+    s = (w * (kdiag * z - eta) - dw) * m
+    counts = m.T @ m
+    # sums over the rows observing both entries of t and t^2 (t = x_k s_j + x_j s_k)
+    first = z.T @ s
+    total = first + first.T
+    xs = z * s
+    square = (s * s).T @ (z * z)
+    square = square + square.T + 2.0 * xs.T @ xs
+    off = ~torch.eye(d, dtype=torch.bool, device=data.device)
+    used = off & (counts > 1)
+    if not bool(used.any()):
+        raise ValueError("no pair of columns is observed together in two rows")
+    c = counts[used]
+    var = (square[used] - total[used] ** 2 / c) / (c - 1.0)
+    sigma2 = float((c * var.clamp(min=0.0)).sum()) / (n * n * int(off.sum()))
+    return scale * math.sqrt(sigma2 * math.log(d))
+
+
 def _fista(
     stats: NonnegativeStatistics,
     penalty: float,
@@ -950,7 +1021,8 @@ def nonnegative_path(
     max_em_iter: int = 30,
     squarem: bool = True,
     rao_blackwell: bool = True,
-    imputation_ratio: float | None = 0.3,
+    imputation_ratio: float | str | None = 0.3,
+    imputation_scale: float = 1.0,
     seed: int = 0,
     progress: bool = False,
     label: str | None = None,
@@ -991,6 +1063,11 @@ def nonnegative_path(
         large penalty removes is not imputed as absent, and the path costs one EM fit. None:
         EM at every penalty (each penalty's E-step imputes under its own penalised model;
         as accurate on the benchmark's networks, 5-10x slower; docs/benchmarks.md).
+        ``"rate"``: fixed imputation at the noise-rate penalty
+        :func:`nonnegative_imputation_penalty` (the standard deviation of an absent edge's
+        gradient entry at the diagonal model, times :math:`\sqrt{\log d}`) instead of a
+        fixed fraction of the empty-graph penalty.
+    :param imputation_scale: :math:`c` of ``imputation_ratio="rate"`` (ignored otherwise).
     :param seed: seeds the Gibbs draws.
     :param progress: tqdm bar over penalties.
     :param label: method label (default ``"nonnegative_sm"`` / ``"nonnegative_em"``).
@@ -1015,10 +1092,16 @@ def nonnegative_path(
         ("max_em_iter", max_em_iter, 1),
     ):
         _check_int(name, value, minimum)
-    if imputation_ratio is not None and not (
-        imputation_ratio > 0 and math.isfinite(imputation_ratio)
+    if imputation_ratio == "rate":
+        if not (math.isfinite(imputation_scale) and imputation_scale > 0):
+            raise ValueError(f"imputation_scale must be positive, got {imputation_scale}")
+    elif imputation_ratio is not None and (
+        isinstance(imputation_ratio, str)
+        or not (imputation_ratio > 0 and math.isfinite(imputation_ratio))
     ):
-        raise ValueError(f"imputation_ratio must be positive or None, got {imputation_ratio}")
+        raise ValueError(
+            f"imputation_ratio must be positive, 'rate' or None, got {imputation_ratio!r}"
+        )
     if not tol > 0 or not em_tol > 0:
         raise ValueError(f"tol and em_tol must be positive, got {tol} and {em_tol}")
     data, observed = as_data_and_mask(x, mask)
@@ -1138,7 +1221,12 @@ def nonnegative_path(
     stage_em_its, stage_ok, imputation_penalty = 0, True, math.nan
     if use_em and imputation_ratio is not None:
         # fixed imputation: EM at one penalty, then the exact path on its E-step statistics
-        imputation_penalty = imputation_ratio * nonnegative_max_penalty(stats)
+        if imputation_ratio == "rate":
+            imputation_penalty = nonnegative_imputation_penalty(
+                data, observed, stats, scale=imputation_scale
+            )
+        else:
+            imputation_penalty = imputation_ratio * nonnegative_max_penalty(stats)
         _, stats, _, _, stage_em_its, stage_ok = run_em(imputation_penalty, theta)
         theta = _diagonal_solution(stats)
         if penalties is None:
