@@ -10,10 +10,11 @@ every contender on the same table: path-AUC of edge recovery and seconds per pat
   entries), non-centred model (default); with ``--centred`` also the centred model
   (``eta = 0``, ``*_centred``), with ``--plain-em`` also EM with plain Monte Carlo statistics
   (``nonnegative_em_plain``, ``--plain-draws`` chains per row), with ``--path-em`` also EM at
-  every penalty (``nonnegative_em_path``; the default is fixed imputation, EM at
-  ``--imputation-ratio`` times the empty-graph penalty then the exact path on its E-step
+  every penalty (``nonnegative_em_path``; the default is fixed imputation, EM at the
+  ``--imputation-ratio`` penalty (the noise rate) then the exact path on its E-step
   statistics), with ``--rate-scales c ...`` also fixed imputation at ``c`` times the
-  noise-rate penalty (``imputation_ratio="rate"``, ``nonnegative_em_rate<c>``);
+  noise-rate penalty (``imputation_ratio="rate"``, ``nonnegative_em_rate<c>``), with
+  ``--ratios r ...`` at ``r`` times the empty-graph penalty (``nonnegative_em_r<r>``);
 - ``mean_glasso``: mean imputation + graphical lasso; ``em_glasso``: EM graphical lasso
   (:mod:`pyro_msm.graphical.baselines`), both Gaussian (misspecified on the orthant);
 - ``oracle_sm`` / ``oracle_glasso``: the complete data (before masking) through the exact
@@ -102,6 +103,18 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
                     lambda xm=xm, em=em: nonnegative_path(xm, centred=True, **em),
                 )
             )
+        for r in args.ratios:
+            fixed = dict(em, imputation_ratio=r)
+            contenders.append(
+                (f"nonnegative_em_r{r:g}", lambda xm=xm, e=fixed: nonnegative_path(xm, **e))
+            )
+            if args.centred:
+                contenders.append(
+                    (
+                        f"nonnegative_em_r{r:g}_centred",
+                        lambda xm=xm, e=fixed: nonnegative_path(xm, centred=True, **e),
+                    )
+                )
         for c in args.rate_scales:
             rule = dict(em, imputation_ratio="rate", imputation_scale=c)
             tag = f"nonnegative_em_rate{c:g}"
@@ -163,6 +176,10 @@ def summarise(rows: list[dict], markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _ratio(text: str) -> str | float:
+    return text if text == "rate" else float(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
@@ -183,9 +200,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--imputation-ratio",
+        type=_ratio,
+        default="rate",
+        help="nonnegative_em's imputation penalty: 'rate' (the noise rate, the library's "
+        "default) or a fraction of the empty-graph penalty",
+    )
+    parser.add_argument(
+        "--ratios",
         type=float,
-        default=0.3,
-        help="EM's fixed imputation at this fraction of the empty-graph penalty (the default)",
+        nargs="*",
+        default=[],
+        help="also fixed imputation at these fractions of the empty-graph penalty "
+        "(nonnegative_em_r<r>; the former default was 0.3)",
     )
     parser.add_argument(
         "--rate-scales",
@@ -207,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         args.dims, args.n, args.rates, args.seeds = [8], 200, [0.0, 0.3], 1
         args.penalties, args.draws, args.plain_draws = 5, 4, 4
         args.centred = args.plain_em = True
-        args.rate_scales = args.rate_scales or [1.0]
+        args.ratios = args.ratios or [0.3]
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows: list[dict] = []

@@ -336,6 +336,8 @@ def test_noise_rate_imputation_recovers_a_chain_with_missing_entries():
         assert nn.nonnegative_kkt_violation(k, stats, float(g), e) <= 1e-8 * scale
     twice = nn.nonnegative_path(xm, num_penalties=2, imputation_ratio="rate", imputation_scale=2)
     assert twice.info["imputation_penalty"] == pytest.approx(2 * gamma)
+    default = nn.nonnegative_path(xm, num_penalties=2)  # the rule is the default
+    assert default.info["imputation_penalty"] == pytest.approx(gamma)
     from pyro_msm.graphical import path_auc
 
     assert path_auc(adjacency, path.precisions) > 0.9
@@ -382,7 +384,7 @@ def test_benchmark_smoke_run():
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "nonnegative_em" in done.stdout and "path-AUC" in done.stdout
-    assert "nonnegative_em_rate1_centred" in done.stdout
+    assert "nonnegative_em_r0.3_centred" in done.stdout
 
 
 def test_squarem_reaches_the_same_em_fixed_point_in_fewer_iterations():

@@ -74,10 +74,16 @@ solution (tested). docs/benchmarks.md measures the Monte Carlo error's effect on
 **Fixed imputation** (``imputation_ratio``, the default). EM at every penalty imputes each
 penalty's missing entries under that penalty's own sparse model, so an edge that a large penalty
 removes is imputed as absent, which keeps it out. By default :func:`nonnegative_path` runs EM at
-one penalty only (0.3 times the empty-graph penalty) and solves the whole path exactly on that
-fit's E-step statistics: every penalty sees the same imputation model, and the path costs one
-EM fit (measured on held-out networks: as accurate as EM at every penalty, 5-10x faster; more
-accurate with the centred model, docs/benchmarks.md).
+one penalty only and solves the whole path exactly on that fit's E-step statistics: every
+penalty sees the same imputation model, and the path costs one EM fit (measured on held-out
+networks: as accurate as EM at every penalty, 5-10x faster; more accurate with the centred
+model, docs/benchmarks.md). That penalty is the noise rate of the loss's gradient
+(:func:`nonnegative_imputation_penalty`): an absent edge's entry of the gradient at the
+diagonal model is a sum of per-row terms over the rows observing both entries, divided by
+:math:`n`; its standard deviation, estimated from those terms, times :math:`\sqrt{\log d}`
+(the analogue of :func:`~pyro_msm.graphical.imputation_penalty` for the Gaussian loss, which
+it reproduces in expectation on standardised Gaussian data when :math:`h \equiv 1`). As a
+fraction of the empty-graph penalty it grows with the missing fraction.
 
 References
 
@@ -732,7 +738,7 @@ def nonnegative_imputation_penalty(
     :math:`t_{r,jk}` over those rows, and :math:`\sigma` the root mean square over pairs (as
     :func:`~pyro_msm.graphical.imputation_penalty` averages the pair counts). The factor is
     :math:`\sqrt{\log d}`, not :math:`\sqrt{2\log d}`, so that with :math:`h \equiv 1` on
-    standardised Gaussian data the rule is the Gaussian one,
+    standardised Gaussian data the rule is in expectation the Gaussian one,
     :math:`2\sqrt{\bar n_{\mathrm{pair}}\log d}/n` (:math:`t = 2x_jx_k`); ``scale`` is
     :math:`c` (:math:`\sqrt 2` gives :math:`\sqrt{2\log d}`).
 
@@ -1021,7 +1027,7 @@ def nonnegative_path(
     max_em_iter: int = 30,
     squarem: bool = True,
     rao_blackwell: bool = True,
-    imputation_ratio: float | str | None = 0.3,
+    imputation_ratio: float | str | None = "rate",
     imputation_scale: float = 1.0,
     seed: int = 0,
     progress: bool = False,
@@ -1056,17 +1062,18 @@ def nonnegative_path(
         (:func:`rao_blackwellised_statistics`); False, or where they are not positive
         semi-definite (an M-step without a minimiser), the plain Monte Carlo averages of the
         draws (:func:`nonnegative_statistics`).
-    :param imputation_ratio: a number :math:`r > 0` (default 0.3): **fixed imputation**, EM
-        only at :math:`r` times the empty-graph penalty, then the exact path (from the
-        empty-graph penalty of the new statistics when ``penalties`` is None) on that fit's
-        E-step statistics: every penalty sees the same imputation model, so an edge that a
-        large penalty removes is not imputed as absent, and the path costs one EM fit. None:
-        EM at every penalty (each penalty's E-step imputes under its own penalised model;
-        as accurate on the benchmark's networks, 5-10x slower; docs/benchmarks.md).
-        ``"rate"``: fixed imputation at the noise-rate penalty
+    :param imputation_ratio: **fixed imputation**: EM only at one imputation penalty, then
+        the exact path (from the empty-graph penalty of the new statistics when ``penalties``
+        is None) on that fit's E-step statistics: every penalty sees the same imputation
+        model, so an edge that a large penalty removes is not imputed as absent, and the path
+        costs one EM fit. ``"rate"`` (default): the imputation penalty is the noise rate
         :func:`nonnegative_imputation_penalty` (the standard deviation of an absent edge's
-        gradient entry at the diagonal model, times :math:`\sqrt{\log d}`) instead of a
-        fixed fraction of the empty-graph penalty.
+        gradient entry at the diagonal model, times :math:`\sqrt{\log d}`; 0.2-0.7 times the
+        empty-graph penalty on the benchmark's networks, more with more missing entries). A
+        number :math:`r > 0`: :math:`r` times the empty-graph penalty (the former default
+        0.3 was 0.002 path-AUC below the rate on held-out networks, docs/benchmarks.md).
+        None: EM at every penalty (each penalty's E-step imputes under its own penalised
+        model; as accurate as :math:`r = 0.3`, 5-10x slower).
     :param imputation_scale: :math:`c` of ``imputation_ratio="rate"`` (ignored otherwise).
     :param seed: seeds the Gibbs draws.
     :param progress: tqdm bar over penalties.
