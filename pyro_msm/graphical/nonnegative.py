@@ -83,7 +83,7 @@ diagonal model is a sum of per-row terms over the rows observing both entries, d
 :math:`n`; its standard deviation, estimated from those terms, times :math:`\sqrt{\log d}`
 (the analogue of :func:`~pyro_msm.graphical.imputation_penalty` for the Gaussian loss, which
 it reproduces in expectation on standardised Gaussian data when :math:`h \equiv 1`). As a
-fraction of the empty-graph penalty it grows with the missing fraction.
+fraction of the empty-graph penalty it mostly grows with the missing fraction.
 
 References
 
@@ -1069,7 +1069,7 @@ def nonnegative_path(
         costs one EM fit. ``"rate"`` (default): the imputation penalty is the noise rate
         :func:`nonnegative_imputation_penalty` (the standard deviation of an absent edge's
         gradient entry at the diagonal model, times :math:`\sqrt{\log d}`; 0.2-0.7 times the
-        empty-graph penalty on the benchmark's networks, more with more missing entries). A
+        empty-graph penalty on the benchmark's networks, mostly more with more missing). A
         number :math:`r > 0`: :math:`r` times the empty-graph penalty (the former default
         0.3 was 0.002 path-AUC below the rate on held-out networks, docs/benchmarks.md).
         None: EM at every penalty (each penalty's E-step imputes under its own penalised
