@@ -731,10 +731,12 @@ def nonnegative_imputation_penalty(
     (empty-graph) minimiser :math:`(k_{jj}, \eta_j)` of ``stats``. The symmetrised gradient of
     the loss at that minimiser has off-diagonal entries :math:`\tfrac1n\sum_r t_{r,jk}`
     (:math:`\Gamma_j\theta_j - g_j` row by row); :math:`s_{rj}` has mean zero under column
-    :math:`j`'s fitted marginal, so for an absent edge the entry is noise, summed over the
-    :math:`n_{jk}` rows observing both entries (at the diagonal model the E-step's
-    expectation of :math:`t` in a row missing either entry is about zero). Its standard deviation is
-    estimated from the data: :math:`\widehat{\mathrm{var}}_{jk}` is the empirical variance of
+    :math:`j`'s fitted marginal, so for an absent edge the entry is noise. As in the Gaussian
+    rule, the rule counts the :math:`n_{jk}` rows observing both entries (a row observing
+    only :math:`x_j` adds :math:`m_k s_{rj}` at the diagonal model, :math:`m_k` column
+    :math:`k`'s mean; counting those too raised the penalty 1.1-1.3x and was no better on the
+    tuning networks, docs/benchmarks.md). Its standard deviation is estimated from the
+    data: :math:`\widehat{\mathrm{var}}_{jk}` is the empirical variance of
     :math:`t_{r,jk}` over those rows, and :math:`\sigma` the root mean square over pairs (as
     :func:`~pyro_msm.graphical.imputation_penalty` averages the pair counts). The factor is
     :math:`\sqrt{\log d}`, not :math:`\sqrt{2\log d}`, so that with :math:`h \equiv 1` on
