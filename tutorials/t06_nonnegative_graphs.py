@@ -95,9 +95,11 @@ print(f"complete data: path-AUC {path_auc(adjacency, complete.precisions):.3f} i
 # each missing coordinate's conditional given the rest of its row is a truncated normal whose
 # moments are closed form, so the E-step averages every term over one missing coordinate
 # analytically instead of using its draw, and a few chains per row suffice (the default is 5).
-# By default EM runs at one penalty (``imputation_ratio=0.3`` times the empty-graph penalty)
-# and the whole path is then solved exactly on that fit's E-step statistics, so every penalty
-# sees the same imputations (``imputation_ratio=None`` runs EM at every penalty instead).
+# By default EM runs at one penalty (``imputation_ratio="rate"``: the noise level of an absent
+# edge's gradient entry at the diagonal fit, times sqrt(log d)) and the whole path is then
+# solved exactly on that fit's E-step statistics, so every penalty sees the same imputations
+# (a number r uses r times the empty-graph penalty; ``imputation_ratio=None`` runs EM at every
+# penalty instead).
 em = nonnegative_path(x_missing, num_penalties=PENALTIES, num_draws=4 if SMOKE else 5)
 print(f"EM: path-AUC {path_auc(adjacency, em.precisions):.3f} in {em.seconds:.1f} s; "
       f"{em.info['em_iterations'][0]} EM iterations")  # fmt: skip

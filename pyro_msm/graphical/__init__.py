@@ -67,7 +67,12 @@ from .metrics import (
     roc_auc,
     stein_loss,
 )
-from .nonnegative import nonnegative_kkt_violation, nonnegative_path, nonnegative_score_matching
+from .nonnegative import (
+    nonnegative_imputation_penalty,
+    nonnegative_kkt_violation,
+    nonnegative_path,
+    nonnegative_score_matching,
+)
 from .path import PenaltyPath, default_penalties, score_matching_path
 from .quadratic import (
     kkt_violation,
@@ -159,4 +164,5 @@ __all__ = [
     "nonnegative_path",
     "nonnegative_score_matching",
     "nonnegative_kkt_violation",
+    "nonnegative_imputation_penalty",
 ]
