@@ -304,7 +304,10 @@ class DenoisingObjective(Objective):
             self._scales[key] = torch.tensor(self.noise_scales, dtype=x.dtype, device=x.device)
         scales = self._scales[key]
         pick = torch.randint(len(self.noise_scales), x.shape[:-1], device=x.device)
-        sigma = scales[pick].unsqueeze(-1)
+        if len(self.noise_scales) == 1:  # the index drawn (for the same random numbers) is 0
+            sigma = scales.expand(x.shape[:-1]).unsqueeze(-1)
+        else:
+            sigma = scales[pick].unsqueeze(-1)
         noisy = torch.addcmul(x, torch.randn_like(x), sigma)  # x + noise * sigma, fused
         if all_observed(mask):  # nothing to keep clean
             return noisy, sigma

@@ -43,7 +43,7 @@ from .objectives import (
 from .proposals import PreparedProposal, Proposal, make_proposal
 from .sites import (
     DataSite,
-    FillUnobserved,
+    FillRejectLatent,
     PerturbObserved,
     ProvideModelTrace,
     RejectLatent,
@@ -96,6 +96,10 @@ class _Group:
     :ivar points: completed points per row (particles, or 1).
     :ivar draw: ``rows -> Particles`` for a chunk of ``rows`` (row-local, so chunks can be
         recomputed under checkpointing).
+    :ivar observed_rows: every row of the group has an observed entry, so the estimators give
+        each a row weight of one unless all its draws fell outside the support
+        (``Particles.outside``): the loss then skips the product with the row weights (a
+        product with ones: the same numbers and gradients).
     """
 
     def __init__(
@@ -104,8 +108,11 @@ class _Group:
         points: int,
         draw: Callable[[Tensor], Particles],
         draw_kept: Callable[[Tensor, Tensor], Particles] | None = None,
+        *,
+        observed_rows: bool = False,
     ) -> None:
         self.rows, self.points, self.draw, self.draw_kept = rows, points, draw, draw_kept
+        self.observed_rows = observed_rows
 
     def particles(self, rows: Tensor, keep: Tensor | None) -> Particles:
         """The particles of ``rows[keep]`` (all of ``rows`` without ``keep``), drawn with the
@@ -125,6 +132,17 @@ class _RowCounts:
     def __init__(self, counts: Tensor) -> None:
         self.counts = counts
         self.read: tuple[int, int] | None = None
+
+
+def _plus(total: Tensor | None, part: Tensor) -> Tensor:
+    """``total + part``, or ``part`` for the first term (no addition to a zero)."""
+    return part if total is None else total + part
+
+
+def _observed_row_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(n,)`` one for the rows of ``mask`` with an observed entry, zero for the others, in
+    ``dtype`` (computed once per mask and dtype)."""
+    return memo(mask, f"observed_rows_{dtype}", lambda: _has_observed(mask).to(dtype))
 
 
 def _ones_per_row(x: Tensor) -> Tensor:
@@ -212,7 +230,7 @@ def _classical_group(
         particles = single_particle(xr, _take(mask, chunk), _ones_per_row(xr), all_scored=True)
         return finish(particles, chunk)
 
-    return _Group(rows, 1, classical)
+    return _Group(rows, 1, classical, observed_rows=True)
 
 
 def _take(t: Tensor, rows: Tensor, dim: int = 0) -> Tensor:
@@ -567,11 +585,11 @@ class MissingScoreMatching(ELBO):
         return site.scale * particles.row_weight
 
     def _model_trace(self, model, guide_trace, args, kwargs):
-        if guide_trace is None:
-            model = FillUnobserved()(model)
+        if guide_trace is None:  # FillUnobserved and RejectLatent in one handler
+            model = FillRejectLatent()(model)
         else:
-            model = poutine.replay(model, trace=guide_trace)
-        trace = poutine.trace(RejectLatent()(model)).get_trace(*args, **kwargs)
+            model = RejectLatent()(poutine.replay(model, trace=guide_trace))
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
         for site in trace.nodes.values():
             info = site["infer"].get("pyro_msm") if site["type"] == "sample" else None
             if isinstance(info, dict):
@@ -616,6 +634,8 @@ class MissingScoreMatching(ELBO):
         synchronisation per step, not one per number."""
         pending, self._pending_ess = self._pending_ess, None
         counts, self._pending_counts = self._pending_counts, []
+        if pending is None and not counts and len(values) == 1:  # nothing to stack
+            return [values[0].detach().item()]
         parts = [v.detach().reshape(()) for v in values]
         if pending is not None:
             parts.append(pending.to(parts[0].dtype))
@@ -716,7 +736,11 @@ class MissingScoreMatching(ELBO):
         # chunk by chunk only when all chunks together exceed one chunk's points (else one
         # backward pass, with the caller's, saves a backward pass per chunk)
         stepwise = backward and self._stepwise(chunks, per_chunk)
-        total: Tensor | float = 0.0
+        # products with multipliers known to be one are skipped (exact: the same numbers and
+        # gradients): the rows' scale without subsampling, the row weights of rows that have
+        # an observed entry, the number of ranks in one process
+        unit_scale = site.constant_scale == 1.0
+        total: Tensor | None = None
         dropped_rows: Tensor | float = 0.0
         row_losses: list[Tensor] = []  # for the health monitor's diagnosis of a bad step
         row_ess: list[Tensor] = []
@@ -738,11 +762,14 @@ class MissingScoreMatching(ELBO):
                 rows = rows[keep]
             losses = objective(fn, particles)
             row_losses.append(losses.detach())
-            value = (losses * _take(site.scale, rows) * particles.row_weight).sum() * world
+            value = losses if unit_scale else losses * _take(site.scale, rows)
+            if not (group.observed_rows and particles.outside is None):
+                value = value * particles.row_weight
+            value = value.sum() if world == 1 else value.sum() * world
             if stepwise and value.requires_grad:
                 value.backward(retain_graph=True)  # the parameters' upstream graph is shared
                 value = value.detach()
-            total = total + value
+            total = value if total is None else total + value
             if group.points > 1 and self.estimator != "variational":
                 has_missing = ~particles.scored.all(-1)
                 row_ess.append(particles.effective_sample_size[has_missing].detach())
@@ -774,7 +801,7 @@ class MissingScoreMatching(ELBO):
                 "draw fell outside the model's support; they are skipped this step (raise "
                 "num_particles or use a proposal that respects the domain)",
             )
-        if isinstance(total, float):
+        if total is None:
             return site.data.new_zeros(())
         return total
 
@@ -878,7 +905,7 @@ class MissingScoreMatching(ELBO):
             return fn, [_Group(all_rows(), r, importance_all)]
         return row_fn, [
             _classical_group(x, mask, complete, finish),
-            _Group(partial, r, importance, importance),
+            _Group(partial, r, importance, importance, observed_rows=True),
         ]
 
     # -- estimators without a guide -------------------------------------------------------------
@@ -886,7 +913,7 @@ class MissingScoreMatching(ELBO):
         self, model, args, kwargs, backward: bool = False
     ) -> tuple[Tensor, list[Tensor]]:
         trace = self._model_trace(model, None, args, kwargs)
-        total = 0.0
+        total: Tensor | None = None
         ess: list[Tensor] = []
         for site in find_data_sites(trace):
             mask = site.mask
@@ -902,12 +929,13 @@ class MissingScoreMatching(ELBO):
                         f"got {type(base).__name__}"
                     )
                 rows = marginal_score_matching_loss(x, mask, base.loc, base.precision)
-                total = total + (rows * site.scale * _has_observed(mask).to(x)).sum()
+                total = _plus(total, (rows * site.scale * _has_observed(mask).to(x)).sum())
                 continue
             row_fn, groups = self._direct_groups(site, fn, x, noise_scale)
-            total = total + self._objective_total(site, row_fn, groups, ess, backward)
+            total = _plus(total, self._objective_total(site, row_fn, groups, ess, backward))
         if ess:
             self._pending_ess = torch.stack(ess).mean().detach()  # read with the loss
+        assert total is not None  # find_data_sites found a site
         return total, _leaf_params(trace)
 
     # -- estimators with a guide: variational and hybrid --------------------------------------
@@ -958,7 +986,7 @@ class MissingScoreMatching(ELBO):
 
         return row_fn, [
             _classical_group(x, mask, complete, finish),
-            _Group(partial, draws.shape[0], draw(row_fn)),
+            _Group(partial, draws.shape[0], draw(row_fn), observed_rows=True),
         ]
 
     def _variational_terms(self, model, guide, args, kwargs, model_step: bool, backward=False):
@@ -991,7 +1019,8 @@ class MissingScoreMatching(ELBO):
             sites = find_data_sites(model_trace)
         guide_lp = guide_log_prob(guide_trace, sites)
         require_guide_sites(self.estimator, sites, guide_lp)
-        objective, kl = 0.0, 0.0
+        objective: Tensor | None = None
+        kl: Tensor | None = None
         ess: list[Tensor] = []
         for site in sites:
             x, mask = site.data, site.mask
@@ -1000,7 +1029,9 @@ class MissingScoreMatching(ELBO):
             log_q = guide_lp.get(site.name)
             if log_q is None:
                 log_q = torch.zeros(draws.shape[:-1], dtype=x.dtype, device=x.device)
-            weights = site.scale * _has_observed(mask).to(x.dtype)
+            weights = _observed_row_weights(mask, x.dtype)
+            if site.constant_scale != 1.0:  # a product with ones is skipped (the same numbers)
+                weights = site.scale * weights
             if model_step:
                 noise = None if perturbation is None else perturbation.cache[site.name][1]
                 self._warn_dropped_rows(site)
@@ -1008,16 +1039,24 @@ class MissingScoreMatching(ELBO):
                 # KL's too: computed once for all rows
                 log_p = log_prob(site.fn, draws.detach()) if self._one_chunk(site) else None
                 row_fn, groups = self._guided_groups(site, draws, log_q, noise, log_p)
-                objective = objective + self._objective_total(site, row_fn, groups, ess, backward)
+                objective = _plus(
+                    objective, self._objective_total(site, row_fn, groups, ess, backward)
+                )
                 # the KL's model term, with its gradient to the guide only (through the draws)
                 kl_rows = log_q - _log_prob_through_draws(site.fn, x, mask, draws, log_p)
             else:
                 live = log_prob(site.fn, draws)  # gradient to the guide through the draws
                 kl_rows = log_q - live
-            kl = kl + (kl_rows.mean(0) * weights).sum()
+            kl = _plus(kl, (kl_rows.mean(0) * weights).sum())
         if ess:
             self._pending_ess = torch.stack(ess).mean().detach()  # read with the loss
-        return objective, kl, _leaf_params(model_trace), _leaf_params(guide_trace)
+        assert kl is not None  # find_data_sites found a site
+        return (
+            0.0 if objective is None else objective,  # a guide step has no objective
+            kl,
+            _leaf_params(model_trace),
+            _leaf_params(guide_trace),
+        )
 
     # -- the ELBO interface ---------------------------------------------------------------------
     def _get_trace(self, model, guide, args, kwargs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..primitives import SITE_KEY, MissingCoordinates
 __all__ = [
     "DataSite",
     "FillUnobserved",
+    "FillRejectLatent",
     "RejectLatent",
     "PerturbObserved",
     "find_data_sites",
@@ -63,6 +65,13 @@ class DataSite:
         if self.constant_scale is not None:
             return self.constant_scale != 1.0
         return bool((self.scale != 1).any())
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_scale(value: float, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(n,)`` rows' multiplier ``value``: a broadcast number, made once per value, number of
+    rows, dtype and device (an expanded tensor cannot be modified in place)."""
+    return torch.tensor(value, dtype=dtype, device=device).expand(n)
 
 
 def _rows(t: Tensor, n: int, d: int) -> Tensor:
@@ -166,6 +175,23 @@ class RejectLatent(Messenger):
             raise _latent_site_error(msg["name"])
 
 
+class FillRejectLatent(FillUnobserved):
+    """:class:`FillUnobserved` and :class:`RejectLatent` in one handler: the loss's run of the
+    model handles each of its messages once instead of twice (Pyro calls every handler on the
+    stack for every message: a model step's ~11 messages, Pyro's parameters included)."""
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            fn = msg["fn"]
+            if isinstance(fn, MissingCoordinates):
+                FillUnobserved._process_message(self, msg)
+            elif not isinstance(fn, _Subsample):
+                raise _latent_site_error(msg["name"])
+
+    def _postprocess_message(self, msg) -> None:
+        """Nothing to do after a message (not even looking up a method for it)."""
+
+
 def find_data_sites(trace: Trace) -> list[DataSite]:
     """All sites created by :func:`~pyro_msm.observe` in a model trace.
 
@@ -182,19 +208,22 @@ def find_data_sites(trace: Trace) -> list[DataSite]:
             d = data.shape[-1]
             value = site["value"]
             n = data.numel() // d
-            scale = torch.as_tensor(site["scale"], dtype=data.dtype, device=data.device)
+            constant = site["scale"] if isinstance(site["scale"], numbers.Real) else None
+            if constant is not None:  # one number: the same expanded tensor at every step
+                scale = _constant_scale(float(constant), n, data.dtype, data.device)
+            else:
+                scale = torch.as_tensor(site["scale"], dtype=data.dtype, device=data.device)
+                scale = scale.expand(data.shape[:-1]).reshape(n)
             sites.append(
                 DataSite(
                     name=info["name"],
                     fn=site["fn"],
                     data=_rows(data, n, d),
                     mask=_rows(mask, n, d),
-                    scale=scale.expand(data.shape[:-1]).reshape(n),
+                    scale=scale,
                     value=value.reshape(-1, n, d),
                     clean=_rows(info["clean"], n, d),
-                    constant_scale=(
-                        float(site["scale"]) if isinstance(site["scale"], numbers.Real) else None
-                    ),
+                    constant_scale=None if constant is None else float(constant),
                 )
             )
         elif not (
