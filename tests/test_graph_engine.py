@@ -615,6 +615,14 @@ def test_benchmark_smoke(tmp_path):
     text = out.read_text()
     assert "path_auc" in text and "default" in text and "em_glasso" in text
     assert np.isfinite(float(text.splitlines()[1].split(",")[-1]))
+    # the docs' table from the CSV: one cell row, the counts
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "graph_engine.py"), "--table", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr[-2000:]
+    lines = table.stdout.splitlines()
+    assert lines[2].startswith("| chain, 6, 150, 30% |") and lines[-1].startswith("cells: 1,")
 
 
 def test_fitted_estimator_saves_and_loads(tmp_path):
