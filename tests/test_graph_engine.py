@@ -340,6 +340,8 @@ def test_imputed_selection_refits_each_support_on_the_imputed_statistics():
     want = ebic(data, mask, path.locs, refits, beta=0.25, sample_size="pairs")
     assert torch.allclose(model.ebic_, want)
     assert model.penalty_index_ == int(torch.argmin(want))
+    with pytest.raises(ValueError, match="covariance must be"):
+        support_refits(data, mask, path.locs, path.precisions, covariance=s[:6, :6])
 
 
 def test_imputed_path_on_complete_data_is_the_quadratic_path():

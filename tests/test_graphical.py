@@ -287,6 +287,8 @@ def test_observed_log_likelihood_matches_marginal_densities():
     x = torch.randn(80, 7, dtype=torch.float64)
     mask = torch.rand(80, 7) < torch.linspace(0.1, 0.9, 80).unsqueeze(-1)
     got = observed_log_likelihood(x, mask, loc, p, plan=estep_plan(mask))
+    with pytest.raises(ValueError, match="plan is for"):
+        observed_log_likelihood(x, mask, loc, p, plan=estep_plan(mask[:40]))
     cov = torch.linalg.inv(p)
     for i in range(80):
         o = mask[i]

@@ -788,3 +788,28 @@ def test_unit_weight_and_complete_row_paths_equal_the_general_path(
     assert v0 == pytest.approx(v1, rel=1e-12, abs=1e-12)
     for a, b in zip(g0, g1, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_single_particle_helpers_are_the_general_formulas_with_weight_one():
+    """single_particle's particles have weight one and no mean weights; weighted_mean(None, .)
+    is the weighted mean with weight one (and refuses several particles); on_scored is the mask
+    product, skipped only when every coordinate is scored."""
+    from pyro_msm.infer.estimators import single_particle
+    from pyro_msm.infer.objectives import moment_loss, on_scored, weighted_mean
+
+    torch.manual_seed(1)
+    z = torch.randn(6, 4, dtype=D64)
+    mask = torch.rand(6, 4) < 0.6
+    p = single_particle(z, mask, torch.ones(6, dtype=D64))
+    assert p.unit_weight and not p.all_scored and p.mean_weights is None
+    assert torch.equal(p.weights, torch.ones(1, 6, dtype=D64))
+    values = torch.randn(1, 6, 3, dtype=D64)
+    assert torch.equal(weighted_mean(None, values), weighted_mean(p.weights, values))
+    a, b = torch.randn(2, 1, 6, 3, dtype=D64)
+    assert torch.equal(moment_loss(None, a, b), moment_loss(p.weights, a, b))
+    with pytest.raises(ValueError, match="one particle"):
+        weighted_mean(None, torch.randn(2, 6, 3, dtype=D64))
+    rows = torch.randn(6, 4, dtype=D64)
+    assert torch.equal(on_scored(rows, p), rows * mask.to(D64))
+    full = single_particle(z, torch.ones_like(mask), torch.ones(6, dtype=D64), all_scored=True)
+    assert on_scored(rows, full) is rows

@@ -128,9 +128,11 @@ def observed_log_likelihood(
     chol_p, info = torch.linalg.cholesky_ex(p)
     if int(info) != 0:
         raise ValueError("observed_log_likelihood: precision is not positive definite")
+    n, d = x.shape
     if plan is None:
         plan = estep_plan(mask)
-    n, d = x.shape
+    elif plan.shape != (n, d):
+        raise ValueError(f"plan is for a {plan.shape} table, got {(n, d)}; rebuild it")
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     diff = torch.where(mask, x - loc, zero)
     rhs = diff @ p  # P r (P symmetric)
@@ -278,6 +280,9 @@ def support_refits(
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     x64 = x.detach().to(torch.float64)
+    d = x.shape[-1]
+    if covariance is not None and tuple(covariance.shape) != (d, d):
+        raise ValueError(f"covariance must be ({d}, {d}), got {tuple(covariance.shape)}")
     complete = bool(mask.all())
     estep = _in_memory_estep(x64, mask) if covariance is None else None
     out = []
