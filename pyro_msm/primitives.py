@@ -116,10 +116,12 @@ _CHECKED: dict[str, tuple] = {}
 
 
 def _version_key(value) -> tuple | None:
-    """Identity and in-place version of a tensor (None for anything that can't be tracked)."""
+    """Identity and in-place version of a tensor (None for anything that can't be tracked: a
+    tensor that requires grad, or an inference tensor, which has no version counter and may be
+    modified in place inside :func:`torch.inference_mode` unseen)."""
     if value is None:
         return ()
-    if isinstance(value, Tensor) and not value.requires_grad:
+    if isinstance(value, Tensor) and not value.requires_grad and not value.is_inference():
         return (weakref.ref(value), value._version)
     return None
 
@@ -155,7 +157,9 @@ def _checked_data(name: str, obs: Tensor, obs_mask) -> tuple[Tensor, Tensor]:
             "them missing in obs_mask (or leave obs_mask=None to treat NaN as missing)"
         )
     data = torch.where(mask, obs, torch.zeros((), dtype=obs.dtype, device=obs.device))
-    if obs_key is not None and mask_key is not None:
+    if obs_key is not None and mask_key is not None and not data.is_inference():
+        # (data computed under inference mode is an inference tensor: kept, a later training
+        # step on the same tensors would be refused by autograd)
         _CHECKED[name] = (obs_key, mask_key, mask, data)
     else:
         _CHECKED.pop(name, None)

@@ -443,7 +443,9 @@ def test_checks_are_reused_only_while_the_same_tensors_come_back_unmodified(monk
     calls = []
     checked = primitives._as_mask
     monkeypatch.setattr(
-        primitives, "_as_mask", lambda *a: calls.append(1) or checked(*a)  # count fresh checks
+        primitives,
+        "_as_mask",
+        lambda *a: calls.append(1) or checked(*a),  # count fresh checks
     )
     x, mask = table(), coordinate_mask()
     first = trace_site(x, mask).nodes["x_observed"]["infer"]["pyro_msm"]["data"]
@@ -509,3 +511,138 @@ def test_data_site_knows_whether_its_rows_are_scaled_without_reading_the_device(
     weights[2] = 3.0
     scaled = find_data_sites(poutine.trace(model).get_trace(scale=weights))[0]
     assert scaled.constant_scale is None and scaled.subsampled
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.inference_mode
+# ----------------------------------------------------------------------------------------------
+
+
+def _inference_problem(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 40-row table with about a third of its entries missing (NaN) and its mask."""
+    full = table(40, D, seed=seed)
+    mask = torch.rand(40, D, generator=torch.Generator().manual_seed(seed + 1)) > 0.35
+    mask[:, 0] |= ~mask.any(-1)  # every row observes something
+    return torch.where(mask, full, torch.full((), NAN)), mask
+
+
+def _loss_value(loss, guide, obs, obs_mask=None) -> float:
+    pyro.set_rng_seed(11)  # the same importance draws / guide samples for every call
+    return float(loss.loss(param_model, guide, obs, obs_mask))
+
+
+@pytest.mark.parametrize(
+    "estimator, objective",
+    [
+        ("iw", "exact"),
+        ("iw", "denoising"),
+        ("iw", "sliced"),
+        ("variational", "exact"),
+        ("hybrid", "exact"),
+        ("em", "exact"),
+        ("zeroed", "exact"),
+        ("mean_impute", "exact"),
+        ("complete_case", "exact"),
+        ("closed_form", "exact"),
+    ],
+)
+@pytest.mark.parametrize("masked", [False, True], ids=["nan", "obs_mask"])
+def test_a_loss_under_inference_mode_equals_its_value_under_no_grad(estimator, objective, masked):
+    """A held-out loss is commonly computed under ``torch.inference_mode()``: on inference tensors
+    (which have no version counter) and on normal ones, it is the value computed under
+    ``no_grad``; an in-place change of an inference tensor inside inference mode (which no
+    version counter records) is seen, not answered from a value remembered from before it; and
+    a training step on the same tensors afterwards has the gradient it has without the
+    evaluation (nothing computed in inference mode is kept for it)."""
+    from pyro_msm.guides import GaussianConditionalGuide
+
+    pyro.clear_param_store()
+    guided = estimator in ("variational", "hybrid")
+    guide = GaussianConditionalGuide(param_model) if guided else None
+    loss = MissingScoreMatching(estimator, 5, objective=objective)
+    x, mask = _inference_problem()
+    args = (torch.nan_to_num(x), mask) if masked else (x,)
+    with torch.no_grad():
+        expected = _loss_value(loss, guide, *args)  # (creates the parameters outside)
+        changed = [a.clone() for a in args]
+        changed[0][2, 1] = 3.0  # observed in either form: the loss depends on it
+        if masked:
+            changed[1][2, 1] = True
+        expected_changed = _loss_value(loss, guide, *changed)
+    assert expected_changed != pytest.approx(expected)
+    with torch.inference_mode():
+        fresh = [a.clone() for a in args]  # inference tensors
+        assert all(a.is_inference() for a in fresh)
+        assert _loss_value(loss, guide, *fresh) == pytest.approx(expected, rel=1e-6)
+        assert _loss_value(loss, guide, *fresh) == pytest.approx(expected, rel=1e-6)
+        fresh[0][2, 1] = 3.0  # in place, inside inference mode: no version counter sees it
+        if masked:
+            fresh[1][2, 1] = True
+        assert _loss_value(loss, guide, *fresh) == pytest.approx(expected_changed, rel=1e-6)
+        assert _loss_value(loss, guide, *args) == pytest.approx(expected, rel=1e-6)  # normal
+
+    def gradients(evaluate_first: bool) -> list[torch.Tensor]:
+        obs = [a.clone() for a in args]  # tensors that no step has seen yet
+        if evaluate_first:
+            with torch.inference_mode():
+                _loss_value(loss, guide, *obs)
+        pyro.set_rng_seed(12)
+        with poutine.trace(param_only=True) as tape:
+            value = loss.differentiable_loss(param_model, guide, *obs)
+        params = [site["value"].unconstrained() for site in tape.trace.nodes.values()]
+        return list(torch.autograd.grad(value, params))
+
+    for with_evaluation, without in zip(gradients(True), gradients(False), strict=True):
+        torch.testing.assert_close(with_evaluation, without)
+
+
+def test_memo_under_inference_mode_stores_nothing_it_could_not_validate_or_reuse():
+    """An inference tensor has no version counter and may change in place inside inference mode:
+    what is derived from it is computed at every call (always the current value), never stored.
+    A normal tensor's remembered values are used inside inference mode; a value computed there
+    is stored only if it holds no inference tensor; an in-place change still invalidates."""
+    from pyro_msm._memo import memo, storable
+
+    def rows(m):
+        return lambda: (~m).any(-1).nonzero().squeeze(-1)
+
+    with torch.inference_mode():
+        mask = coordinate_mask()
+        first = memo(mask, "rows", rows(mask))
+        assert torch.equal(first, (~mask).any(-1).nonzero().squeeze(-1))
+        assert not hasattr(mask, "_pyro_msm_memo")
+        mask[:] = True  # in place
+        assert memo(mask, "rows", rows(mask)).numel() == 0  # the current value, not `first`
+
+    mask = coordinate_mask()  # a normal tensor
+    outside = memo(mask, "rows", rows(mask))
+    with torch.inference_mode():
+        assert memo(mask, "rows", rows(mask)) is outside  # remembered, used inside
+        inside = memo(mask, "counts", lambda: mask.sum(-1))
+        assert inside.is_inference() and torch.equal(inside, mask.sum(-1))
+        assert memo(mask, "complete", lambda: bool(mask.all())) is False
+    assert "counts" not in mask._pyro_msm_memo[1]  # an inference tensor: not kept
+    assert mask._pyro_msm_memo[1]["complete"] is False  # a number: kept
+    counts = memo(mask, "counts", lambda: mask.sum(-1))
+    assert not counts.is_inference() and torch.equal(counts, mask.sum(-1))
+    mask[:] = True  # in place: everything is computed again
+    assert memo(mask, "rows", rows(mask)).numel() == 0
+    assert memo(mask, "complete", lambda: bool(mask.all())) is True
+    with torch.inference_mode():
+        inference = torch.ones(2)
+    assert storable((1, 2.0, "a", None, {"k": [torch.ones(2)]}))
+    assert not storable((torch.ones(2), [inference]))
+    assert not storable(object())
+
+
+def test_observe_checks_inference_tensors_at_every_call():
+    """The validated data of a site are reused while the same tensors come back unmodified, which
+    an inference tensor (no version counter) cannot show: it is checked at every call, so an
+    observed NaN written in place inside inference mode is refused, not passed over."""
+    with torch.inference_mode():
+        x, mask = table(), coordinate_mask()
+        data = trace_site(x, mask).nodes["x_observed"]["infer"]["pyro_msm"]["data"]
+        assert torch.equal(data, torch.where(mask, x, torch.zeros(())))
+        x[0, 0] = NAN  # observed (row 0 is [True, False, True])
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            trace_site(x, mask)
