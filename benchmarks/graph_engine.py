@@ -94,6 +94,7 @@ SMOKE = [("chain", 6, 150, 0.3)]
 METHODS = (
     "default",
     "imputed",
+    "imputed_likelihood",
     "em",
     "em_capped",
     "marginal",
@@ -136,7 +137,8 @@ def run_cell(
         seconds = time.perf_counter() - start
         alt = float("nan")
         # genscore's score-matching eBIC, for comparison
-        if method in ("imputed", "em", "em_capped", "marginal", "marginal_newton"):
+        if method in ("imputed", "imputed_likelihood", "em", "em_capped", "marginal",
+                      "marginal_newton"):  # fmt: skip
             scores = ebic_score_matching(data, mask, path.locs, path.precisions)
             alt = _selected_f1(truth, path.precisions[int(torch.argmin(scores))])
         auc = path_auc(truth, path.precisions) if path is not None else float("nan")
@@ -164,7 +166,8 @@ def run_cell(
         def run():
             path = fn(data, mask, num_penalties=k)
             refits = support_refits(data, mask, path.locs, path.precisions,
-                                    covariance=path.info.get("covariance"))  # fmt: skip
+                                    covariance=path.info.get("covariance"),
+                                    loss=path.info.get("loss", "score_matching"))  # fmt: skip
             index, _ = select_ebic(data, mask, path.locs, refits, beta=LIKELIHOOD_EBIC_BETA,
                                    sample_size="pairs")  # the default's rule  # fmt: skip
             return path, path.precisions[index]
@@ -212,6 +215,7 @@ def run_cell(
     table = {
         "default": default,
         "imputed": exact(imputed_path),
+        "imputed_likelihood": exact(partial(imputed_path, loss="likelihood")),
         "em": exact(em_path),
         "em_capped": exact(partial(em_path, max_iter=EM_PATH_MAX_ITER)),
         "marginal": exact(marginal_path),

@@ -8,6 +8,8 @@ matching.
 - :func:`score_matching_path`: the penalty path with any estimator of
   :class:`~pyro_msm.infer.MissingScoreMatching` (proximal Adam, the paper's protocol).
 - :func:`quadratic_path`, :func:`quadratic_score_matching`: the exact complete-data fast path.
+- :func:`graphical_lasso_path`, :func:`graphical_lasso`: the L1-penalised Gaussian likelihood on
+  fixed statistics in torch (``imputed_path(..., loss="likelihood")``).
 - Metrics (:func:`path_auc`, :func:`f1_score`, :func:`matthews_corrcoef`, parameter errors),
   graph generators (:func:`star_graph`, :func:`hub_graph`, :func:`dense_graph`, ...,
   :func:`simulate_graph`), eBIC (:func:`select_ebic`) and baselines
@@ -24,6 +26,7 @@ from .baselines import (
 )
 from .estimator import SELECTIONS, SOLVERS, GraphicalScoreMatching, GridEdgeWarning
 from .exact import (
+    PATH_LOSSES,
     ExactSolution,
     em_kkt_violation,
     em_path,
@@ -50,6 +53,13 @@ from .generators import (
     precision_from_graph,
     simulate_graph,
     star_graph,
+)
+from .likelihood import (
+    graphical_lasso,
+    graphical_lasso_path,
+    likelihood_kkt_violation,
+    likelihood_max_penalty,
+    likelihood_objective,
 )
 from .metrics import (
     DEFAULT_EDGE_THRESHOLD,
@@ -102,6 +112,7 @@ __all__ = [
     "ExactSolution",
     "imputed_path",
     "imputation_penalty",
+    "PATH_LOSSES",
     "em_path",
     "em_score_matching",
     "em_kkt_violation",
@@ -128,6 +139,11 @@ __all__ = [
     "max_penalty",
     "penalty_grid",
     "kkt_violation",
+    "graphical_lasso",
+    "graphical_lasso_path",
+    "likelihood_objective",
+    "likelihood_max_penalty",
+    "likelihood_kkt_violation",
     "ebic",
     "select_ebic",
     "observed_log_likelihood",

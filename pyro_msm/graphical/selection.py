@@ -249,6 +249,7 @@ def support_refits(
     max_iter: int = 30,
     tol: float = 1e-3,
     covariance: Tensor | None = None,
+    loss: str = "score_matching",
 ) -> Tensor:
     """Refit each estimate of a path on its own support without penalty: EM score matching
     on the support (:func:`~pyro_msm.graphical.em_iterations` with ``penalty=0`` and
@@ -266,17 +267,25 @@ def support_refits(
     :func:`~pyro_msm.graphical.imputed_path`'s ``info["covariance"]``) each support is refitted
     on those statistics instead: the constrained quadratic problem
     (:func:`~pyro_msm.graphical.quadratic_score_matching` with ``support``, no penalty), the
-    same criterion the path minimised, at the cost of a few FISTA iterations.
+    same criterion the path minimised, at the cost of a few FISTA iterations; with
+    ``loss="likelihood"`` (a graphical lasso path on those statistics,
+    :func:`~pyro_msm.graphical.imputed_path` with ``loss="likelihood"``) the constrained
+    maximum-likelihood problem (:func:`~pyro_msm.graphical.graphical_lasso` with ``support``).
 
     :param max_iter: EM maps per estimate (1: genscore's one-step refit).
     :param tol: relative tolerance of the refit's EM.
     :param covariance: ``(d, d)`` fixed statistics to refit on, or None (EM).
+    :param loss: with ``covariance``: ``"score_matching"`` or ``"likelihood"``, the loss of
+        the path.
     :returns: ``(k, d, d)`` refitted precisions; an estimate that is not positive definite is
         returned unchanged.
     """
     from .exact import _floor_to_positive_definite, _in_memory_estep, _support_mask, em_iterations
+    from .likelihood import graphical_lasso
     from .quadratic import quadratic_score_matching
 
+    if loss not in ("score_matching", "likelihood"):
+        raise ValueError(f"unknown loss {loss!r}; choose 'score_matching' or 'likelihood'")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     x64 = x.detach().to(torch.float64)
@@ -294,9 +303,8 @@ def support_refits(
         keep = _support_mask(edges_from_precision(p, threshold), p.shape[0], p.device)
         start, _ = _floor_to_positive_definite(p * keep)
         if covariance is not None:
-            fixed = quadratic_score_matching(
-                covariance.detach().to(p), 0.0, init=start, support=keep, tol=1e-8
-            )
+            solve = graphical_lasso if loss == "likelihood" else quadratic_score_matching
+            fixed = solve(covariance.detach().to(p), 0.0, init=start, support=keep, tol=1e-8)
             out.append(fixed.precision)
             continue
         sol = em_iterations(

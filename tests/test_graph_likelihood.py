@@ -1,0 +1,179 @@
+"""The graphical lasso on fixed statistics (pyro_msm.graphical.likelihood) and the imputed
+path's likelihood loss: closed forms, optimality conditions, agreement with scikit-learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyro_msm.graphical import (
+    GraphicalScoreMatching,
+    edges_from_precision,
+    f1_score,
+    graphical_lasso,
+    graphical_lasso_path,
+    imputed_path,
+    likelihood_kkt_violation,
+    likelihood_max_penalty,
+    likelihood_objective,
+    path_auc,
+    sample_covariance,
+    simulate_graph,
+    support_refits,
+)
+from pyro_msm.graphical.path import as_data_and_mask
+
+
+def _covariance(graph="hub", d=8, n=400, seed=0, dtype=torch.float64):
+    problem = simulate_graph(graph, d=d, n=n, missing_rate=0.0, seed=seed)
+    return problem, sample_covariance(problem.x.to(dtype))
+
+
+def test_closed_forms_at_both_ends_of_the_penalty():
+    """lambda = 0 gives S^-1; lambda >= max |S_ij| the diagonal diag(1/S_ii), and just below
+    it an off-diagonal entry enters."""
+    _, s = _covariance()
+    zero = graphical_lasso(s, 0.0)
+    assert zero.converged
+    assert torch.allclose(zero.precision, torch.linalg.inv(s), rtol=1e-6, atol=1e-6)
+    top = likelihood_max_penalty(s)
+    off = s - torch.diag(s.diagonal())
+    assert top == pytest.approx(float(off.abs().max()))
+    diagonal = graphical_lasso(s, top).precision
+    assert torch.allclose(diagonal, torch.diag(1.0 / s.diagonal()), atol=1e-10)
+    below = graphical_lasso(s, 0.9 * top).precision
+    assert edges_from_precision(below).any()
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.2, 0.05])
+def test_solution_satisfies_the_optimality_conditions(fraction):
+    """At the solution S - P^-1 vanishes on the diagonal, equals -lambda sign(P_ij) on the
+    support and is at most lambda in absolute value off it; no point of a perturbation in
+    any direction has a smaller objective."""
+    _, s = _covariance("erdos_renyi", d=10, seed=3)
+    penalty = fraction * likelihood_max_penalty(s)
+    sol = graphical_lasso(s, penalty, tol=1e-9)
+    assert sol.converged
+    assert likelihood_kkt_violation(sol.precision, s, penalty) < 1e-8
+    value = likelihood_objective(sol.precision, s, penalty)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        bump = 1e-3 * torch.randn(10, 10, generator=generator, dtype=s.dtype)
+        assert likelihood_objective(sol.precision + bump + bump.T, s, penalty) >= value - 1e-12
+
+
+def test_agrees_with_scikit_learns_graphical_lasso():
+    covariance_module = pytest.importorskip("sklearn.covariance")
+    _, s = _covariance("star", d=9, seed=5)
+    penalty = 0.3 * likelihood_max_penalty(s)
+    ours = graphical_lasso(s, penalty, tol=1e-10).precision
+    _, theirs = covariance_module.graphical_lasso(
+        s.numpy(), alpha=penalty, tol=1e-10, enet_tol=1e-10, max_iter=2000
+    )
+    theirs = torch.as_tensor(theirs)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert likelihood_objective(ours, s, penalty) <= likelihood_objective(theirs, s, penalty)
+
+
+def test_support_constrained_refit_matches_the_covariance_on_the_support():
+    """The constrained maximum-likelihood refit (penalty 0, zeros off the support) reproduces
+    S on the support and the diagonal ((P^-1)_ij = S_ij there), and on the full support it is
+    S^-1."""
+    problem, s = _covariance("chain", d=7, n=600, seed=2)
+    support = problem.adjacency.to(torch.bool)
+    refit = graphical_lasso(s, 0.0, support=support, tol=1e-10)
+    assert refit.converged
+    allowed = support | torch.eye(7, dtype=torch.bool)
+    assert bool((refit.precision[~allowed] == 0).all())
+    implied = torch.linalg.inv(refit.precision)
+    assert torch.allclose(implied[allowed], s[allowed], atol=1e-8)
+    full = graphical_lasso(s, 0.0, support=torch.ones(7, 7, dtype=torch.bool)).precision
+    assert torch.allclose(full, torch.linalg.inv(s), rtol=1e-6, atol=1e-6)
+
+
+def test_path_is_warm_started_and_each_estimate_is_optimal():
+    _, s = _covariance("hub", d=12, seed=4)
+    top = likelihood_max_penalty(s)
+    grid = torch.logspace(0, -2, 8, dtype=torch.float64) * top
+    precisions, iterations = graphical_lasso_path(s, grid)
+    assert precisions.shape == (8, 12, 12) and len(iterations) == 8
+    for penalty, precision in zip(grid.tolist(), precisions, strict=True):
+        assert likelihood_kkt_violation(precision, s, penalty) < 1e-6
+    edges = [int(edges_from_precision(p).sum()) for p in precisions]
+    assert edges[0] == 0 and edges[-1] > edges[len(edges) // 2] > 0
+
+
+def test_follows_the_dtype_of_the_statistics():
+    _, s = _covariance(dtype=torch.float32)
+    sol = graphical_lasso(s, 0.2 * likelihood_max_penalty(s), tol=1e-5)
+    assert sol.precision.dtype == torch.float32 and sol.converged
+
+
+def test_bad_input_is_refused():
+    _, s = _covariance(d=5)
+    with pytest.raises(ValueError, match="non-negative"):
+        graphical_lasso(s, -1.0)
+    with pytest.raises(ValueError, match="positive definite"):
+        graphical_lasso(s, 0.1, init=-torch.eye(5, dtype=s.dtype))
+    with pytest.raises(ValueError, match="shape"):
+        graphical_lasso(s, 0.1, init=torch.eye(4, dtype=s.dtype))
+    with pytest.raises(ValueError, match="empty"):
+        graphical_lasso_path(s, [])
+    assert likelihood_objective(-torch.eye(5, dtype=s.dtype), s, 0.1) == float("inf")
+
+
+# --------------------------------------------------------------------------------------------------
+# the imputed path with the likelihood loss
+# --------------------------------------------------------------------------------------------------
+
+
+def test_imputed_likelihood_path_is_the_graphical_lasso_on_the_imputed_statistics():
+    problem = simulate_graph("star", d=8, n=500, missing_rate=0.4, seed=6)
+    data, mask = as_data_and_mask(problem.observed.double())
+    path = imputed_path(data, mask, num_penalties=6, loss="likelihood")
+    s = path.info["covariance"]
+    assert path.method == "imputed_likelihood" and path.info["loss"] == "likelihood"
+    assert path.penalties[0] == pytest.approx(likelihood_max_penalty(s))
+    # the same imputation as the score-matching path
+    sm = imputed_path(data, mask, num_penalties=6)
+    assert torch.allclose(sm.info["covariance"], s, atol=1e-12)
+    for penalty, precision in zip(path.penalties.tolist(), path.precisions, strict=True):
+        assert likelihood_kkt_violation(precision, s, penalty) < 1e-5
+    # complete data: the graphical lasso path on the sample covariance
+    x = problem.x.double()
+    complete = imputed_path(x, None, num_penalties=5, loss="likelihood")
+    want, _ = graphical_lasso_path(sample_covariance(x), complete.penalties)
+    assert torch.allclose(complete.precisions, want, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown loss"):
+        imputed_path(data, mask, loss="glasso")
+
+
+def test_likelihood_refits_solve_the_constrained_problem_on_the_statistics():
+    problem = simulate_graph("hub", d=7, n=500, missing_rate=0.4, seed=9)
+    data, mask = as_data_and_mask(problem.observed.double())
+    path = imputed_path(data, mask, num_penalties=5, loss="likelihood")
+    s = path.info["covariance"]
+    refits = support_refits(data, mask, path.locs, path.precisions, covariance=s, loss="likelihood")
+    for precision, refit in zip(path.precisions, refits, strict=True):
+        support = edges_from_precision(precision) | torch.eye(7, dtype=torch.bool)
+        assert bool((refit[~support] == 0).all())
+        assert likelihood_kkt_violation(refit, s, 0.0, support=support) < 1e-6
+    with pytest.raises(ValueError, match="unknown loss"):
+        support_refits(data, mask, path.locs, path.precisions, covariance=s, loss="l2")
+
+
+def test_estimator_recovers_a_hub_graph_with_the_likelihood_path():
+    """solver="imputed_likelihood" on a hub graph with 50% MCAR: the true edges come first
+    (path ROC AUC near one) and the selected graph is close to the truth; the selection
+    scores are the eBIC after maximum-likelihood refits on the imputed statistics."""
+    problem = simulate_graph("hub", d=20, n=1000, missing_rate=0.5, seed=1)
+    model = GraphicalScoreMatching(solver="imputed_likelihood", num_penalties=10)
+    model.fit(problem.observed)
+    assert model.solver_ == "imputed_likelihood"
+    assert model.path_.info["loss"] == "likelihood"
+    assert path_auc(problem.adjacency, model.precisions_) > 0.97
+    assert f1_score(problem.adjacency, model.adjacency_) > 0.8
+    with pytest.raises(ValueError, match="Gaussian data on R"):
+        GraphicalScoreMatching(solver="imputed_likelihood", support="nonnegative").fit(
+            problem.observed.abs()
+        )
