@@ -119,6 +119,8 @@ def test_bad_input_is_refused():
         graphical_lasso(s, 0.1, init=torch.eye(4, dtype=s.dtype))
     with pytest.raises(ValueError, match="empty"):
         graphical_lasso_path(s, [])
+    with pytest.raises(RuntimeError, match="the graphical lasso did not converge"):
+        graphical_lasso_path(s, [0.01 * likelihood_max_penalty(s)], max_iter=2)
     assert likelihood_objective(-torch.eye(5, dtype=s.dtype), s, 0.1) == float("inf")
 
 

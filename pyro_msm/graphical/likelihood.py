@@ -45,6 +45,7 @@ from .quadratic import (
     _check_covariance,
     soft_threshold_offdiagonal,
     subgradient_violation,
+    warm_started_path,
 )
 
 __all__ = [
@@ -196,20 +197,7 @@ def graphical_lasso_path(
     :returns: precisions ``(k, d, d)`` and the iteration count per penalty.
     :raises RuntimeError: if a penalty does not converge within ``max_iter``.
     """
-    values = [float(g) for g in penalties]
-    if not values:
-        raise ValueError("penalties is empty")
-    out, iterations = [], []
-    current = None
-    for penalty in values:
-        solution = graphical_lasso(covariance, penalty, init=current, tol=tol, max_iter=max_iter)
-        if not solution.converged:
-            raise RuntimeError(
-                f"the graphical lasso did not converge at penalty {penalty:.4g} within "
-                f"{max_iter} iterations (a singular covariance with a small penalty: raise "
-                "max_iter or the smallest penalty)"
-            )
-        current = solution.precision
-        out.append(current)
-        iterations.append(solution.iterations)
-    return torch.stack(out), iterations
+    return warm_started_path(
+        graphical_lasso, covariance, penalties, failure="the graphical lasso", tol=tol,
+        max_iter=max_iter,
+    )  # fmt: skip

@@ -37,8 +37,9 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -260,6 +261,42 @@ def quadratic_score_matching(
     return QuadraticSolution(precision=0.5 * (p + p.T), iterations=k, converged=converged)
 
 
+def warm_started_path(
+    solve: Callable[..., QuadraticSolution],
+    covariance: Tensor,
+    penalties: Sequence[float] | Tensor,
+    *,
+    failure: str,
+    **options: Any,
+) -> tuple[Tensor, list[int]]:
+    """Solve ``solve(covariance, penalty, init=previous, **options)`` along ``penalties`` in
+    the given order, each warm-started from the previous solution (shared by every exact path
+    on fixed statistics).
+
+    :param failure: the error message's subject, e.g. ``"the fast path"``.
+    :returns: precisions ``(k, d, d)`` and the iteration count per penalty.
+    :raises RuntimeError: if a penalty does not converge within the solver's ``max_iter``.
+    """
+    values = [float(g) for g in penalties]
+    if not values:
+        raise ValueError("penalties is empty")
+    out, iterations = [], []
+    current = None
+    for penalty in values:
+        solution = solve(covariance, penalty, init=current, **options)
+        if not solution.converged:
+            raise RuntimeError(
+                f"{failure} did not converge at penalty {penalty:.4g} within "
+                f"{options.get('max_iter')} iterations (an ill-conditioned or singular "
+                "covariance with a small penalty: raise max_iter, the smallest penalty or "
+                "standardise the data)"
+            )
+        current = solution.precision
+        out.append(current)
+        iterations.append(solution.iterations)
+    return torch.stack(out), iterations
+
+
 def quadratic_path(
     covariance: Tensor,
     penalties: Sequence[float] | Tensor,
@@ -273,22 +310,7 @@ def quadratic_path(
     :returns: precisions ``(k, d, d)`` and the iteration count per penalty.
     :raises RuntimeError: if a penalty does not converge within ``max_iter``.
     """
-    values = [float(g) for g in penalties]
-    if not values:
-        raise ValueError("penalties is empty")
-    out, iterations = [], []
-    current = None
-    for gamma in values:
-        solution = quadratic_score_matching(
-            covariance, gamma, init=current, tol=tol, max_iter=max_iter
-        )
-        if not solution.converged:
-            raise RuntimeError(
-                f"the fast path did not converge at penalty {gamma:.4g} within {max_iter} "
-                "iterations (an ill-conditioned or singular covariance with a small penalty: "
-                "raise max_iter, the smallest penalty or standardise the data)"
-            )
-        current = solution.precision
-        out.append(current)
-        iterations.append(solution.iterations)
-    return torch.stack(out), iterations
+    return warm_started_path(
+        quadratic_score_matching, covariance, penalties, failure="the fast path", tol=tol,
+        max_iter=max_iter,
+    )  # fmt: skip
