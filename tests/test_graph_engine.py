@@ -330,7 +330,8 @@ def test_imputed_selection_refits_each_support_on_the_imputed_statistics():
     from pyro_msm.graphical import ebic, support_refits
 
     _, data, mask = _problem("hub", d=7, n=500, rate=0.4, seed=9)
-    model = GraphicalScoreMatching(num_penalties=6).fit(data.masked_fill(~mask, float("nan")))
+    model = GraphicalScoreMatching(solver="imputed", num_penalties=6)
+    model.fit(data.masked_fill(~mask, float("nan")))
     path, s = model.path_, model.path_.info["covariance"]
     refits = support_refits(data, mask, path.locs, path.precisions, covariance=s)
     for precision, refit in zip(path.precisions, refits, strict=True):

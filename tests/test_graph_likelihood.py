@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from pyro_msm.graphical import (
+    HUB_DEGREE_RATIO,
     GraphicalScoreMatching,
+    chain_graph,
+    degree_ratio,
     edges_from_precision,
     f1_score,
     graphical_lasso,
@@ -19,6 +22,7 @@ from pyro_msm.graphical import (
     path_auc,
     sample_covariance,
     simulate_graph,
+    star_graph,
     support_refits,
 )
 from pyro_msm.graphical.path import as_data_and_mask
@@ -179,3 +183,47 @@ def test_estimator_recovers_a_hub_graph_with_the_likelihood_path():
         GraphicalScoreMatching(solver="imputed_likelihood", support="nonnegative").fit(
             problem.observed.abs()
         )
+
+
+def test_degree_ratio_of_known_graphs():
+    """Largest over mean degree: d/2 for a star (degrees d-1 and 1), d/(d-1) for a chain,
+    1 for the empty graph."""
+    d = 10
+    eye = torch.eye(d, dtype=torch.float64)
+    star = eye + 0.1 * star_graph(d).to(torch.float64)
+    chain = eye + 0.1 * chain_graph(d).to(torch.float64)
+    assert degree_ratio(star) == pytest.approx(d / 2)
+    assert degree_ratio(chain) == pytest.approx(d / (d - 1))
+    assert degree_ratio(eye) == 1.0
+    with pytest.raises(ValueError, match=r"\(d, d\)"):
+        degree_ratio(torch.stack([eye, eye]))
+
+
+@pytest.mark.parametrize(("graph", "loss"), [("star", "likelihood"), ("chain", "score_matching")])
+def test_auto_loss_takes_the_likelihood_for_hubs(graph, loss):
+    """loss="auto" reads the imputation fit's degree ratio: a star's hub makes it the
+    likelihood path, a chain the score-matching path; the estimator's default does the same
+    and says which in solver_."""
+    problem = simulate_graph(graph, d=20, n=1000, missing_rate=0.4, seed=3)
+    data, mask = as_data_and_mask(problem.observed.double())
+    path = imputed_path(data, mask, num_penalties=5, loss="auto")
+    ratio = path.info["degree_ratio"]
+    assert ratio == pytest.approx(degree_ratio(path.info["imputation_fit"].precision))
+    assert (ratio >= HUB_DEGREE_RATIO) == (loss == "likelihood")
+    assert path.info["loss"] == loss
+    want = imputed_path(data, mask, num_penalties=5, loss=loss)
+    assert torch.allclose(path.precisions, want.precisions, atol=1e-12)
+    model = GraphicalScoreMatching(num_penalties=5).fit(problem.observed)
+    assert model.solver_ == want.method
+    assert torch.allclose(model.precisions_, want.precisions, atol=1e-12)
+
+
+def test_refit_of_the_likelihood_path_is_the_constrained_maximum_likelihood():
+    problem = simulate_graph("star", d=10, n=800, missing_rate=0.3, seed=2)
+    model = GraphicalScoreMatching(solver="imputed_likelihood", num_penalties=8, refit=True)
+    model.fit(problem.observed)
+    s = model.path_.info["covariance"]
+    support = model.adjacency_ | torch.eye(10, dtype=torch.bool)
+    assert likelihood_kkt_violation(model.precision_, s, 0.0, support=support) < 1e-6
+    selected = model.precisions_[model.penalty_index_]
+    assert torch.equal(model.adjacency_, edges_from_precision(selected))

@@ -26,6 +26,7 @@ from .baselines import (
 )
 from .estimator import SELECTIONS, SOLVERS, GraphicalScoreMatching, GridEdgeWarning
 from .exact import (
+    HUB_DEGREE_RATIO,
     PATH_LOSSES,
     ExactSolution,
     em_kkt_violation,
@@ -64,6 +65,7 @@ from .likelihood import (
 from .metrics import (
     DEFAULT_EDGE_THRESHOLD,
     confusion,
+    degree_ratio,
     edge_metrics,
     edges_from_precision,
     f1_score,
@@ -113,6 +115,7 @@ __all__ = [
     "imputed_path",
     "imputation_penalty",
     "PATH_LOSSES",
+    "HUB_DEGREE_RATIO",
     "em_path",
     "em_score_matching",
     "em_kkt_violation",
@@ -160,6 +163,7 @@ __all__ = [
     "DEFAULT_EDGE_THRESHOLD",
     "confusion",
     "edges_from_precision",
+    "degree_ratio",
     "edge_metrics",
     "f1_score",
     "matthews_corrcoef",

@@ -49,6 +49,13 @@ SOLVERS = (
     "nonnegative",
     "iterative",
 )
+#: The loss of :func:`~pyro_msm.graphical.imputed_path` per solver (``"imputed_auto"`` is
+#: ``solver="auto"`` with missing entries).
+IMPUTED_LOSSES = {
+    "imputed": "score_matching",
+    "imputed_likelihood": "likelihood",
+    "imputed_auto": "auto",
+}
 #: Selection rules of :class:`GraphicalScoreMatching`.
 SELECTIONS = ("ebic", "ebic_sm", "cv")
 
@@ -128,14 +135,15 @@ class GraphicalScoreMatching(SaveLoadMixin):
       (:func:`~pyro_msm.graphical.imputation_penalty`, the noise level of the expected Gram
       matrix) fixes the E-step's expected Gram matrix, and the path is the exact complete-data
       quadratic path on it (:func:`~pyro_msm.graphical.imputed_path`). Deterministic; seconds
-      at d = 100; the best edge ranking of the solvers measured
-      (docs/benchmarks.md, "Issue 9, fifth session").
+      at d = 100; on chains and Erdos-Renyi graphs the best edge ranking of the solvers
+      measured (docs/benchmarks.md, "Issue 9, fifth session" and "sixth session").
     - ``"imputed_likelihood"``: the same score-matching imputation, then the graphical lasso
       path on its statistics (``imputed_path(..., loss="likelihood")``, in torch). On graphs
       with hubs or stars it ranks edges better than the score-matching path on the same
       statistics (and than EM graphical lasso, mean or iterative imputation + graphical lasso);
       on chains and Erdos-Renyi graphs the score-matching path does (docs/benchmarks.md, issue
-      9, sixth session). The selection refits supports by maximum likelihood on those statistics.
+      9, sixth session). The selection and ``refit`` refit supports by maximum likelihood on
+      those statistics.
     - ``"em"``: EM score matching (:func:`~pyro_msm.graphical.em_path`): closed-form E-step,
       the exact complete-data quadratic problem as M-step, iterated at every penalty to
       convergence or :data:`EM_PATH_MAX_ITER` maps (``max_iter``), warm-started.
@@ -156,9 +164,12 @@ class GraphicalScoreMatching(SaveLoadMixin):
     - ``"iterative"``: :func:`~pyro_msm.graphical.score_matching_path`, proximal Adam on
       minibatches with any ``estimator`` of :class:`~pyro_msm.infer.MissingScoreMatching`
       (``guide`` for the guided ones); for energies without closed forms (``support``).
-    - ``"auto"`` (default): ``"quadratic"`` on complete data, ``"imputed"`` with missing
-      entries (the most accurate fast solver in ``benchmarks/graph_engine.py``,
-      docs/benchmarks.md),
+    - ``"auto"`` (default): ``"quadratic"`` on complete data; with missing entries the
+      imputed path with ``loss="auto"``: ``"imputed_likelihood"`` when the imputation fit's
+      graph has a hub (a node of at least :data:`~pyro_msm.graphical.HUB_DEGREE_RATIO` times
+      the mean degree, :func:`~pyro_msm.graphical.degree_ratio`), ``"imputed"`` otherwise
+      (``solver_`` says which; the most accurate fast solvers in
+      ``benchmarks/graph_engine.py``, docs/benchmarks.md);
       ``"nonnegative"`` for the non-negative orthant, ``"iterative"`` for any other
       ``support``. On complete data all of them minimise the
       same objective.
@@ -349,7 +360,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
         if solver == "auto":
             if self.support is not None:
                 return "iterative"
-            return "quadratic" if complete else "imputed"
+            return "quadratic" if complete else "imputed_auto"
         if solver == "quadratic" and not complete:
             raise ValueError(
                 "solver='quadratic' is the complete-data fast path, but the table has missing "
@@ -368,7 +379,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
     def _grid(self, data: Tensor, observed: Tensor, solver: str) -> Tensor | None:
         if self.penalties is not None:
             return torch.as_tensor(self.penalties, dtype=torch.float64, device="cpu").flatten()
-        if solver in ("iterative", "nonnegative", "imputed", "imputed_likelihood"):
+        if solver in ("iterative", "nonnegative") or solver.startswith("imputed"):
             return None  # the path's own default grid
         num = EXACT_NUM_PENALTIES if self.num_penalties is None else int(self.num_penalties)
         if solver == "quadratic":
@@ -388,9 +399,8 @@ class GraphicalScoreMatching(SaveLoadMixin):
                 penalty_ratio=self.penalty_ratio, seed=self.seed, progress=progress is True,
                 **extra,
             )  # fmt: skip
-        if solver in ("imputed", "imputed_likelihood"):
-            if solver == "imputed_likelihood":
-                extra.setdefault("loss", "likelihood")
+        if solver.startswith("imputed"):
+            extra.setdefault("loss", IMPUTED_LOSSES[solver])
             if self.tol is not None:
                 extra.setdefault("tol", self.tol)
             if self.max_iter is not None:
@@ -457,7 +467,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
             loc = path.locs[index].to(torch.float64)
             precision = path.precisions[index].to(torch.float64)
             if self.refit:
-                loc, precision = self._refit(data, observed, solver, loc, precision)
+                loc, precision = self._refit(data, observed, solver, path, loc, precision)
         if len(path) > 1 and index in (0, len(path) - 1):
             end = "largest" if index == 0 else "smallest"
             warnings.warn(
@@ -472,7 +482,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
                 stacklevel=2,
             )
         names = labels.names(int(data.shape[1]))
-        self.solver_ = solver
+        self.solver_ = path.method if solver == "imputed_auto" else solver
         self.path_ = path
         self.penalties_ = path.penalties
         self.precisions_ = path.precisions
@@ -544,8 +554,16 @@ class GraphicalScoreMatching(SaveLoadMixin):
         return int(torch.argmin(scores)), scores
 
     def _refit(
-        self, data: Tensor, observed: Tensor, solver: str, loc: Tensor, precision: Tensor
-    ) -> tuple[Tensor, Tensor]:
+        self, data: Tensor, observed: Tensor, solver: str, path: PenaltyPath, loc: Tensor,
+        precision: Tensor,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        if solver.startswith("imputed") and path.info["loss"] == "likelihood":
+            # constrained maximum likelihood on the path's statistics
+            (refitted,) = support_refits(
+                data, observed, loc[None], precision[None], threshold=self.threshold,
+                covariance=path.info["covariance"], loss="likelihood",
+            )  # fmt: skip
+            return loc, refitted
         support = edges_from_precision(precision, self.threshold)
         method = "marginal" if solver == "marginal" else "em"
         if solver in ("iterative", "nonnegative") and self.support is not None:

@@ -85,6 +85,7 @@ from ..infer.gaussian import (
     pattern_statistics,
 )
 from .likelihood import graphical_lasso_path, likelihood_max_penalty
+from .metrics import degree_ratio
 from .path import PenaltyPath, as_data_and_mask
 from .quadratic import (
     max_penalty,
@@ -112,13 +113,18 @@ __all__ = [
     "em_path_from",
     "imputation_penalty",
     "PATH_LOSSES",
+    "HUB_DEGREE_RATIO",
     "imputed_path",
     "EStep",
     "refit_support",
 ]
 
-#: Penalised losses of :func:`imputed_path` (the imputation is score matching either way).
-PATH_LOSSES = ("score_matching", "likelihood")
+#: Penalised losses of :func:`imputed_path` (the imputation is score matching either way);
+#: ``"auto"`` picks one of the other two from the imputation fit's graph.
+PATH_LOSSES = ("auto", "score_matching", "likelihood")
+#: ``loss="auto"`` of :func:`imputed_path` takes the likelihood when the imputation fit's
+#: :func:`~pyro_msm.graphical.degree_ratio` (largest over mean degree) is at least this: a hub.
+HUB_DEGREE_RATIO = 3.0
 
 
 @dataclass
@@ -1052,8 +1058,10 @@ def imputed_path(
         :func:`~pyro_msm.graphical.quadratic.max_penalty` of :math:`S` down by
         ``penalty_ratio``).
     :param imputation: penalty of the imputation fit (default :func:`imputation_penalty`).
-    :param loss: ``"score_matching"`` or ``"likelihood"``: the penalised loss of the path
-        (the imputation is score matching either way).
+    :param loss: ``"score_matching"``, ``"likelihood"`` (the penalised loss of the path; the
+        imputation is score matching either way) or ``"auto"``: the likelihood when the
+        imputation fit's graph has a hub (:func:`~pyro_msm.graphical.degree_ratio` at least
+        :data:`HUB_DEGREE_RATIO`), score matching otherwise.
     :param tol: relative tolerance of the imputation fit's EM.
     :param max_iter: EM maps of the imputation fit at most.
     :param progress: accepted for a common signature with the other paths (the path takes
@@ -1061,7 +1069,7 @@ def imputed_path(
     :returns: a :class:`~pyro_msm.graphical.PenaltyPath` labelled ``"imputed"`` (or
         ``"imputed_likelihood"``); ``info`` holds ``imputation_penalty``, the imputation fit
         ``imputation_fit`` (an :class:`ExactSolution`), the Gram matrix ``covariance``, the
-        ``loss`` and the path solver's ``iterations``.
+        ``loss`` used, the fit's ``degree_ratio`` and the path solver's ``iterations``.
     """
     del progress
     if loss not in PATH_LOSSES:
@@ -1073,6 +1081,9 @@ def imputed_path(
         raise ValueError(f"imputation must be a non-negative penalty, got {imputation}")
     fit = em_score_matching(data, observed, gamma, tol=tol, max_iter=max_iter)
     _, mean, s = expected_statistics(data, observed, fit.loc, fit.precision)
+    ratio = degree_ratio(fit.precision)
+    if loss == "auto":
+        loss = "likelihood" if ratio >= HUB_DEGREE_RATIO else "score_matching"
     likelihood = loss == "likelihood"
     if penalties is None:
         top = likelihood_max_penalty(s) if likelihood else max_penalty(s)
@@ -1088,7 +1099,7 @@ def imputed_path(
         locs=mean.expand(len(grid), -1).clone(),
         seconds=time.perf_counter() - start,
         info={"imputation_penalty": gamma, "imputation_fit": fit, "covariance": s,
-              "loss": loss, "iterations": iterations},
+              "loss": loss, "degree_ratio": ratio, "iterations": iterations},
     )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_EDGE_THRESHOLD",
     "upper_pairs",
     "edges_from_precision",
+    "degree_ratio",
     "confusion",
     "f1_score",
     "matthews_corrcoef",
@@ -70,6 +71,19 @@ def edges_from_precision(precision: Tensor, threshold: float = DEFAULT_EDGE_THRE
     eye = torch.eye(precision.shape[-1], dtype=torch.bool, device=precision.device)
     edges = edges & ~eye
     return edges | edges.mT  # symmetric even if the estimate is slightly asymmetric
+
+
+def degree_ratio(precision: Tensor, threshold: float = DEFAULT_EDGE_THRESHOLD) -> float:
+    """Largest node degree over the mean degree of the graph of ``precision`` (``(d, d)``):
+    about 1 for chains and Erdos-Renyi graphs, ``d / 2`` for a star; 1 for the empty graph.
+    :func:`~pyro_msm.graphical.imputed_path` reads it off its imputation fit to choose the
+    path's loss (``loss="auto"``)."""
+    precision = _square(precision, "precision")
+    if precision.dim() != 2:
+        raise ValueError(f"precision must be (d, d), got shape {tuple(precision.shape)}")
+    degrees = edges_from_precision(precision, threshold).sum(0).to(torch.float64)
+    mean = float(degrees.mean())
+    return float(degrees.max()) / mean if mean > 0 else 1.0
 
 
 def _truth_and_pred(truth: Tensor, predicted: Tensor) -> tuple[Tensor, Tensor]:
