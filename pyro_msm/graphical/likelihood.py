@@ -124,9 +124,11 @@ def graphical_lasso(
     :param max_iter: iteration cap (``converged`` is False if it is reached).
     :param support: optional boolean ``(d, d)``; entries off it are held at zero (the
         constrained maximum-likelihood refit of a support: use ``penalty=0``).
-    :returns: a :class:`~pyro_msm.graphical.QuadraticSolution` (precision, iterations,
+    :returns: a :class:`~pyro_msm.graphical.quadratic.QuadraticSolution` (precision, iterations,
         converged).
     :raises ValueError: on a negative penalty or an ``init`` that is not positive definite.
+    :raises RuntimeError: if no step keeps the iterate positive definite (a step size under
+        1e-20: a singular ``covariance`` with ``penalty=0``).
     """
     s = _check_covariance(covariance)
     if not penalty >= 0:

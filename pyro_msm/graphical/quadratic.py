@@ -184,10 +184,11 @@ def subgradient_violation(
 
 @dataclass
 class QuadraticSolution:
-    """A solution of :func:`quadratic_score_matching`.
+    """A solution of :func:`quadratic_score_matching` (or of
+    :func:`~pyro_msm.graphical.graphical_lasso`).
 
     :ivar precision: the minimiser ``(d, d)``.
-    :ivar iterations: FISTA iterations used.
+    :ivar iterations: iterations used (FISTA, or G-ISTA for the graphical lasso).
     :ivar converged: whether the tolerance was met within ``max_iter``.
     """
 
