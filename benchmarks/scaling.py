@@ -34,15 +34,24 @@ def run(ranks: int, rows: int, dim: int, batch: int, steps: int, mode: str, devi
     """One torchrun launch; returns the example's JSON summary."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
+        logs = Path(tmp) / "logs"
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={ranks}", str(EXAMPLE), "--rows", str(rows), "--dim", str(dim),
+            f"--nproc_per_node={ranks}", "--log-dir", str(logs), "--redirects", "3",
+            str(EXAMPLE), "--rows", str(rows), "--dim", str(dim),
             "--batch", str(batch), "--steps", str(steps), "--mode", mode, "--out", str(out),
         ]  # fmt: skip
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **device_env)
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
         if done.returncode != 0:
-            raise RuntimeError(f"torchrun failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+            # the launcher's own traceback hides why a rank died: show each rank's output last
+            ranks_out = "\n".join(
+                f"--- {path.relative_to(logs)} ---\n{path.read_text(errors='replace')[-1500:]}"
+                for path in sorted(logs.rglob("std*.log"))
+            )
+            raise RuntimeError(
+                f"torchrun failed:\n{done.stdout[-1000:]}\n{done.stderr[-1000:]}\n{ranks_out}"
+            )
         return json.loads(out.read_text())
 
 

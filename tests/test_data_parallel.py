@@ -199,7 +199,7 @@ def test_scaling_benchmark_smoke_runs_torchrun_with_one_and_two_ranks():
         timeout=600,
         env={**os.environ, "PYTHONPATH": str(root)},
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-6000:]  # ends with every rank's own output
     assert "speed-up 2 ranks / 1 rank" in done.stdout
 
 
