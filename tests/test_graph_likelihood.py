@@ -166,6 +166,8 @@ def test_likelihood_refits_solve_the_constrained_problem_on_the_statistics():
         assert likelihood_kkt_violation(refit, s, 0.0, support=support) < 1e-6
     with pytest.raises(ValueError, match="unknown loss"):
         support_refits(data, mask, path.locs, path.precisions, covariance=s, loss="l2")
+    with pytest.raises(ValueError, match="pass covariance"):
+        support_refits(data, mask, path.locs, path.precisions, loss="likelihood")
 
 
 def test_estimator_recovers_a_hub_graph_with_the_likelihood_path():
@@ -227,3 +229,24 @@ def test_refit_of_the_likelihood_path_is_the_constrained_maximum_likelihood():
     assert likelihood_kkt_violation(model.precision_, s, 0.0, support=support) < 1e-6
     selected = model.precisions_[model.penalty_index_]
     assert torch.equal(model.adjacency_, edges_from_precision(selected))
+
+
+def test_cross_validation_folds_solve_the_loss_of_the_full_path(monkeypatch):
+    """With selection="cv" every fold runs the path the full data chose under loss="auto"
+    (the grid is on that loss's scale), whatever a fold's own degree ratio would choose."""
+    import pyro_msm.graphical.estimator as estimator_module
+
+    problem = simulate_graph("star", d=20, n=1000, missing_rate=0.4, seed=3)
+    losses = []
+    original = estimator_module.imputed_path
+
+    def spy(*args, **kwargs):
+        losses.append(kwargs.get("loss"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "imputed_path", spy)
+    model = GraphicalScoreMatching(num_penalties=5, selection="cv", cv_folds=2)
+    model.fit(problem.observed)
+    assert model.solver_ == "imputed_likelihood"
+    assert losses == ["auto", "likelihood", "likelihood"]
+    assert model.criterion_.shape == (5,) and bool(torch.isfinite(model.criterion_).all())

@@ -542,9 +542,11 @@ class GraphicalScoreMatching(SaveLoadMixin):
             )  # fmt: skip
         else:
             grid = path.penalties
+            # every fold solves the loss of the full path, on whose scale the grid is
+            fold_solver = path.method if solver == "imputed_auto" else solver
 
             def fit(x: Tensor, m: Tensor) -> PenaltyPath:
-                return self._path(x, m, solver, grid, False)
+                return self._path(x, m, fold_solver, grid, False)
 
             scores = cross_validate(
                 data, observed, fit, folds=int(self.cv_folds), seed=self.seed

@@ -1054,9 +1054,10 @@ def imputed_path(
     Erdos-Renyi graphs with n = 2000, the likelihood on graphs with hubs and stars.
 
     :param x: ``(n, d)``, NaN where missing unless ``mask`` is given.
-    :param penalties: decreasing penalties (default ``num_penalties`` log-spaced from
-        :func:`~pyro_msm.graphical.quadratic.max_penalty` of :math:`S` down by
-        ``penalty_ratio``).
+    :param penalties: decreasing penalties (default ``num_penalties`` log-spaced from the
+        empty-graph penalty of the path's loss on :math:`S`,
+        :func:`~pyro_msm.graphical.quadratic.max_penalty` or
+        :func:`~pyro_msm.graphical.likelihood_max_penalty`, down by ``penalty_ratio``).
     :param imputation: penalty of the imputation fit (default :func:`imputation_penalty`).
     :param loss: ``"score_matching"``, ``"likelihood"`` (the penalised loss of the path; the
         imputation is score matching either way) or ``"auto"``: the likelihood when the

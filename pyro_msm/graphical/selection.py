@@ -286,6 +286,8 @@ def support_refits(
 
     if loss not in ("score_matching", "likelihood"):
         raise ValueError(f"unknown loss {loss!r}; choose 'score_matching' or 'likelihood'")
+    if loss == "likelihood" and covariance is None:
+        raise ValueError("loss='likelihood' refits on fixed statistics: pass covariance")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     x64 = x.detach().to(torch.float64)
