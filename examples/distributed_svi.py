@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from itertools import cycle, islice
 
@@ -146,4 +145,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # end the rank before interpreter teardown, where gloo can abort (distributed.exit_rank)
+    distributed.exit_rank(main())

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_msm import MissingScoreMatching
-from pyro_msm.distributed import shutdown
+from pyro_msm.distributed import exit_rank, shutdown
 from pyro_msm.guides import GaussianConditionalGuide
 from pyro_msm.infer.proposals import (
     MomentMatchedProposal,
@@ -104,6 +104,7 @@ def _rank(rank: int, size: int, init_method: str, estimator: str, out: str) -> N
             torch.save(params, out)
     finally:
         shutdown()
+    exit_rank(0)  # reached only on success: an exception still reaches spawn with its traceback
 
 
 def _rendezvous(tmp_path) -> str:
@@ -259,3 +260,28 @@ def test_shutdown_without_a_process_group_does_nothing():
     assert not dist.is_initialized()
     shutdown()
     assert not dist.is_initialized()
+
+
+def test_exit_rank_flushes_and_exits_with_the_code(tmp_path):
+    """exit_rank ends the process with the given status after flushing what was printed,
+    and skips atexit handlers (the interpreter's teardown)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "from pyro_msm.distributed import exit_rank\n"
+        "atexit.register(lambda: print('teardown ran'))\n"
+        "print('work done', end='')\n"
+        "print('to stderr', file=sys.stderr, end='')\n"
+        "exit_rank(3)\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": root},
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert done.stdout == "work done" and done.stderr == "to stderr"
