@@ -626,6 +626,20 @@ def test_benchmark_smoke(tmp_path):
     assert table.returncode == 0, table.stderr[-2000:]
     lines = table.stdout.splitlines()
     assert lines[2].startswith("| chain, 6, 150, 30% |") and lines[-1].startswith("cells: 1,")
+    # the likelihood path, without the score-matching eBIC column
+    quick = tmp_path / "quick.csv"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "graph_engine.py"), "--smoke", "--no-ebic-sm",
+         "--methods", "imputed", "imputed_likelihood", "--out", str(quick)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    import csv
+
+    rows = list(csv.DictReader(quick.open()))
+    assert [r["method"] for r in rows] == ["imputed", "imputed_likelihood"]
+    assert all(math.isnan(float(r["f1_ebic_sm"])) for r in rows)
+    assert all(0.5 <= float(r["path_auc"]) <= 1.0 for r in rows)
 
 
 def test_fitted_estimator_saves_and_loads(tmp_path):

@@ -126,6 +126,17 @@ def test_bad_input_is_refused():
     with pytest.raises(RuntimeError, match="the graphical lasso did not converge"):
         graphical_lasso_path(s, [0.01 * likelihood_max_penalty(s)], max_iter=2)
     assert likelihood_objective(-torch.eye(5, dtype=s.dtype), s, 0.1) == float("inf")
+    assert likelihood_kkt_violation(-torch.eye(5, dtype=s.dtype), s, 0.1) == float("inf")
+    eye = torch.eye(5, dtype=s.dtype)
+    for check in (likelihood_objective, likelihood_kkt_violation):
+        with pytest.raises(ValueError, match=r"precision must be a \(5, 5\) tensor"):
+            check(torch.eye(4, dtype=s.dtype), s, 0.1)
+        with pytest.raises(ValueError, match="precision has NaN"):
+            check(eye.masked_fill(eye.bool(), float("nan")), s, 0.1)
+        with pytest.raises(ValueError, match="covariance has NaN"):
+            check(eye, s * float("nan"), 0.1)
+    with pytest.raises(ValueError, match="covariance must be square"):
+        likelihood_max_penalty(torch.ones(5, dtype=s.dtype))
 
 
 # --------------------------------------------------------------------------------------------------

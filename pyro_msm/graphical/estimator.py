@@ -51,7 +51,7 @@ SOLVERS = (
 )
 #: The loss of :func:`~pyro_msm.graphical.imputed_path` per solver (``"imputed_auto"`` is
 #: ``solver="auto"`` with missing entries).
-IMPUTED_LOSSES = {
+_IMPUTED_LOSSES = {
     "imputed": "score_matching",
     "imputed_likelihood": "likelihood",
     "imputed_auto": "auto",
@@ -400,7 +400,7 @@ class GraphicalScoreMatching(SaveLoadMixin):
                 **extra,
             )  # fmt: skip
         if solver.startswith("imputed"):
-            extra.setdefault("loss", IMPUTED_LOSSES[solver])
+            extra.setdefault("loss", _IMPUTED_LOSSES[solver])
             if self.tol is not None:
                 extra.setdefault("tol", self.tol)
             if self.max_iter is not None:

@@ -43,9 +43,9 @@ from torch import Tensor
 from .quadratic import (
     QuadraticSolution,
     _check_covariance,
+    _warm_started_path,
     soft_threshold_offdiagonal,
     subgradient_violation,
-    warm_started_path,
 )
 
 __all__ = [
@@ -66,11 +66,29 @@ def _smooth(p: Tensor, s: Tensor) -> tuple[float, Tensor] | None:
     return -log_det + float((s * p).sum()), torch.cholesky_inverse(chol)
 
 
+def _precision_and_covariance(precision: Tensor, covariance: Tensor) -> tuple[Tensor, Tensor]:
+    """The symmetrised precision and the checked covariance, in the precision's dtype."""
+    s = _check_covariance(covariance)
+    if not isinstance(precision, Tensor) or precision.shape != s.shape:
+        shape = tuple(precision.shape) if isinstance(precision, Tensor) else type(precision)
+        raise ValueError(
+            f"precision must be a {tuple(s.shape)} tensor like covariance, got {shape}"
+        )
+    if not bool(torch.isfinite(precision).all()):
+        raise ValueError("precision has NaN or infinite entries")
+    p = 0.5 * (precision + precision.T)
+    return p, s.to(p)
+
+
 def likelihood_objective(precision: Tensor, covariance: Tensor, penalty: float) -> float:
     r""":math:`L_\lambda(P) = -\log\det P + \mathrm{tr}(SP) + \lambda\sum_{i\ne j}|P_{ij}|`;
-    ``inf`` where ``precision`` is not positive definite."""
-    p = 0.5 * (precision + precision.T)
-    smooth = _smooth(p, covariance.to(p))
+    ``inf`` where ``precision`` is not positive definite.
+
+    :raises ValueError: on a covariance that is not square, finite with a positive diagonal,
+        or a precision of another shape or with non-finite entries.
+    """
+    p, s = _precision_and_covariance(precision, covariance)
+    smooth = _smooth(p, s)
     if smooth is None:
         return float("inf")
     off = p - torch.diag(p.diagonal())
@@ -93,12 +111,13 @@ def likelihood_kkt_violation(
     ``inf`` where ``precision`` is not positive definite.
 
     :param support: optional boolean ``(d, d)``: entries off it are constrained to zero.
+    :raises ValueError: as :func:`likelihood_objective`.
     """
-    p = 0.5 * (precision + precision.T)
-    smooth = _smooth(p, covariance.to(p))
+    p, s = _precision_and_covariance(precision, covariance)
+    smooth = _smooth(p, s)
     if smooth is None:
         return float("inf")
-    return subgradient_violation(p, covariance.to(p) - smooth[1], penalty, support=support)
+    return subgradient_violation(p, s - smooth[1], penalty, support=support)
 
 
 def graphical_lasso(
@@ -199,7 +218,7 @@ def graphical_lasso_path(
     :returns: precisions ``(k, d, d)`` and the iteration count per penalty.
     :raises RuntimeError: if a penalty does not converge within ``max_iter``.
     """
-    return warm_started_path(
+    return _warm_started_path(
         graphical_lasso, covariance, penalties, failure="the graphical lasso", tol=tol,
         max_iter=max_iter,
     )  # fmt: skip

@@ -262,7 +262,7 @@ def quadratic_score_matching(
     return QuadraticSolution(precision=0.5 * (p + p.T), iterations=k, converged=converged)
 
 
-def warm_started_path(
+def _warm_started_path(
     solve: Callable[..., QuadraticSolution],
     covariance: Tensor,
     penalties: Sequence[float] | Tensor,
@@ -311,7 +311,7 @@ def quadratic_path(
     :returns: precisions ``(k, d, d)`` and the iteration count per penalty.
     :raises RuntimeError: if a penalty does not converge within ``max_iter``.
     """
-    return warm_started_path(
+    return _warm_started_path(
         quadratic_score_matching, covariance, penalties, failure="the fast path", tol=tol,
         max_iter=max_iter,
     )  # fmt: skip
