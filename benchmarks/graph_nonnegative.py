@@ -7,8 +7,10 @@ every contender on the same table: path-AUC of edge recovery and seconds per pat
 
 - ``nonnegative_sm`` / ``nonnegative_em``: :func:`pyro_msm.graphical.nonnegative.nonnegative_path`
   (exact on complete data, Monte Carlo EM with the Rao-Blackwellised E-step with missing
-  entries), non-centred model (default); with ``--centred`` also the centred model
-  (``eta = 0``, ``*_centred``), with ``--plain-em`` also EM with plain Monte Carlo statistics
+  entries), the model centred or not by the score test of ``eta = 0`` (``centred="auto"``, the
+  default; the printed line says which); with ``--centred`` also both models explicitly
+  (``*_centred``: ``eta = 0``; ``*_noncentred``), with ``--plain-em`` also EM with plain
+  Monte Carlo statistics
   (``nonnegative_em_plain``, ``--plain-draws`` chains per row), with ``--path-em`` also EM at
   every penalty (``nonnegative_em_path``; the default is fixed imputation, EM at the
   ``--imputation-ratio`` penalty (the noise rate) then the exact path on its E-step
@@ -50,32 +52,39 @@ from pyro_msm.missingness import mcar_mask
 ORTHANT = constraints.independent(constraints.nonnegative, 1)
 
 
-def simulate(graph: str, d: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A held-out truncated network: adjacency and n exact draws on the orthant."""
+def simulate(
+    graph: str, d: int, n: int, seed: int, shift: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A held-out truncated network: adjacency and n exact draws on the orthant of
+    N(mu, K^-1), mu = ``shift`` marginal standard deviations (0: the centred model)."""
     adjacency = make_graph(graph, d, seed=seed)
     precision = precision_from_graph(adjacency, seed=seed)
-    truth = TruncatedGaussianEnergy(torch.zeros(d, dtype=torch.float64), precision, ORTHANT)
+    loc = shift * torch.linalg.inv(precision).diagonal().sqrt()
+    truth = TruncatedGaussianEnergy(loc.to(torch.float64), precision, ORTHANT)
     return adjacency, truth.simulate(n, seed=seed + 1)
 
 
 def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
-    adjacency, x = simulate(args.graph, d, args.n, seed)
+    adjacency, x = simulate(args.graph, d, args.n, seed, args.shift)
     rows = []
 
     def record(rate: float, method: str, path, seconds: float) -> None:
         auc = path_auc(adjacency, path.precisions)
         rows.append(dict(d=d, rate=rate, seed=seed, method=method, auc=auc, seconds=seconds))
-        print(f"  d={d} rate={rate:.1f} seed={seed} {method:>22} path-AUC {auc:.3f} "
-              f"{seconds:7.2f} s", flush=True)  # fmt: skip
+        z = path.info.get("centring_z", float("nan")) if path.info else float("nan")
+        choice = "" if z != z else f"  (centred: {path.info['centred']}, Z {z:+.2f})"
+        print(f"  d={d} rate={rate:.1f} seed={seed} {method:>25} path-AUC {auc:.3f} "
+              f"{seconds:7.2f} s{choice}", flush=True)  # fmt: skip
 
     k = args.penalties
     start = time.perf_counter()
     oracle = nonnegative_path(x, num_penalties=k)
     record(0.0, "oracle_sm", oracle, time.perf_counter() - start)
     if args.centred:
-        start = time.perf_counter()
-        oracle = nonnegative_path(x, num_penalties=k, centred=True)
-        record(0.0, "oracle_sm_centred", oracle, time.perf_counter() - start)
+        for flag, tag in ((True, "centred"), (False, "noncentred")):
+            start = time.perf_counter()
+            oracle = nonnegative_path(x, num_penalties=k, centred=flag)
+            record(0.0, f"oracle_sm_{tag}", oracle, time.perf_counter() - start)
     start = time.perf_counter()
     cov = torch.cov(x.T, correction=0)
     record(0.0, "oracle_glasso", glasso_path(cov, num_penalties=k), time.perf_counter() - start)
@@ -97,12 +106,13 @@ def run_cell(args: argparse.Namespace, d: int, seed: int) -> list[dict]:
             ("em_glasso", lambda xm=xm: em_glasso_path(xm, num_penalties=k)),
         ]  # fmt: skip
         if args.centred:
-            contenders.append(
-                (
-                    "nonnegative_em_centred",
-                    lambda xm=xm, em=em: nonnegative_path(xm, centred=True, **em),
+            for flag, tag in ((True, "centred"), (False, "noncentred")):
+                contenders.append(
+                    (
+                        f"nonnegative_em_{tag}",
+                        lambda xm=xm, em=em, f=flag: nonnegative_path(xm, centred=f, **em),
+                    )
                 )
-            )
         for r in args.ratios:
             fixed = dict(em, imputation_ratio=r)
             contenders.append(
@@ -164,7 +174,7 @@ def summarise(rows: list[dict], markdown: bool = False) -> str:
         lines += ["| d | MCAR | method | path-AUC mean (min-max) | seconds (median) | seeds |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
     else:
-        lines.append(f"{'d':>4} {'MCAR':>5} {'method':>22} {'path-AUC':>20} {'s/fit':>8} seeds")
+        lines.append(f"{'d':>4} {'MCAR':>5} {'method':>26} {'path-AUC':>20} {'s/fit':>8} seeds")
     for (d, rate, method), rs in sorted(groups.items()):
         aucs = [r["auc"] for r in rs]
         secs = statistics.median(r["seconds"] for r in rs)
@@ -172,7 +182,7 @@ def summarise(rows: list[dict], markdown: bool = False) -> str:
         if markdown:
             lines.append(f"| {d} | {rate:.0%} | {method} | {spread} | {secs:.1f} | {len(rs)} |")
         else:
-            lines.append(f"{d:>4} {rate:>5.0%} {method:>22} {spread:>20} {secs:>8.2f} {len(rs)}")
+            lines.append(f"{d:>4} {rate:>5.0%} {method:>26} {spread:>20} {secs:>8.2f} {len(rs)}")
     return "\n".join(lines)
 
 
@@ -189,11 +199,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=100, help="first seed (held-out: >= 100)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--graph", default="erdos_renyi")
+    parser.add_argument(
+        "--shift", type=float, default=0.0,
+        help="Gaussian mean inside the orthant, in marginal standard deviations (0: centred)",
+    )  # fmt: skip
     parser.add_argument("--penalties", type=int, default=15, help="penalties per path")
     parser.add_argument("--draws", type=int, default=5, help="Gibbs chains per row (EM)")
     parser.add_argument("--sweeps", type=int, default=3, help="Gibbs sweeps per E-step (EM)")
     parser.add_argument(
-        "--centred", action="store_true", help="also the centred model (eta = 0), EM and oracle"
+        "--centred", action="store_true", help="also both models explicitly, EM and oracle"
     )
     parser.add_argument(
         "--plain-em", action="store_true", help="also EM without Rao-Blackwellisation"
@@ -242,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
         for d in args.dims:
             for seed in range(args.seed, args.seed + args.seeds):
                 rows += run_cell(args, d, seed)
-    print(f"\n{args.graph} truncated networks on R_+^d, n={args.n}, {args.penalties} "
+    print(f"\n{args.graph} truncated networks on R_+^d (mean {args.shift:g} sd), n={args.n}, "
+          f"{args.penalties} "
           f"penalties per path, {args.draws} Gibbs chains per row and {args.sweeps} sweeps "
           "per E-step (EM)")  # fmt: skip
     print(summarise(rows))

@@ -131,12 +131,14 @@ def test_unpenalised_solution_is_the_closed_form_minimiser(centred):
         torch.testing.assert_close(sol.loc, torch.linalg.solve(sol.precision, sol.eta))
 
 
-def test_exact_path_satisfies_the_optimality_conditions():
+@pytest.mark.parametrize("centred", [False, True])
+def test_exact_path_satisfies_the_optimality_conditions(centred):
     x = _rows(300, 6, 5)
-    path = nn.nonnegative_path(x, num_penalties=8, tol=1e-8)
+    path = nn.nonnegative_path(x, num_penalties=8, tol=1e-8, centred=centred)
     assert isinstance(path, PenaltyPath) and len(path) == 8
     assert path.info["method"] == "exact" and all(path.info["converged"])
-    stats = nn.nonnegative_statistics(x, path.info["caps"])
+    assert path.info["centred"] is centred and math.isnan(path.info["centring_z"])
+    stats = nn.nonnegative_statistics(x, path.info["caps"], centred=centred)
     scale = float(stats.g.abs().max())
     for gamma, k, eta in zip(path.penalties, path.precisions, path.info["eta"], strict=True):
         violation = nn.nonnegative_kkt_violation(k, stats, float(gamma), eta)
@@ -147,7 +149,9 @@ def test_exact_path_satisfies_the_optimality_conditions():
     off = ~torch.eye(6, dtype=torch.bool)
     first = path.precisions[0]
     assert bool((first[off] == 0).all())  # the grid starts at the empty graph ...
-    below = nn.nonnegative_score_matching(x, penalty=0.97 * float(path.penalties[0]))
+    below = nn.nonnegative_score_matching(
+        x, penalty=0.97 * float(path.penalties[0]), centred=centred
+    )
     assert int((below.precision[off] != 0).sum()) >= 2  # ... and it is the smallest such
     assert path.precisions[-1][off].ne(0).sum() > first[off].ne(0).sum()
 
@@ -162,7 +166,8 @@ def test_recovers_a_known_truncated_graph_as_n_grows():
         errors.append(float((sol.precision - precision).norm() / precision.norm()))
     assert errors[1] < 0.1 and errors[1] < 0.5 * errors[0], errors
     # the non-centred model also recovers the truth's mean (zero): eta ~ 0
-    sol = nn.nonnegative_score_matching(x, penalty=0.0)
+    sol = nn.nonnegative_score_matching(x, penalty=0.0, centred=False)
+    assert not sol.centred
     assert float((sol.precision - precision).norm() / precision.norm()) < 0.12
     assert float(sol.eta.abs().max()) < 0.3  # eta is the hardest parameter near the boundary
     # along a penalty path the truth's edges enter first
@@ -385,6 +390,7 @@ def test_benchmark_smoke_run():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "nonnegative_em" in done.stdout and "path-AUC" in done.stdout
     assert "nonnegative_em_r0.3_centred" in done.stdout
+    assert "nonnegative_em_noncentred" in done.stdout and "(centred: " in done.stdout
 
 
 def test_squarem_reaches_the_same_em_fixed_point_in_fewer_iterations():
@@ -412,6 +418,8 @@ def test_estimator_routes_the_orthant_to_the_exact_nonnegative_solver(support):
     # the path equals the function's own, and the selection is its eBIC of the path's losses
     direct = nn.nonnegative_path(x, num_penalties=8)
     torch.testing.assert_close(est.precisions_, direct.precisions)
+    # the truth is centred, and the score test keeps the centred model
+    assert est.path_.info["centred"] is True and abs(est.path_.info["centring_z"]) <= 3.0
     scores = est.criterion_
     assert int(torch.argmin(scores)) == est.penalty_index_
     assert path_auc(adjacency, est.precisions_) > 0.9
@@ -672,3 +680,109 @@ def test_rao_blackwellised_statistics_equal_their_row_by_row_definition(centred)
     gamma, gvec = _rao_blackwellised_by_rows(chains, observed, k, eta, caps, centred)
     torch.testing.assert_close(rb.gamma, gamma, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(rb.g, gvec, rtol=1e-12, atol=1e-13)
+
+
+def _shifted_chain(d, n, shift, seed):
+    """A chain graph's truncated Gaussian whose mean is ``shift`` marginal standard deviations
+    inside the orthant (0: the centred model)."""
+    precision = precision_from_graph(chain_graph(d), condition_number=5.0, seed=0)
+    loc = shift * torch.linalg.inv(precision).diagonal().sqrt()
+    truth = TruncatedGaussianEnergy(loc, precision, ORTHANT)
+    return precision, truth.simulate(n, seed=seed)
+
+
+def test_centring_statistic_is_standard_normal_under_the_centred_model():
+    # at the true precision the Stein identity holds exactly: Z ~ N(0, 1) over data sets
+    zs = []
+    for seed in range(20):
+        precision, x = _shifted_chain(8, 400, 0.0, seed)
+        zs.append(nn.nonnegative_centring_statistic(x, None, precision))
+    zs = torch.tensor(zs)
+    assert abs(float(zs.mean())) < 0.7 and 0.6 < float(zs.std()) < 1.5, zs
+    # a mean inside the orthant (eta = K mu > 0 on a chain) drives it far below
+    precision, x = _shifted_chain(8, 1000, 0.7, 1)
+    assert nn.nonnegative_centring_statistic(x, None, precision) < -10.0
+
+
+def test_centring_statistic_follows_its_definition_with_missing_entries():
+    g = torch.Generator().manual_seed(0)
+    n, d = 40, 4
+    x = _rows(n, d, 3)
+    mask = torch.rand(n, d, generator=g) > 0.3
+    k, _ = _random_model(d, 1)
+    imputed = torch.rand(n, d, generator=g, dtype=torch.float64)
+    caps = nn.nonnegative_caps(torch.where(mask, x, 0.0), mask)
+    # row by row: t_rj = h'_j - h_j (K xhat_r)_j over rows observing x_j, u_r = sum_j t_rj / s_j
+    xhat = torch.where(mask, x, imputed)
+    t = torch.zeros(n, d, dtype=torch.float64)
+    for r in range(n):
+        for j in range(d):
+            if mask[r, j]:
+                h = min(float(x[r, j]), float(caps[j]))
+                t[r, j] = float(x[r, j] < caps[j]) - h * float(k[j] @ xhat[r])
+    s = torch.tensor([float(t[mask[:, j], j].std()) for j in range(d)], dtype=torch.float64)
+    u = (t / s).sum(1)
+    want = float(u.sum() / u.square().sum().sqrt())
+    got = nn.nonnegative_centring_statistic(
+        torch.where(mask, x, torch.nan), None, k, imputed=imputed
+    )
+    assert got == pytest.approx(want, rel=1e-12)
+    # the missing entries of x never enter, only their imputations
+    assert nn.nonnegative_centring_statistic(x + 5.0 * ~mask, mask, k, imputed=imputed) == got
+    with pytest.raises(ValueError, match="imputed"):
+        nn.nonnegative_centring_statistic(x, mask, k)
+    with pytest.raises(ValueError, match="imputed must be"):
+        nn.nonnegative_centring_statistic(x, mask, k, imputed=imputed[:-1])
+    with pytest.raises(ValueError, match="non-finite"):
+        nn.nonnegative_centring_statistic(x, mask, k, imputed=torch.full_like(x, torch.nan))
+    with pytest.raises(ValueError, match="precision"):
+        nn.nonnegative_centring_statistic(x, mask, k[:-1], imputed=imputed)
+    with pytest.raises(ValueError, match="negative"):
+        nn.nonnegative_centring_statistic(-x, None, k)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_auto_centring_chooses_the_model_the_data_support(rate):
+    for shift, centred in ((0.0, True), (1.0, False)):
+        _, x = _shifted_chain(8, 1000, shift, 1)
+        if rate:
+            x = torch.where(mcar_mask(x.shape, rate, seed=3), x, torch.nan)
+        path = nn.nonnegative_path(x, num_penalties=5)
+        z = path.info["centring_z"]
+        assert path.info["centred"] is centred, z
+        assert (abs(z) <= nn.CENTRING_THRESHOLD) is centred and (centred or z < 0)
+        # the chosen path is the explicit model's, to the bit
+        same = nn.nonnegative_path(x, num_penalties=5, centred=centred)
+        assert torch.equal(path.precisions, same.precisions)
+        assert bool((path.info["eta"] == 0).all()) is centred
+        if rate:
+            fit = path.info["imputation_precision"]
+            assert fit.shape == (8, 8) and path.info["imputed"].shape == x.shape
+            assert torch.equal(path.info["imputed"][~x.isnan()], x[~x.isnan()])
+        else:
+            assert path.info["imputed"] is None
+    sol = nn.nonnegative_score_matching(x, penalty=0.05)
+    assert sol.centred is False and bool((sol.eta != 0).any())
+
+
+def test_centred_option_is_checked():
+    with pytest.raises(ValueError, match="centred must be"):
+        nn.nonnegative_path(_rows(50, 3, 0), centred="yes")
+
+
+def test_auto_centring_falls_back_to_the_other_model_with_a_warning(monkeypatch):
+    _, x = _shifted_chain(6, 400, 0.0, 2)
+    x = torch.where(mcar_mask(x.shape, 0.3, seed=3), x, torch.nan)
+    original = nn.nonnegative_path
+
+    def centred_fails(*args, centred="auto", **kwargs):
+        if centred is True:
+            raise ValueError("nonnegative_path: precision needs a positive diagonal")
+        return original(*args, centred=centred, **kwargs)
+
+    monkeypatch.setattr(nn, "nonnegative_path", centred_fails)
+    with pytest.warns(RuntimeWarning, match="centred imputation fit failed"):
+        path = original(x, num_penalties=4)
+    assert path.info["centred"] is False and math.isnan(path.info["centring_z"])
+    want = original(x, num_penalties=4, centred=False)
+    assert torch.equal(path.precisions, want.precisions)

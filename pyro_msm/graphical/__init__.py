@@ -80,6 +80,8 @@ from .metrics import (
     stein_loss,
 )
 from .nonnegative import (
+    CENTRING_THRESHOLD,
+    nonnegative_centring_statistic,
     nonnegative_imputation_penalty,
     nonnegative_kkt_violation,
     nonnegative_path,
@@ -185,4 +187,6 @@ __all__ = [
     "nonnegative_score_matching",
     "nonnegative_kkt_violation",
     "nonnegative_imputation_penalty",
+    "nonnegative_centring_statistic",
+    "CENTRING_THRESHOLD",
 ]

@@ -158,7 +158,10 @@ class GraphicalScoreMatching(SaveLoadMixin):
     - ``"nonnegative"``: the truncated Gaussian graphical model on :math:`\mathbb{R}_+^d` by
       generalised score matching (:func:`~pyro_msm.graphical.nonnegative_path`): exact on
       complete data, Monte Carlo EM with missing entries; chosen by ``"auto"`` for
-      ``support="nonnegative"`` (or ``constraints.positive`` / ``nonnegative``). Its selection
+      ``support="nonnegative"`` (or ``constraints.positive`` / ``nonnegative``). The model is
+      centred (the Gaussian's mean at the origin) or not by a score test of the centring
+      (``path_.info["centred"]`` and ``["centring_z"]``; pass ``path_kwargs={"centred": ...}``
+      to fix it; :func:`~pyro_msm.graphical.nonnegative_centring_statistic`). Its selection
       is genscore's eBIC of the generalised loss (:func:`~pyro_msm.graphical.ebic_from_losses`)
       whatever ``selection`` says.
     - ``"iterative"``: :func:`~pyro_msm.graphical.score_matching_path`, proximal Adam on
