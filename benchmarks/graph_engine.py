@@ -10,7 +10,7 @@ recovery, the F1 of the graph each method selects, and seconds:
   ``em_capped``: EM at every penalty capped at ``EM_PATH_MAX_ITER`` maps, the former default;
   ``marginal`` by FISTA,
   ``marginal_newton`` by proximal Newton, at most ``--newton-max-iter`` iterations per
-  penalty; F1 at the likelihood eBIC after EM support refits, pair sample sizes and beta 0.25,
+  penalty; F1 at the likelihood eBIC after EM support refits, pair sample sizes and beta 0.05,
   the default's rule; ``f1_ebic_sm``: at genscore's score-matching eBIC);
 - ``mean_glasso`` / ``iterative_glasso``: imputation, then scikit-learn's graphical lasso path
   (F1 at the likelihood eBIC of the imputed table); ``iterative_glasso_cv``: IterativeImputer,

@@ -41,7 +41,7 @@ from pyro_msm.graphical import (
     score_matching_path,
     simulate_graph,
 )
-from pyro_msm.graphical.estimator import EM_PATH_MAX_ITER
+from pyro_msm.graphical.estimator import EM_PATH_MAX_ITER, LIKELIHOOD_EBIC_BETA
 from pyro_msm.graphical.path import as_data_and_mask
 from pyro_msm.infer.gaussian import (
     conditional_gaussian,
@@ -338,7 +338,7 @@ def test_imputed_selection_refits_each_support_on_the_imputed_statistics():
         support = edges_from_precision(precision) | torch.eye(7, dtype=torch.bool)
         assert bool((refit[~support] == 0).all())
         assert kkt_violation(refit, s, 0.0, support=support) < 1e-6
-    want = ebic(data, mask, path.locs, refits, beta=0.25, sample_size="pairs")
+    want = ebic(data, mask, path.locs, refits, beta=LIKELIHOOD_EBIC_BETA, sample_size="pairs")
     assert torch.allclose(model.ebic_, want)
     assert model.penalty_index_ == int(torch.argmin(want))
     with pytest.raises(ValueError, match="covariance must be"):
@@ -493,7 +493,7 @@ def test_edge_of_grid_warning_fires_when_it_should():
 
 def test_default_selection_at_half_missing_in_fifty_dimensions():
     """At 50% MCAR and d = 50 the default (likelihood eBIC over the rows that observe each pair,
-    beta 0.25, EM refits of each support) selects a graph close to the truth, not an end of the
+    beta 0.05, EM refits of each support) selects a graph close to the truth, not an end of the
     grid (docs/benchmarks.md, issue 9)."""
     from pyro_msm.graphical import ebic, observed_log_likelihood, support_refits
 
