@@ -380,7 +380,8 @@ def test_benchmark_smoke_run():
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
     )
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "graph_nonnegative.py"), "--smoke"],
+        [sys.executable, str(ROOT / "benchmarks" / "graph_nonnegative.py"), "--smoke",
+         "--shift", "0.3"],  # fmt: skip
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -391,6 +392,7 @@ def test_benchmark_smoke_run():
     assert "nonnegative_em" in done.stdout and "path-AUC" in done.stdout
     assert "nonnegative_em_r0.3_centred" in done.stdout
     assert "nonnegative_em_noncentred" in done.stdout and "(centred: " in done.stdout
+    assert "(mean 0.3 sd)" in done.stdout
 
 
 def test_squarem_reaches_the_same_em_fixed_point_in_fewer_iterations():
