@@ -737,8 +737,14 @@ def test_centring_statistic_follows_its_definition_with_missing_entries():
         nn.nonnegative_centring_statistic(x, mask, k, imputed=imputed[:-1])
     with pytest.raises(ValueError, match="non-finite"):
         nn.nonnegative_centring_statistic(x, mask, k, imputed=torch.full_like(x, torch.nan))
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ValueError, match=r"precision must be \(4, 4\)"):
         nn.nonnegative_centring_statistic(x, mask, k[:-1], imputed=imputed)
+    with pytest.raises(ValueError, match="precision has non-finite"):
+        nn.nonnegative_centring_statistic(x, mask, k * math.nan, imputed=imputed)
+    with pytest.raises(ValueError, match="NaN at 1 observed"):
+        bad = x.clone()
+        bad[0, 0] = math.nan
+        nn.nonnegative_centring_statistic(bad, torch.ones_like(mask), k)
     with pytest.raises(ValueError, match="negative"):
         nn.nonnegative_centring_statistic(-x, None, k)
 

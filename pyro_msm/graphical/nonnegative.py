@@ -857,8 +857,10 @@ def nonnegative_centring_statistic(
     if bool((data[observed] < 0).any()):
         raise ValueError("x has negative observed entries; the model lives on the orthant")
     k = torch.as_tensor(precision).to(data)
-    if k.shape != (d, d) or not bool(torch.isfinite(k).all()):
-        raise ValueError(f"precision must be a finite ({d}, {d}) matrix, got {tuple(k.shape)}")
+    if k.shape != (d, d):
+        raise ValueError(f"precision must be ({d}, {d}) for {d} columns, got {tuple(k.shape)}")
+    if not bool(torch.isfinite(k).all()):
+        raise ValueError("precision has non-finite entries")
     if imputed is None:
         if not bool(observed.all()):
             raise ValueError("x has missing entries: pass their conditional means as imputed")
